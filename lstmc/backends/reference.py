@@ -1,0 +1,118 @@
+"""The `reference` backend: NumPy (float64 by default) executing the lowered Program step by step.
+
+It interprets the very Program every other backend renders — its blocks through the `ops.EVAL`
+table and its GEMMs with `@` — so it is the living definition of what a cell computes. It is
+written for clarity, not speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, state, var, walk
+from ..lower import Block, Gemm, Program
+from ..ops import EVAL
+from .base import CompiledCell, NumpyOps, SequenceDriver
+
+
+def evaluate(expr: Node, env: dict, P: dict):
+    """Value of `expr` with leaves looked up in `env` (states, vars) and `P` (vector parameters)."""
+    vals: dict[Node, object] = {}
+    for n in walk([expr]):
+        op = n.op
+        if op == "const":
+            v = n.attr
+        elif op == "param":
+            v = P[n.attr]
+        elif op in ("state", "var"):
+            v = env[n]
+        else:
+            v = EVAL[op](*(vals[a] for a in n.args))
+        vals[n] = v
+    return vals[expr]
+
+
+def run_stages(stages, env: dict, P: dict, B: int, H: int) -> None:
+    """Execute blocks and GEMMs in order, writing every defined value into `env`."""
+    for st in stages:
+        if isinstance(st, Block):
+            for let in st.lets:
+                v = evaluate(let.expr, env, P)
+                if np.shape(v) != (B, H):
+                    v = np.broadcast_to(v, (B, H))   # parameter- or constant-only values
+                env[var(*let.key)] = v
+        elif isinstance(st, Gemm):
+            U = P[f"U{st.group}"]
+            if st.transposed:
+                A = np.concatenate([env[a] for a in st.a], axis=1)
+                env[st.out[0]] = A @ U
+            else:
+                R = env[st.a[0]] @ U.T
+                for j, o in enumerate(st.out):
+                    env[o] = R[:, j * H:(j + 1) * H]
+        else:  # pragma: no cover
+            raise TypeError(st)
+
+
+class ReferenceCell(CompiledCell):
+    backend = "reference"
+
+    def __init__(self, program: Program, dtype: str = "float64"):
+        super().__init__(program, dtype)
+        self.ops = NumpyOps(self.np_dtype)
+        self.driver = SequenceDriver(program, self.ops, self._fwd_step, self._bwd_step)
+
+    def _fwd_step(self, xp_t, S, P):
+        prog = self.program
+        B, H = next(iter(S.values())).shape
+        env = {state(s): S[s] for s in prog.cell.states}
+        for j, m in enumerate(prog.input_mats):
+            env[var("xp", m)] = xp_t[:, j * H:(j + 1) * H]
+        run_stages(prog.fwd, env, P, B, H)
+        S1 = {s: env[var("s1", s)] for s in prog.cell.states}
+        saved = {n: env[var("sv", n)] for n, _ in prog.saved}
+        return S1, saved
+
+    def _bwd_step(self, dS1, S, S1, sv, P):
+        prog = self.program
+        B, H = next(iter(S.values())).shape
+        env = {}
+        for s in prog.cell.states:
+            env[state(s)] = S[s]
+            env[var("s1", s)] = S1[s]
+            env[var("ds1", s)] = dS1[s]
+        for n, v in sv.items():
+            env[var("sv", n)] = v
+        run_stages(prog.bwd, env, P, B, H)
+        dS = {s: env[var("ds", s)] for s in prog.cell.states}
+        dxp = (np.concatenate([env[var("dxp", m)] for m in prog.input_mats], axis=1)
+               if prog.input_mats else None)
+        drp = {g.index: np.concatenate([env[var("drp", g.index, m)] for m in g.mats], axis=1) for g in prog.groups}
+        dp = {p: env[var("dp", p)] for p in prog.vector_params}
+        return dS, dxp, drp, dp
+
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
+        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+        return self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+
+    def backward(self, tape, dy, dstate=None):
+        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
+        check_backward_args(self, tape, dy, dstate)
+        return self.driver.backward(tape, dy, dstate)
+
+
+def check_backward_args(cc: CompiledCell, tape, dy, dstate):
+    from .base import Tape
+
+    if not isinstance(tape, Tape):
+        raise ValueError("tape must be the third value returned by forward(..., need_tape=True)")
+    T, B, I, H = tape.shapes
+    cc._check_array("dy", dy, (T, B, H))
+    if dstate is not None:
+        if not isinstance(dstate, dict):
+            raise ValueError("dstate must be a dict {state name: [B, H] array}")
+        for s, v in dstate.items():
+            if s not in cc.cell.states:
+                raise ValueError(f"dstate has unknown entry '{s}'; the states are {', '.join(cc.cell.states)}")
+            cc._check_array(f"dstate['{s}']", v, (B, H))

@@ -1,0 +1,112 @@
+"""Algebraic simplification and common-subexpression elimination.
+
+CSE needs no pass of its own: IR nodes are interned (ir.py), so equal subexpressions are one node
+and every consumer shares it. `simplify` rewrites a DAG bottom-up with local identities
+(x + 0, x * 1, x * 0, --x, constant folding, ...) until nothing changes. It is iterative and
+memoised, so it is linear in the DAG size and has no recursion limit.
+"""
+
+from __future__ import annotations
+
+from .ir import Node, const, walk
+from .ops import EVAL, mk
+
+__all__ = ["simplify", "simplify_all"]
+
+
+def _is(n: Node, v: float) -> bool:
+    return n.op == "const" and n.attr == v
+
+
+def _rule(n: Node) -> Node:
+    """One local rewrite of `n` whose args are already simplified; returns n when no rule applies."""
+    op, args = n.op, n.args
+    if op in ("const", "input", "state", "param", "var", "matvec"):
+        return n
+    if all(a.op == "const" for a in args):
+        return const(float(EVAL[op](*[a.attr for a in args])))
+    if op == "neg":
+        (a,) = args
+        if a.op == "neg":
+            return a.args[0]
+        if a.op == "sub":
+            return mk("sub", a.args[1], a.args[0])
+        return n
+    if op == "add":
+        a, b = args
+        if _is(a, 0.0):
+            return b
+        if _is(b, 0.0):
+            return a
+        if b.op == "neg":
+            return mk("sub", a, b.args[0])
+        if a.op == "neg":
+            return mk("sub", b, a.args[0])
+        return n
+    if op == "sub":
+        a, b = args
+        if _is(b, 0.0):
+            return a
+        if _is(a, 0.0):
+            return mk("neg", b)
+        if a is b:
+            return const(0.0)
+        if b.op == "neg":
+            return mk("add", a, b.args[0])
+        return n
+    if op == "mul":
+        a, b = args
+        if _is(a, 0.0) or _is(b, 0.0):
+            return const(0.0)
+        if _is(a, 1.0):
+            return b
+        if _is(b, 1.0):
+            return a
+        if _is(a, -1.0):
+            return mk("neg", b)
+        if _is(b, -1.0):
+            return mk("neg", a)
+        if a.op == "neg" and b.op == "neg":
+            return mk("mul", a.args[0], b.args[0])
+        if a.op == "neg":
+            return mk("neg", mk("mul", a.args[0], b))
+        if b.op == "neg":
+            return mk("neg", mk("mul", a, b.args[0]))
+        if b.op == "const" and a.op != "const":
+            return mk("mul", b, a)  # constants first: "2 * x"
+        return n
+    if op == "div":
+        a, b = args
+        if _is(b, 1.0):
+            return a
+        if _is(a, 0.0):
+            return const(0.0)
+        if a.op == "neg":
+            return mk("neg", mk("div", a.args[0], b))
+        return n
+    if op in ("step", "sign") and args[0].op in ("sigmoid", "exp"):
+        return const(1.0)  # always positive
+    return n
+
+
+def simplify_all(roots: list[Node]) -> list[Node]:
+    """Simplify several roots."""
+    return [_fixed(r) for r in roots]
+
+
+def _fixed(n: Node, limit: int = 50) -> Node:
+    for _ in range(limit):
+        memo: dict[Node, Node] = {}
+        for k in walk([n]):
+            ka = tuple(memo[a] for a in k.args)
+            km = k if ka == k.args else Node(k.op, ka, k.attr)
+            memo[k] = _rule(km)
+        m = memo[n]
+        if m is n:
+            return n
+        n = m
+    return n
+
+
+def simplify(node: Node) -> Node:
+    return _fixed(node)

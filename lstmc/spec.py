@@ -1,0 +1,584 @@
+"""Parse a .cell file into a `Cell`: the checked equations of one recurrent step as IR.
+
+The language (README, DESIGN.md §2) is line oriented:
+
+    cell NAME                 first statement
+    state s1, s2, ...         recurrent state vectors; s is the value at t-1, s' the value at t
+    output s                  optional; default the first state
+    init NAME = VALUE         optional; VALUE is a number or zeros|ones|uniform|normal|xavier|orthogonal
+    NAME = EXPR               an intermediate, assigned once, in any order (no cycles)
+    s' = EXPR                 each state updated exactly once
+
+Expressions are parsed by a Lark LALR grammar; nothing is ever evaluated. Every error is a
+`SpecError` carrying the file, 1-based line and column, the line with a caret, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, field
+
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ir
+from .ir import Node
+from .ops import FUNCTIONS, mk
+
+__all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
+
+MAX_SOURCE_CHARS = 200_000
+MAX_LINE_CHARS = 4_000
+MAX_NESTING = 64
+MAX_STATEMENTS = 2_000
+
+DIRECTIVES = ("cell", "state", "output", "init")
+INIT_KINDS = ("zeros", "ones", "uniform", "normal", "xavier", "orthogonal")
+RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
+
+
+class SpecError(ValueError):
+    """A problem in a .cell spec, located at `line`/`col` (1-based) of `filename`."""
+
+    def __init__(self, problem: str, *, filename: str = "<string>", line: int = 0, col: int = 0,
+                 source_line: str = "", fix: str = ""):
+        self.problem = problem
+        self.filename = filename
+        self.line = line
+        self.col = col
+        self.fix = fix
+        parts = [f"{filename}:{line}:{col}: error: {problem}"]
+        if source_line:
+            parts.append("    " + source_line.rstrip("\n"))
+            parts.append("    " + " " * max(col - 1, 0) + "^")
+        if fix:
+            parts.append(f"  fix: {fix}")
+        super().__init__("\n".join(parts))
+
+
+# ----------------------------------------------------------------------------------- the grammar
+
+_GRAMMAR = r"""
+start: target "=" expr
+
+target: NAME PRIME?
+
+?expr: sum
+?sum: product
+    | sum "+" product      -> add
+    | sum "-" product      -> sub
+?product: unary
+    | product "*" unary    -> mul
+    | product "/" unary    -> div
+    | product "@" unary    -> matmul
+?unary: atom
+    | "-" unary            -> neg
+    | "+" unary            -> pos
+?atom: NUMBER              -> number
+    | NAME PRIME?          -> name
+    | NAME "(" [args] ")"  -> call
+    | "(" expr ")"
+args: arg ("," arg)*
+?arg: expr
+    | NAME "=" expr        -> kwarg
+
+PRIME: "'"
+NAME: /[A-Za-z_][A-Za-z0-9_]*/
+NUMBER: /(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/
+%ignore /[ \t\f\r]+/
+"""
+
+_parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
+
+# what an unexpected character most likely means, and how to fix it
+_CHAR_HINTS = {
+    ".": ("attribute access and malformed numbers are not part of the cell language",
+          "write numbers like 0.5 or 1e-3; names cannot contain '.'"),
+    "[": ("subscripts are not part of the cell language", "give each vector its own name"),
+    "]": ("subscripts are not part of the cell language", "give each vector its own name"),
+    '"': ("strings are not part of the cell language", "remove the quotes"),
+    "'": ("a prime (') must follow a state name, as in c'", "write the new state as NAME' directly after the name"),
+    ":": ("lambdas, slices and annotations are not part of the cell language", "write the expression directly"),
+    "{": ("dicts and sets are not part of the cell language", "write the expression directly"),
+    "}": ("dicts and sets are not part of the cell language", "write the expression directly"),
+    "%": ("the % operator is not part of the cell language", "use + - * / @ and the functions"),
+    "^": ("the ^ operator is not part of the cell language", "write powers as products, e.g. v * v"),
+    "=": ("unexpected '='", "each line holds one assignment NAME = EXPR"),
+    ";": ("';' is not part of the cell language", "put each statement on its own line"),
+    "\\": ("line continuations are not part of the cell language", "write each statement on one line"),
+}
+
+
+@dataclass
+class _Stmt:
+    kind: str
+    lineno: int
+    text: str
+    data: object = None
+    col: int = 1
+
+
+@dataclass
+class Cell:
+    """A checked cell: its states, parameters (with shapes) and the step equations as IR."""
+
+    name: str
+    states: tuple[str, ...]
+    output: str
+    new: dict[str, Node]                   # state name -> IR of s' (in terms of x, states at t-1, params)
+    params: dict[str, str]                 # name -> "W" ([H, I]), "U" ([H, H]) or "b" ([H])
+    inits: dict[str, object]               # name -> float or one of INIT_KINDS
+    equations: list[tuple[str, Node]]      # (target, IR) in evaluation order, for display
+    names: dict[Node, str] = field(default_factory=dict)   # IR node -> the name it has in the spec
+    source: str = ""
+    filename: str = "<string>"
+
+    def param_shape(self, name: str, input_size: int, hidden_size: int) -> tuple[int, ...]:
+        kind = self.params[name]
+        return {"W": (hidden_size, input_size), "U": (hidden_size, hidden_size), "b": (hidden_size,)}[kind]
+
+    def __repr__(self):
+        return f"Cell({self.name!r}, states={self.states}, params={list(self.params)})"
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+def parse(text: str, filename: str = "<string>") -> Cell:
+    """Parse and check cell-language text; raise `SpecError` on any problem."""
+    if not isinstance(text, str):
+        raise SpecError(f"a cell spec must be text, not {type(text).__name__}", filename=filename, line=1, col=1)
+    return _Parser(text, filename).run()
+
+
+class _Parser:
+    def __init__(self, text: str, filename: str):
+        self.text = text
+        self.filename = filename
+        self.lines = text.split("\n")
+
+    # errors ---------------------------------------------------------------------------------
+    def err(self, problem: str, lineno: int, col: int = 1, fix: str = "") -> SpecError:
+        src = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else ""
+        return SpecError(problem, filename=self.filename, line=lineno, col=max(col, 1), source_line=src, fix=fix)
+
+    # top level ------------------------------------------------------------------------------
+    def run(self) -> Cell:
+        if len(self.text) > MAX_SOURCE_CHARS:
+            raise self.err(f"the spec is {len(self.text)} characters long (limit {MAX_SOURCE_CHARS})", 1,
+                           fix="a cell is a few dozen lines; split it or remove generated text")
+        if "\x00" in self.text:
+            ln = self.text[: self.text.index("\x00")].count("\n") + 1
+            raise self.err("the spec contains a NUL byte", ln, fix="save the file as plain text")
+        stmts = []
+        for lineno, raw in enumerate(self.lines, start=1):
+            line = raw.split("#", 1)[0]
+            if not line.strip():
+                continue
+            if len(line) > MAX_LINE_CHARS:
+                raise self.err(f"line is {len(line)} characters long (limit {MAX_LINE_CHARS})", lineno,
+                               fix="name parts of the expression as intermediates")
+            stmts.append(self.statement(line, lineno))
+            if len(stmts) > MAX_STATEMENTS:
+                raise self.err(f"more than {MAX_STATEMENTS} statements", lineno, fix="a cell is a few dozen lines")
+        if not stmts:
+            raise self.err("the spec is empty", 1, fix="start with `cell NAME`, then `state h`, then the equations")
+        return self.check(stmts)
+
+    def statement(self, line: str, lineno: int) -> _Stmt:
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?=\s|$)(.*)$", line)
+        col0 = len(line) - len(line.lstrip()) + 1
+        if m and m.group(1) in DIRECTIVES and not re.match(r"\s*'?\s*=", m.group(2)):
+            return getattr(self, "d_" + m.group(1))(m.group(2), lineno, line)
+        if m and "=" not in line and re.match(r"\s+[A-Za-z_(]", m.group(2) or ""):
+            raise self.err(f"unknown directive '{m.group(1)}'", lineno, col0,
+                           fix=f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR")
+        return _Stmt("assign", lineno, line, self.parse_assign(line, lineno))
+
+    # directives -----------------------------------------------------------------------------
+    def _names(self, rest: str, lineno: int, line: str, what: str) -> list[tuple[str, int]]:
+        items = rest.split(",")
+        out = []
+        pos = len(line) - len(rest)
+        for item in items:
+            name = item.strip()
+            col = pos + (len(item) - len(item.lstrip())) + 1
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise self.err(f"'{name}' is not a valid {what} name" if name else f"missing {what} name",
+                               lineno, col, fix=f"{what} names are letters, digits and _, separated by commas")
+            self.check_name(name, lineno, col, what)
+            out.append((name, col))
+            pos += len(item) + 1
+        return out
+
+    def check_name(self, name: str, lineno: int, col: int, what: str):
+        if name in RESERVED:
+            why = ("a Python keyword" if keyword.iskeyword(name) or keyword.issoftkeyword(name)
+                   else "the step input" if name == "x" else "a function" if name in FUNCTIONS else "a directive")
+            raise self.err(f"'{name}' is reserved ({why}) and cannot name a {what}", lineno, col,
+                           fix="choose another name")
+
+    def d_cell(self, rest, lineno, line):
+        names = self._names(rest, lineno, line, "cell")
+        if len(names) != 1:
+            raise self.err("`cell` takes exactly one name", lineno, fix="write `cell my_cell`")
+        return _Stmt("cell", lineno, line, names[0][0])
+
+    def d_state(self, rest, lineno, line):
+        return _Stmt("state", lineno, line, self._names(rest, lineno, line, "state"))
+
+    def d_output(self, rest, lineno, line):
+        names = self._names(rest, lineno, line, "output")
+        if len(names) != 1:
+            raise self.err("`output` takes exactly one state name", lineno, fix="write `output h`")
+        return _Stmt("output", lineno, line, names[0])
+
+    def d_init(self, rest, lineno, line):
+        m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", rest)
+        if not m:
+            raise self.err("malformed `init`", lineno, fix=f"write `init NAME = VALUE` with VALUE a number or one of "
+                           f"{', '.join(INIT_KINDS)}")
+        name, value = m.group(1), m.group(2)
+        vcol = line.rindex(value) + 1
+        if value in INIT_KINDS:
+            v = value
+        else:
+            try:
+                v = float(value)
+            except ValueError:
+                raise self.err(f"unknown initialisation '{value}'", lineno, vcol,
+                               fix=f"use a number or one of {', '.join(INIT_KINDS)}") from None
+            if v != v or v in (float("inf"), float("-inf")):
+                raise self.err(f"initial value must be finite, not {value}", lineno, vcol, fix="use a finite number")
+        return _Stmt("init", lineno, line, (name, v), col=line.index(name, line.index("init") + 4) + 1)
+
+    # equations ------------------------------------------------------------------------------
+    def parse_assign(self, line: str, lineno: int) -> Tree:
+        depth = 0
+        for i, ch in enumerate(line):
+            if ch == "(":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise self.err(f"parentheses nested deeper than {MAX_NESTING}", lineno, i + 1,
+                                   fix="name inner parts of the expression as intermediates")
+            elif ch == ")":
+                depth -= 1
+        run = re.search(r"[-+]{%d,}" % (MAX_NESTING + 1), line)
+        if run:
+            raise self.err("too many consecutive signs", lineno, run.start() + 1, fix="simplify the signs")
+        try:
+            return _parser.parse(line)
+        except UnexpectedCharacters as e:
+            ch = line[e.column - 1] if 0 < e.column <= len(line) else ""
+            problem, fix = _CHAR_HINTS.get(ch, (f"unexpected character {ch!r}", "use names, numbers, + - * / @, "
+                                                "parentheses and the functions " + ", ".join(FUNCTIONS)))
+            if ch == "*" and line[e.column: e.column + 1] == "*":
+                problem, fix = "the ** operator is not part of the cell language", "write powers as products, e.g. v * v"
+            raise self.err(problem, lineno, e.column, fix=fix) from None
+        except UnexpectedEOF:
+            raise self.err("the equation ends too early", lineno, len(line.rstrip()) + 1,
+                           fix="complete the expression (unbalanced parentheses or a trailing operator?)") from None
+        except UnexpectedToken as e:
+            tok = e.token
+            col = getattr(tok, "column", None) or len(line.rstrip()) + 1
+            if tok.type == "$END":
+                raise self.err("the equation ends too early", lineno, len(line.rstrip()) + 1,
+                               fix="complete the expression (unbalanced parentheses or a trailing operator?)") from None
+            if tok.type == "EQUAL":
+                raise self.err("unexpected '='", lineno, col,
+                               fix="an equation is NAME = EXPR; the left side is a name or a primed state") from None
+            if tok.type == "NAME" and keyword.iskeyword(str(tok)):
+                raise self.err(f"'{tok}' is Python, not part of the cell language", lineno, col,
+                               fix="write the math with + - * / @ and the functions " + ", ".join(FUNCTIONS)) from None
+            raise self.err(f"unexpected {tok!s:.20}", lineno, col,
+                           fix="equations look like `i = sigmoid(W_i @ x + U_i @ h + b_i)`") from None
+        except (UnexpectedInput, LarkError) as e:  # pragma: no cover - any other Lark complaint
+            raise self.err(f"cannot parse this line ({type(e).__name__})", lineno, 1) from None
+
+    # checking -------------------------------------------------------------------------------
+    def check(self, stmts: list[_Stmt]) -> Cell:
+        first = stmts[0]
+        if first.kind != "cell":
+            raise self.err("the first statement must be `cell NAME`", first.lineno,
+                           fix="add a line `cell my_cell` at the top")
+        name = first.data
+        states: list[tuple[str, int]] = []
+        state_line = 0
+        output = None
+        inits: dict[str, tuple] = {}
+        assigns: dict[str, tuple] = {}      # target ("s'" for states) -> (tree, stmt)
+        for st in stmts[1:]:
+            if st.kind == "cell":
+                raise self.err("a second `cell` statement", st.lineno, fix="one cell per file")
+            elif st.kind == "state":
+                if states:
+                    raise self.err("a second `state` statement", st.lineno,
+                                   fix=f"list all states on the first one (line {state_line}): state a, b")
+                states, state_line = st.data, st.lineno
+                seen = set()
+                for s, col in states:
+                    if s in seen:
+                        raise self.err(f"state '{s}' listed twice", st.lineno, col, fix="list each state once")
+                    seen.add(s)
+            elif st.kind == "output":
+                if output is not None:
+                    raise self.err("a second `output` statement", st.lineno, fix="name one output state")
+                output = (st.data[0], st.lineno, st.data[1])
+            elif st.kind == "init":
+                pname, value = st.data
+                if pname in inits:
+                    raise self.err(f"'{pname}' initialised twice", st.lineno, st.col, fix="keep one `init` line")
+                inits[pname] = (value, st)
+            else:
+                tree = st.data
+                tname, primed = self.target(tree)
+                key = tname + ("'" if primed else "")
+                col = tree.children[0].children[0].column
+                if key in assigns:
+                    what = "state" if primed else "intermediate"
+                    raise self.err(f"{what} '{key}' is assigned twice (first on line {assigns[key][1].lineno})",
+                                   st.lineno, col, fix="assign each name exactly once")
+                assigns[key] = (tree, st)
+        if not states:
+            raise self.err("no `state` statement", first.lineno,
+                           fix="declare the recurrent state after the cell name, e.g. `state h, c`")
+        state_names = [s for s, _ in states]
+        state_set = set(state_names)
+        for key, (tree, st) in assigns.items():
+            col = tree.children[0].children[0].column
+            base = key.rstrip("'")
+            if base == "x":
+                raise self.err("cannot assign to the input x", st.lineno, col, fix="choose another name")
+            if key.endswith("'") and base not in state_set:
+                raise self.err(f"'{key}' is primed but '{base}' is not a state", st.lineno, col,
+                               fix=f"declare it (`state {', '.join(state_names + [base])}`) or drop the prime")
+            if not key.endswith("'"):
+                if base in state_set:
+                    raise self.err(f"assignment to the old value of state '{base}'", st.lineno, col,
+                                   fix=f"the new value is written {base}' = ...")
+                self.check_name(base, st.lineno, col, "intermediate")
+        for s, col in states:
+            if s + "'" not in assigns:
+                raise self.err(f"state '{s}' is never updated", state_line, col, fix=f"add an equation {s}' = ...")
+        if output is None:
+            out_name = state_names[0]
+        else:
+            out_name, oline, ocol = output
+            if out_name not in state_set:
+                raise self.err(f"output '{out_name}' is not a state", oline, ocol,
+                               fix=f"name one of the states: {', '.join(state_names)}")
+        return self.build(name, state_names, out_name, inits, assigns)
+
+    @staticmethod
+    def target(tree: Tree) -> tuple[str, bool]:
+        t = tree.children[0]
+        return str(t.children[0]), len(t.children) > 1
+
+    def build(self, name, states, output, inits, assigns) -> Cell:
+        state_set = set(states)
+        # dependency order (iterative DFS; cycles reported with their path)
+        deps = {key: self.refs(tree, set(assigns), state_set) for key, (tree, _) in assigns.items()}
+        order: list[str] = []
+        mark: dict[str, int] = {}
+        for root in assigns:
+            if mark.get(root):
+                continue
+            stack = [(root, iter(deps[root]))]
+            mark[root] = 1
+            path = [root]
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    path.pop()
+                    mark[node] = 2
+                    order.append(node)
+                    continue
+                if mark.get(nxt) == 1:
+                    cyc = path[path.index(nxt):] + [nxt]
+                    st = assigns[nxt][1]
+                    raise self.err(f"cycle: {' -> '.join(cyc)}", st.lineno,
+                                   assigns[nxt][0].children[0].children[0].column,
+                                   fix="an intermediate cannot depend on itself; use the old state value (no prime) "
+                                       "to refer to t-1")
+                if not mark.get(nxt):
+                    mark[nxt] = 1
+                    path.append(nxt)
+                    stack.append((nxt, iter(deps[nxt])))
+
+        params: dict[str, tuple[str, int, int]] = {}   # name -> (kind, line, col) of first use
+        values: dict[str, Node] = {}
+        names: dict[Node, str] = {}
+        equations = []
+        for key in order:
+            tree, st = assigns[key]
+            node = self.expr(tree.children[1], st, values, state_set, params)
+            if not self.is_vector(node):
+                raise self.err(f"'{key}' is a constant; " + ("a state" if key.endswith("'") else "an intermediate")
+                               + " must depend on x, a state or a parameter", st.lineno,
+                               tree.children[0].children[0].column,
+                               fix="use a number directly where it is needed" if not key.endswith("'")
+                               else "a state update must involve the input, a state or a parameter")
+            values[key] = node
+            names.setdefault(node, key)
+            equations.append((key, node))
+        # parameters in order of first appearance in the source
+        pkinds = {p: k for p, (k, _, _) in sorted(params.items(), key=lambda kv: kv[1][1:])}
+        init_vals = {}
+        for pname, (value, st) in inits.items():
+            if pname not in pkinds:
+                raise self.err(f"`init` names '{pname}', which is not a parameter of this cell", st.lineno, st.col,
+                               fix=f"parameters are: {', '.join(sorted(pkinds)) or '(none)'}")
+            if pkinds[pname] == "b" and value in ("xavier", "orthogonal"):
+                raise self.err(f"'{value}' initialisation needs a matrix, and '{pname}' is a vector", st.lineno,
+                               st.col, fix="use a number, zeros, ones, uniform or normal")
+            init_vals[pname] = value
+        new = {s: values[s + "'"] for s in states}
+        return Cell(name=name, states=tuple(states), output=output, new=new, params=pkinds, inits=init_vals,
+                    equations=equations, names=names, source=self.text, filename=self.filename)
+
+    @staticmethod
+    def refs(tree: Tree, assigned: set, state_set: set) -> list[str]:
+        out = []
+        for sub in tree.children[1].iter_subtrees() if isinstance(tree.children[1], Tree) else []:
+            if sub.data == "name":
+                n = str(sub.children[0]) + ("'" if len(sub.children) > 1 else "")
+                if n in assigned and n not in out:
+                    out.append(n)
+        return out
+
+    @staticmethod
+    def is_vector(node: Node) -> bool:
+        return any(n.op in ("state", "param", "input", "matvec") for n in ir.walk([node]))
+
+    def expr(self, tree, st: _Stmt, values, state_set, params) -> Node:
+        """Lark tree -> IR, iteratively (post-order), checking names and shapes."""
+        result: dict[int, Node] = {}
+        stack = [(tree, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                result[id(t)] = self.node(t, result, st, values, state_set, params)
+                continue
+            stack.append((t, True))
+            for c in self.operands(t, st):
+                stack.append((c, False))
+        return result[id(tree)]
+
+    def operands(self, t: Tree, st) -> list:
+        """The sub-expressions of `t` to convert first (checking call syntax on the way down)."""
+        if t.data == "matmul":
+            return [t.children[1]]          # the left side is a parameter name, checked in node()
+        if t.data == "call":
+            args = self.call_args(t, st)
+            return args
+        return [c for c in t.children if isinstance(c, Tree)]
+
+    def call_args(self, t: Tree, st) -> list:
+        tok = t.children[0]
+        fname = str(tok)
+        args = t.children[1].children if len(t.children) > 1 else []
+        for a in args:
+            if isinstance(a, Tree) and a.data == "kwarg":
+                raise self.err("keyword arguments are not part of the cell language", st.lineno,
+                               a.children[0].column, fix=f"call {fname}(EXPR) with one positional argument")
+        return list(args)
+
+    def _use_param(self, pname, kind, tok, st, params):
+        prev = params.get(pname)
+        if prev is None:
+            self.check_name(pname, st.lineno, tok.column, "parameter")
+            params[pname] = (kind, st.lineno, tok.column)
+            return
+        if prev[0] != kind:
+            desc = {"W": "a matrix applied to x ([H, I])", "U": "a matrix applied to a hidden vector ([H, H])",
+                    "b": "a per-unit vector ([H])"}
+            raise self.err(f"parameter '{pname}' is used as {desc[kind]} here but as {desc[prev[0]]} on line "
+                           f"{prev[1]}", st.lineno, tok.column, fix="use a separate parameter for each role")
+
+    def node(self, t: Tree, result, st, values, state_set, params) -> Node:
+        d = t.data
+        kids = [result.get(id(c)) for c in t.children]
+        if d == "number":
+            return ir.const(float(t.children[0]))
+        if d == "name":
+            tok = t.children[0]
+            nm = str(tok)
+            primed = len(t.children) > 1
+            key = nm + ("'" if primed else "")
+            if nm == "x":
+                if primed:
+                    raise self.err("x has no primed value", st.lineno, tok.column, fix="write x")
+                return ir.input_()
+            if primed:
+                if nm not in state_set:
+                    raise self.err(f"'{key}' is primed but '{nm}' is not a state", st.lineno, tok.column,
+                                   fix="only states have new (primed) values")
+                return values[key]
+            if nm in state_set:
+                return ir.state(nm)
+            if key in values:
+                return values[key]
+            if nm in FUNCTIONS:
+                raise self.err(f"function '{nm}' used without arguments", st.lineno, tok.column,
+                               fix=f"call it: {nm}(...)")
+            self._use_param(nm, "b", tok, st, params)
+            return ir.param(nm)
+        if d == "call":
+            tok = t.children[0]
+            fname = str(tok)
+            args = self.call_args(t, st)
+            if fname not in FUNCTIONS:
+                known = fname in values or fname in state_set or fname in params or fname == "x"
+                raise self.err((f"'{fname}' is not a function and cannot be called" if known
+                                else f"unknown function '{fname}'"), st.lineno, tok.column,
+                               fix=f"functions are: {', '.join(FUNCTIONS)}" + ("; to multiply write a * (b)"
+                                                                            if known else ""))
+            if len(args) != 1:
+                raise self.err(f"{fname}() takes exactly one argument, got {len(args)}", st.lineno, tok.column,
+                               fix=f"write {fname}(EXPR)")
+            arg = result[id(args[0])]
+            self.no_bare_x(arg, st, self.col_of(args[0], st))
+            return mk(FUNCTIONS[fname], arg)
+        if d == "matmul":
+            left_tree, right_tree = t.children
+            right = result[id(right_tree)]
+            col = self.col_of(left_tree, st)
+            lname = (str(left_tree.children[0]) if isinstance(left_tree, Tree) and left_tree.data == "name"
+                     and len(left_tree.children) == 1 else None)
+            if lname is None or lname == "x" or lname in state_set or lname in values or lname in FUNCTIONS:
+                raise self.err("the left side of @ must be a parameter name (a weight matrix)", st.lineno, col,
+                               fix="write M @ v with M a parameter, e.g. W_i @ x or U_i @ h")
+            if right.op == "input":
+                kind = "W"
+            elif self.is_vector(right):   # x elsewhere in `right` was already rejected by no_bare_x
+                kind = "U"
+            else:
+                raise self.err("the right side of @ must be a vector (x, a state or a vector expression)",
+                               st.lineno, self.col_of(right_tree, st), fix="a constant cannot be multiplied by a matrix")
+            self._use_param(lname, kind, left_tree.children[0], st, params)
+            return ir.matvec(lname, right)
+        if d in ("neg", "pos"):
+            self.no_bare_x(kids[0], st, self.col_of(t, st))
+            return mk("neg", kids[0]) if d == "neg" else kids[0]
+        if d in ("add", "sub", "mul", "div"):
+            for child, k in zip(t.children, kids):
+                self.no_bare_x(k, st, self.col_of(child, st))
+            return mk(d, kids[0], kids[1])
+        raise self.err(f"unsupported construct '{d}'", st.lineno)  # pragma: no cover
+
+    def no_bare_x(self, node, st, col):
+        if node is not None and node.op == "input":
+            raise self.err("x (size I) can only be used directly as `M @ x`", st.lineno, col,
+                           fix="multiply it by an input weight matrix first, e.g. W @ x")
+
+    @staticmethod
+    def col_of(t, st) -> int:
+        if isinstance(t, Token):
+            return t.column or 1
+        for sub in t.iter_subtrees_topdown():
+            for c in sub.children:
+                if isinstance(c, Token) and c.column:
+                    return c.column
+        return 1
