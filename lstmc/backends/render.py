@@ -1,0 +1,112 @@
+"""Shared rendering helpers: value names -> identifiers, IR expressions -> source text, templates.
+
+A backend is a renderer: it supplies a spelling table (one row per primitive) and a leaf-naming
+function, and fills a template. Every identifier that reaches generated code is built here from a
+fixed prefix plus a validated name, so a spec can never shadow an import, a builtin or a keyword.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+
+import jinja2
+
+from .. import __version__
+from ..ir import Node, walk
+from ..ops import POINTWISE
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# var kind -> identifier prefix in generated code
+PREFIX = {"s1": "n_", "sv": "sv_", "t": "t_", "ds1": "dn_", "ds": "ds_", "dp": "dp_", "dxp": "dxp_", "xp": "xp_"}
+
+
+def ident(prefix: str, name: str) -> str:
+    """`prefix` + a spec name, checked to be a plain identifier (mangling primes)."""
+    name = str(name).replace("'", "1")
+    out = prefix + name
+    if not _IDENT.match(out):  # pragma: no cover - spec.py only admits identifiers
+        raise ValueError(f"refusing to emit identifier {out!r}")
+    return out
+
+
+def value_name(node: Node) -> str:
+    """The generated-code identifier of a leaf: state, parameter or var."""
+    if node.op == "state":
+        return ident("s_", node.attr)
+    if node.op == "param":
+        return ident("p_", node.attr)
+    kind, *rest = node.attr
+    if kind in ("rp", "drp"):
+        return ident(f"{kind}{int(rest[0])}_", rest[1])
+    if kind == "dv":
+        return f"dv{int(rest[0])}"
+    return ident(PREFIX[kind], rest[0])
+
+
+def key_name(key: tuple) -> str:
+    from ..ir import var
+
+    return value_name(var(*key))
+
+
+_PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3}
+_SYM = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def render_expr(expr: Node, spell: dict, leaf=value_name, const=repr) -> str:
+    """Source text of `expr`: + - * / and unary - as Python infix, other ops through `spell`
+    (a format string with {0}, {1}), leaves through `leaf`, numbers through `const`."""
+    text: dict[Node, tuple[str, int]] = {}
+    for n in walk([expr]):
+        if n.op == "const":
+            v = n.attr
+            text[n] = (const(v), 5 if v >= 0 else 0)
+        elif n.is_leaf:
+            text[n] = (leaf(n), 5)
+        elif n.op in _SYM:
+            p = _PREC[n.op]
+            (lt, lp), (rt, rp) = (text[a] for a in n.args)
+            lt = lt if lp >= p else f"({lt})"
+            rt = rt if (rp > p or (rp == p and n.op in ("add", "mul"))) else f"({rt})"
+            text[n] = (f"{lt} {_SYM[n.op]} {rt}", p)
+        elif n.op == "neg":
+            at, ap = text[n.args[0]]
+            text[n] = (f"-{at}" if ap > 3 else f"-({at})", 3)
+        else:
+            text[n] = (spell[n.op].format(*(text[a][0] for a in n.args)), 5)
+    return text[expr][0]
+
+
+def check_spelling(spell: dict, backend: str) -> None:
+    missing = [op for op in POINTWISE if op not in _SYM and op != "neg" and op not in spell]
+    if missing:  # pragma: no cover - guarded by tests/test_tables.py
+        raise RuntimeError(f"backend {backend} has no spelling for {missing}")
+
+
+def template_dir() -> Path:
+    """templates/ beside the package in a checkout; lstmc/templates inside an installed wheel."""
+    here = Path(__file__).resolve().parents[2] / "templates"
+    if here.is_dir() and any(here.glob("*.j2")):
+        return here
+    return Path(str(importlib.resources.files("lstmc.templates")))
+
+
+_env = None
+
+
+def render_template(name: str, **ctx) -> str:
+    global _env
+    if _env is None:
+        _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), keep_trailing_newline=True,
+                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                  autoescape=False)
+    ctx.setdefault("version", __version__)
+    return _env.get_template(name).render(**ctx)
+
+
+def is_batched(expr: Node) -> bool:
+    """Does `expr` vary over batch rows (reads a state, a product, a seed...)? Otherwise it is [H] or scalar."""
+    return any(n.op in ("state", "var") for n in walk([expr]))

@@ -1,0 +1,169 @@
+"""The `torch` backend: the lowered Program rendered as eager PyTorch ops (any device).
+
+It renders the step's blocks and GEMMs into a Python module (templates/torch_step.py.j2) and runs
+it under the shared SequenceDriver. Because it is plain PyTorch, autograd through its forward is an
+independent check of the symbolically derived backward, and it is the "hand-written PyTorch"
+baseline of the benchmarks. It accepts NumPy arrays (returning NumPy) or torch tensors (returning
+tensors, differentiable by autograd).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..ir import Node, state, var
+from ..lower import Block, Gemm, Program
+from .base import CompiledCell, SequenceDriver
+from .reference import check_backward_args
+from .render import check_spelling, is_batched, key_name, render_expr, render_template, value_name
+
+SPELL = {
+    "exp": "torch.exp({0})",
+    "log": "torch.log({0})",
+    "sigmoid": "torch.sigmoid({0})",
+    "tanh": "torch.tanh({0})",
+    "relu": "torch.relu({0})",
+    "softplus": "F.softplus({0})",
+    "step": "torch.sign(torch.relu({0}))",
+    "sqrt": "torch.sqrt({0})",
+    "abs": "torch.abs({0})",
+    "sign": "torch.sign({0})",
+}
+check_spelling(SPELL, "torch")
+
+
+class TorchOps:
+    name = "torch"
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def zeros(self, shape, like=None):
+        return torch.zeros(shape, dtype=self.dtype, device=like.device if like is not None else None)
+
+    def where(self, m, a, b):
+        return torch.where(m, a, b)
+
+    def cat(self, arrays, axis):
+        return torch.cat(arrays, dim=axis)
+
+    def stack(self, arrays):
+        return torch.stack(arrays)
+
+    def take_rows(self, a, idx):
+        idx_t = torch.as_tensor(idx, device=a.device)
+        return a[idx_t, torch.arange(a.shape[1], device=a.device)[None, :]]
+
+    def sum0(self, a):
+        return a.sum(dim=0)
+
+    def mask(self, m):
+        return torch.as_tensor(m)
+
+
+def _block_lines(stages, H_name="H") -> list[str]:
+    lines = []
+    for st in stages:
+        if isinstance(st, Block):
+            lines.append(f"# block {st.phase}")
+            for let in st.lets:
+                rhs = render_expr(let.expr, SPELL)
+                if not is_batched(let.expr):
+                    rhs = f"_bh({rhs}, B, H)"
+                lines.append(f"{key_name(let.key)} = {rhs}")
+        elif isinstance(st, Gemm):
+            if st.transposed:
+                a = ", ".join(value_name(n) for n in st.a)
+                a = f"torch.cat([{a}], 1)" if len(st.a) > 1 else a
+                lines.append(f"{value_name(st.out[0])} = {a} @ P['U{st.group}']  # [{'; '.join(st.mats)}]")
+            else:
+                lines.append(f"rp{st.group} = {value_name(st.a[0])} @ P['U{st.group}'].T  "
+                             f"# [{', '.join(st.mats)}]")
+                for j, o in enumerate(st.out):
+                    lines.append(f"{value_name(o)} = rp{st.group}[:, {j} * H:{j + 1} * H]")
+    return lines
+
+
+def render(program: Program, key: str = "") -> str:
+    """The generated module's source text."""
+    cell = program.cell
+    vec = [p for p in program.vector_params]
+    first = cell.states[0]
+    fwd_pro = [f"{value_name(state(s))} = S[{s!r}]" for s in cell.states]
+    fwd_pro += [f"B, H = {value_name(state(first))}.shape"]
+    fwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
+    fwd_pro += [f"{value_name(var('xp', m))} = xp_t[:, {j} * H:{j + 1} * H]" for j, m in enumerate(program.input_mats)]
+    fwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('s1', s))}" for s in cell.states) + "}, {"
+               + ", ".join(f"{n!r}: {key_name(('sv', n))}" for n, _ in program.saved) + "}")
+    bwd_pro = []
+    for s in cell.states:
+        bwd_pro += [f"{value_name(state(s))} = S[{s!r}]", f"{key_name(('s1', s))} = S1[{s!r}]",
+                    f"{key_name(('ds1', s))} = dS1[{s!r}]"]
+    bwd_pro += [f"B, H = {value_name(state(first))}.shape"]
+    bwd_pro += [f"{key_name(('sv', n))} = SV[{n!r}]" for n, _ in program.saved]
+    bwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
+    dxp = (f"torch.cat([{', '.join(key_name(('dxp', m)) for m in program.input_mats)}], 1)"
+           if program.input_mats else "None")
+    drp = "{" + ", ".join(
+        f"{g.index}: torch.cat([{', '.join(key_name(('drp', g.index, m)) for m in g.mats)}], 1)"
+        for g in program.groups) + "}"
+    bwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('ds', s))}" for s in cell.states) + "}, " + dxp + ", " + drp
+               + ", {" + ", ".join(f"{p!r}: {key_name(('dp', p))}" for p in vec) + "}")
+    return render_template("torch_step.py.j2", cell=cell.name, key=key, fwd_prologue=fwd_pro,
+                           fwd_body=_block_lines(program.fwd), fwd_return=fwd_ret, bwd_prologue=bwd_pro,
+                           bwd_body=_block_lines(program.bwd), bwd_return=bwd_ret)
+
+
+def load_module(source: str, name: str):
+    """Compile generated source into a fresh module namespace (the source is ours, built from
+    validated identifiers; spec text itself is never executed)."""
+    import types
+
+    mod = types.ModuleType(name)
+    exec(compile(source, f"<lstmc {name}>", "exec"), mod.__dict__)  # noqa: S102 - generated code
+    return mod
+
+
+class TorchCell(CompiledCell):
+    backend = "torch"
+
+    def __init__(self, program: Program, dtype: str = "float64"):
+        super().__init__(program, dtype)
+        self.torch_dtype = getattr(torch, self.dtype)
+        self.source = render(program)
+        self.module = load_module(self.source, f"torch_{program.cell.name}")
+        self.ops = TorchOps(self.torch_dtype)
+        self.driver = SequenceDriver(program, self.ops, self.module.fwd_step, self.module.bwd_step)
+
+    @staticmethod
+    def _to_torch(a):
+        return torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
+        numpy_in = isinstance(x, np.ndarray)
+        x = self._to_torch(x)
+        params = {k: self._to_torch(v) for k, v in params.items()} if isinstance(params, dict) else params
+        state = {k: self._to_torch(v) for k, v in state.items()} if isinstance(state, dict) else state
+        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+        for nm, t in [("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]:
+            if t.device != x.device:
+                raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device")
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+        if tape is not None:
+            tape.extra["numpy"] = numpy_in
+        if numpy_in:
+            y = y.detach().numpy()
+            st = {k: v.detach().numpy() for k, v in st.items()}
+        return y, st, tape
+
+    def backward(self, tape, dy, dstate=None):
+        dy = self._to_torch(dy)
+        dstate = {k: self._to_torch(v) for k, v in dstate.items()} if isinstance(dstate, dict) else dstate
+        check_backward_args(self, tape, dy, dstate)
+        dx, ds, dp = self.driver.backward(tape, dy, dstate)
+        if tape.extra.get("numpy"):
+            dx = dx.detach().numpy()
+            ds = {k: v.detach().numpy() for k, v in ds.items()}
+            dp = {k: v.detach().numpy() for k, v in dp.items()}
+        return dx, ds, dp
