@@ -81,7 +81,6 @@ def compile(cell, backend: str = "reference", dtype: str = "float64", **options)
         from .backends.numba import NumbaCell as cls
     else:
         from .backends.triton import TritonCell as cls
-    compiled = cls(program, dtype, **options)
-    compiled.key = key
+    compiled = cls(program, dtype, key=key, **options)
     _memory[key] = compiled
     return compiled

@@ -87,6 +87,8 @@ class Program:
         """A readable, canonical description (used by `lstmc show` and as part of cache keys)."""
         out = [f"program {self.cell.name}", f"  states: {', '.join(self.cell.states)}   output: {self.cell.output}"]
         out.append("  params: " + ", ".join(f"{p}:{k}" for p, k in self.cell.params.items()))
+        if self.cell.inits:
+            out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
         out.append("  input GEMM (hoisted, all T*B rows): xp = x @ [" + ", ".join(self.input_mats) + "]^T"
                    if self.input_mats else "  input GEMM: none")
         out.append("  saved per step: " + (", ".join(n for n, _ in self.saved) or "(states only)"))
@@ -159,7 +161,9 @@ def _plan_products(cell: Cell) -> _Products:
     by_operand: dict[Node, int] = {}
     memo: dict[Node, Node] = {}
     phase: dict[Node, int] = {}
-    roots = [node for _, node in cell.equations]       # source order: slots follow the spec
+    # simplify first (constant folding, identities); CSE is already given by interning
+    simple = {node: simplify(node) for _, node in cell.equations}
+    roots = [simple[node] for _, node in cell.equations]       # source order: slots follow the spec
     for n in walk(roots):
         args = tuple(memo[a] for a in n.args)
         if n.op == "matvec":
@@ -182,7 +186,7 @@ def _plan_products(cell: Cell) -> _Products:
             m = n if args == n.args else ir.Node(n.op, args, n.attr)
             phase[m] = max((phase[a] for a in args), default=0)
         memo[n] = m
-    p.new = {s: memo[cell.new[s]] for s in cell.states}
+    p.new = {s: memo[simple[cell.new[s]]] for s in cell.states}
     p.phase = phase
     p.memo = memo
     # readable names for lowered nodes: the spec's names, and s' for new states
@@ -190,8 +194,8 @@ def _plan_products(cell: Cell) -> _Products:
     for s in cell.states:
         p.names.setdefault(p.new[s], s + "'")
     for node, name in cell.names.items():
-        if node in memo:
-            p.names.setdefault(memo[node], name)
+        if simple.get(node) in memo:
+            p.names.setdefault(memo[simple[node]], name)
     p.fwd_nodes = set(walk(list(p.new.values()) + [g["operand"] for g in p.groups]))
     return p
 

@@ -16,7 +16,9 @@ Expressions are parsed by a Lark LALR grammar; nothing is ever evaluated. Every 
 from __future__ import annotations
 
 import keyword
+import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from lark import Lark, Token, Tree
@@ -50,8 +52,12 @@ class SpecError(ValueError):
         self.fix = fix
         parts = [f"{filename}:{line}:{col}: error: {problem}"]
         if source_line:
-            parts.append("    " + source_line.rstrip("\n"))
-            parts.append("    " + " " * max(col - 1, 0) + "^")
+            src = source_line.rstrip("\r\n")
+            # keep tabs in the caret's indent so the caret lines up under tab-indented text
+            pad = "".join("\t" if c == "\t" else " " for c in src[: max(col - 1, 0)])
+            pad += " " * max(col - 1 - len(src), 0)
+            parts.append("    " + src)
+            parts.append("    " + pad + "^")
         if fix:
             parts.append(f"  fix: {fix}")
         super().__init__("\n".join(parts))
@@ -85,11 +91,20 @@ args: arg ("," arg)*
 
 PRIME: "'"
 NAME: /[A-Za-z_][A-Za-z0-9_]*/
-NUMBER: /(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/
+NUMBER: /([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?/
 %ignore /[ \t\f\r]+/
 """
 
 _parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
+
+# a number as the language writes it (the NUMBER terminal, optionally signed): used for `init` values
+_NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_FUNCS = ", ".join(FUNCTIONS)
+
+
+def _a(word: str) -> str:
+    """`word` with its indefinite article: 'an intermediate', 'a state'."""
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 # what an unexpected character most likely means, and how to fix it
 _CHAR_HINTS = {
@@ -156,6 +171,7 @@ class _Parser:
         self.text = text
         self.filename = filename
         self.lines = text.split("\n")
+        self._vector: dict[Node, bool] = {}
 
     # errors ---------------------------------------------------------------------------------
     def err(self, problem: str, lineno: int, col: int = 1, fix: str = "") -> SpecError:
@@ -190,6 +206,10 @@ class _Parser:
         col0 = len(line) - len(line.lstrip()) + 1
         if m and m.group(1) in DIRECTIVES and not re.match(r"\s*'?\s*=", m.group(2)):
             return getattr(self, "d_" + m.group(1))(m.group(2), lineno, line)
+        if m and keyword.iskeyword(m.group(1)) and not re.match(r"\s*'?\s*=", m.group(2)):
+            # `import os`, `if h: ...`, `return h`, `def f(): ...`
+            raise self.err(f"'{m.group(1)}' is Python, not part of the cell language", lineno, col0,
+                           fix="a cell is `cell`, `state`, `output` and `init` lines and equations NAME = EXPR")
         if m and "=" not in line and re.match(r"\s+[A-Za-z_(]", m.group(2) or ""):
             raise self.err(f"unknown directive '{m.group(1)}'", lineno, col0,
                            fix=f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR")
@@ -204,7 +224,7 @@ class _Parser:
             name = item.strip()
             col = pos + (len(item) - len(item.lstrip())) + 1
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise self.err(f"'{name}' is not a valid {what} name" if name else f"missing {what} name",
+                raise self.err(f"`{name}` is not a valid {what} name" if name else f"missing {what} name",
                                lineno, col, fix=f"{what} names are letters, digits and _, separated by commas")
             self.check_name(name, lineno, col, what)
             out.append((name, col))
@@ -215,7 +235,7 @@ class _Parser:
         if name in RESERVED:
             why = ("a Python keyword" if keyword.iskeyword(name) or keyword.issoftkeyword(name)
                    else "the step input" if name == "x" else "a function" if name in FUNCTIONS else "a directive")
-            raise self.err(f"'{name}' is reserved ({why}) and cannot name a {what}", lineno, col,
+            raise self.err(f"'{name}' is reserved ({why}) and cannot name {_a(what)}", lineno, col,
                            fix="choose another name")
 
     def d_cell(self, rest, lineno, line):
@@ -243,57 +263,119 @@ class _Parser:
         if value in INIT_KINDS:
             v = value
         else:
-            try:
-                v = float(value)
-            except ValueError:
+            # only the language's own number syntax: Python's float() would also take '1_000', 'nan', 'inf'
+            # and digits of other scripts
+            numeric = _NUMBER_RE.fullmatch(value)
+            if not numeric and not re.fullmatch(r"[+-]?(inf|infinity|nan)", value, re.IGNORECASE):
                 raise self.err(f"unknown initialisation '{value}'", lineno, vcol,
-                               fix=f"use a number or one of {', '.join(INIT_KINDS)}") from None
-            if v != v or v in (float("inf"), float("-inf")):
+                               fix=f"use a number (like 1, -0.5 or 1e-3) or one of {', '.join(INIT_KINDS)}")
+            v = float(value) if numeric else math.nan
+            if not math.isfinite(v):
                 raise self.err(f"initial value must be finite, not {value}", lineno, vcol, fix="use a finite number")
         return _Stmt("init", lineno, line, (name, v), col=line.index(name, line.index("init") + 4) + 1)
 
     # equations ------------------------------------------------------------------------------
     def parse_assign(self, line: str, lineno: int) -> Tree:
         depth = 0
+        opened: list[int] = []          # columns of the '(' not closed yet
+        unmatched = 0                   # column of the first ')' that closes nothing
         for i, ch in enumerate(line):
             if ch == "(":
                 depth += 1
+                opened.append(i + 1)
                 if depth > MAX_NESTING:
                     raise self.err(f"parentheses nested deeper than {MAX_NESTING}", lineno, i + 1,
                                    fix="name inner parts of the expression as intermediates")
             elif ch == ")":
                 depth -= 1
+                if opened:
+                    opened.pop()
+                elif not unmatched:
+                    unmatched = i + 1
         run = re.search(r"[-+]{%d,}" % (MAX_NESTING + 1), line)
         if run:
             raise self.err("too many consecutive signs", lineno, run.start() + 1, fix="simplify the signs")
         try:
             return _parser.parse(line)
         except UnexpectedCharacters as e:
-            ch = line[e.column - 1] if 0 < e.column <= len(line) else ""
-            problem, fix = _CHAR_HINTS.get(ch, (f"unexpected character {ch!r}", "use names, numbers, + - * / @, "
-                                                "parentheses and the functions " + ", ".join(FUNCTIONS)))
-            if ch == "*" and line[e.column: e.column + 1] == "*":
-                problem, fix = "the ** operator is not part of the cell language", "write powers as products, e.g. v * v"
-            raise self.err(problem, lineno, e.column, fix=fix) from None
+            col = e.column if 0 < e.column <= len(line) else len(line.rstrip()) + 1
+            ch = line[col - 1] if col <= len(line) else ""
+            self.python_keyword(line, lineno, col)
+            if ch in _CHAR_HINTS:
+                problem, fix = _CHAR_HINTS[ch]
+            elif ch and not ch.isascii():
+                problem = (f"non-ASCII character {ch!r} (U+{ord(ch):04X} "
+                           f"{unicodedata.name(ch, 'unnamed character')})")
+                fix = ("the cell language is plain ASCII: retype it (e.g. '-' for a minus sign, '*' for a product, "
+                       "an ordinary space)")
+            else:
+                problem = f"unexpected character {ch!r}"
+                fix = f"use names, numbers, + - * / @, parentheses and the functions {_FUNCS}"
+            raise self.err(problem, lineno, col, fix=fix) from None
         except UnexpectedEOF:
-            raise self.err("the equation ends too early", lineno, len(line.rstrip()) + 1,
-                           fix="complete the expression (unbalanced parentheses or a trailing operator?)") from None
+            raise self.early_end(line, lineno, opened) from None
         except UnexpectedToken as e:
             tok = e.token
-            col = getattr(tok, "column", None) or len(line.rstrip()) + 1
+            if "=" not in line:
+                raise self.not_an_equation(line, lineno) from None
             if tok.type == "$END":
-                raise self.err("the equation ends too early", lineno, len(line.rstrip()) + 1,
-                               fix="complete the expression (unbalanced parentheses or a trailing operator?)") from None
+                raise self.early_end(line, lineno, opened) from None
+            col = getattr(tok, "column", None) or len(line.rstrip()) + 1
+            self.python_keyword(line, lineno, col + len(str(tok)))
+            before = line[: col - 1]
+            if tok.type == "STAR" and before.endswith("*"):
+                raise self.err("the ** operator is not part of the cell language", lineno, col - 1,
+                               fix="write powers as products, e.g. v * v") from None
             if tok.type == "EQUAL":
                 raise self.err("unexpected '='", lineno, col,
                                fix="an equation is NAME = EXPR; the left side is a name or a primed state") from None
-            if tok.type == "NAME" and keyword.iskeyword(str(tok)):
-                raise self.err(f"'{tok}' is Python, not part of the cell language", lineno, col,
-                               fix="write the math with + - * / @ and the functions " + ", ".join(FUNCTIONS)) from None
-            raise self.err(f"unexpected {tok!s:.20}", lineno, col,
+            if tok.type == "PRIME":
+                raise self.err("misplaced prime (')", lineno, col,
+                               fix="a prime follows a state name to mean its new value, as in c'; strings and "
+                                   "double primes are not part of the cell language") from None
+            if tok.type == "RPAR" and unmatched == col:
+                raise self.err("unmatched ')'", lineno, col, fix="remove it or add the matching '('") from None
+            if tok.type in ("NAME", "NUMBER") and re.search(r"[0-9.]$", before):
+                word = re.search(r"[A-Za-z0-9_.]+$", before).group() + str(tok)
+                wcol = col - len(word) + len(str(tok))
+                raise self.err(f"'{word}' is neither a number nor a name", lineno, wcol,
+                               fix="write numbers like 2, 0.5 or 1e-3 and names starting with a letter; "
+                                   "to multiply, write 2 * h") from None
+            if tok.type in ("NAME", "NUMBER", "LPAR") and re.search(r"[A-Za-z0-9_)']\s*$", before):
+                raise self.err(f"missing operator before '{tok!s:.20}'", lineno, col,
+                               fix="write * to multiply, e.g. 2 * h or a * (b + c); functions are called "
+                                   "as tanh(v)") from None
+            raise self.err(f"unexpected '{tok!s:.20}'", lineno, col,
                            fix="equations look like `i = sigmoid(W_i @ x + U_i @ h + b_i)`") from None
         except (UnexpectedInput, LarkError) as e:  # pragma: no cover - any other Lark complaint
             raise self.err(f"cannot parse this line ({type(e).__name__})", lineno, 1) from None
+
+    def python_keyword(self, line: str, lineno: int, upto: int):
+        """Raise if a Python keyword (`if`, `lambda`, `not`...) appears before column `upto`."""
+        for m in re.finditer(r"(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_]*", line[: max(upto - 1, 0)]):
+            if keyword.iskeyword(m.group()):
+                raise self.err(f"'{m.group()}' is Python, not part of the cell language", lineno, m.start() + 1,
+                               fix=f"write the math with + - * / @ and the functions {_FUNCS}") from None
+
+    def not_an_equation(self, line: str, lineno: int) -> SpecError:
+        return self.err("this line is neither a directive nor an equation (it has no '=')", lineno,
+                        len(line) - len(line.lstrip()) + 1,
+                        fix=f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR")
+
+    def early_end(self, line: str, lineno: int, opened: list[int]) -> SpecError:
+        """The error for an equation that stops before its expression is complete."""
+        text = line.rstrip()
+        if "=" not in line:
+            return self.not_an_equation(line, lineno)
+        if text.endswith("="):
+            return self.err("nothing after '='", lineno, len(text), fix="write the expression: NAME = EXPR")
+        if text and text[-1] in "+-*/@,(":
+            return self.err(f"the equation ends with '{text[-1]}'", lineno, len(text),
+                            fix="complete the expression after it, or remove it")
+        if opened:
+            return self.err("this '(' is never closed", lineno, opened[-1], fix="add the missing ')'")
+        return self.err("the equation ends too early", lineno, len(text) + 1,
+                        fix="complete the expression (unbalanced parentheses or a trailing operator?)")
 
     # checking -------------------------------------------------------------------------------
     def check(self, stmts: list[_Stmt]) -> Cell:
@@ -334,6 +416,10 @@ class _Parser:
                 tname, primed = self.target(tree)
                 key = tname + ("'" if primed else "")
                 col = tree.children[0].children[0].column
+                if tname == "x":
+                    raise self.err("cannot assign to the input x", st.lineno, col, fix="choose another name")
+                if not primed:
+                    self.check_name(tname, st.lineno, col, "intermediate")
                 if key in assigns:
                     what = "state" if primed else "intermediate"
                     raise self.err(f"{what} '{key}' is assigned twice (first on line {assigns[key][1].lineno})",
@@ -347,8 +433,6 @@ class _Parser:
         for key, (tree, st) in assigns.items():
             col = tree.children[0].children[0].column
             base = key.rstrip("'")
-            if base == "x":
-                raise self.err("cannot assign to the input x", st.lineno, col, fix="choose another name")
             if key.endswith("'") and base not in state_set:
                 raise self.err(f"'{key}' is primed but '{base}' is not a state", st.lineno, col,
                                fix=f"declare it (`state {', '.join(state_names + [base])}`) or drop the prime")
@@ -356,7 +440,6 @@ class _Parser:
                 if base in state_set:
                     raise self.err(f"assignment to the old value of state '{base}'", st.lineno, col,
                                    fix=f"the new value is written {base}' = ...")
-                self.check_name(base, st.lineno, col, "intermediate")
         for s, col in states:
             if s + "'" not in assigns:
                 raise self.err(f"state '{s}' is never updated", state_line, col, fix=f"add an equation {s}' = ...")
@@ -400,7 +483,7 @@ class _Parser:
                     st = assigns[nxt][1]
                     raise self.err(f"cycle: {' -> '.join(cyc)}", st.lineno,
                                    assigns[nxt][0].children[0].children[0].column,
-                                   fix="an intermediate cannot depend on itself; use the old state value (no prime) "
+                                   fix="a value cannot depend on itself; use the old state value (no prime) "
                                        "to refer to t-1")
                 if not mark.get(nxt):
                     mark[nxt] = 1
@@ -414,6 +497,8 @@ class _Parser:
         for key in order:
             tree, st = assigns[key]
             node = self.expr(tree.children[1], st, values, state_set, params)
+            # `h' = x` or `a = x`: states and intermediates have hidden size H, x has size I
+            self.no_bare_x(node, st, tree.children[1])
             if not self.is_vector(node):
                 raise self.err(f"'{key}' is a constant; " + ("a state" if key.endswith("'") else "an intermediate")
                                + " must depend on x, a state or a parameter", st.lineno,
@@ -428,8 +513,10 @@ class _Parser:
         init_vals = {}
         for pname, (value, st) in inits.items():
             if pname not in pkinds:
-                raise self.err(f"`init` names '{pname}', which is not a parameter of this cell", st.lineno, st.col,
-                               fix=f"parameters are: {', '.join(sorted(pkinds)) or '(none)'}")
+                what = ("the input" if pname == "x" else "a state" if pname in state_set
+                        else "an intermediate" if pname in values else "not used in any equation")
+                raise self.err(f"`init` names '{pname}', which is not a parameter of this cell ({what})", st.lineno,
+                               st.col, fix=f"parameters are: {', '.join(sorted(pkinds)) or '(none)'}")
             if pkinds[pname] == "b" and value in ("xavier", "orthogonal"):
                 raise self.err(f"'{value}' initialisation needs a matrix, and '{pname}' is a vector", st.lineno,
                                st.col, fix="use a number, zeros, ones, uniform or normal")
@@ -448,9 +535,23 @@ class _Parser:
                     out.append(n)
         return out
 
-    @staticmethod
-    def is_vector(node: Node) -> bool:
-        return any(n.op in ("state", "param", "input", "matvec") for n in ir.walk([node]))
+    def is_vector(self, node: Node) -> bool:
+        """Does `node` depend on x, a state or a parameter? (Memoised over the interned nodes, so a long
+        chain of intermediates costs linear time, not quadratic.)"""
+        memo = self._vector
+        stack = [node]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            todo = [a for a in n.args if a not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            memo[n] = n.op in ("state", "param", "input", "matvec") or any(memo[a] for a in n.args)
+        return memo[node]
 
     def expr(self, tree, st: _Stmt, values, state_set, params) -> Node:
         """Lark tree -> IR, iteratively (post-order), checking names and shapes."""
@@ -501,7 +602,12 @@ class _Parser:
         d = t.data
         kids = [result.get(id(c)) for c in t.children]
         if d == "number":
-            return ir.const(float(t.children[0]))
+            tok = t.children[0]
+            v = float(tok)
+            if not math.isfinite(v):
+                raise self.err(f"the number {tok!s:.20} is too large", st.lineno, tok.column,
+                               fix="numbers must be finite in float64 (below about 1.8e308)")
+            return ir.const(v)
         if d == "name":
             tok = t.children[0]
             nm = str(tok)
@@ -539,17 +645,15 @@ class _Parser:
                 raise self.err(f"{fname}() takes exactly one argument, got {len(args)}", st.lineno, tok.column,
                                fix=f"write {fname}(EXPR)")
             arg = result[id(args[0])]
-            self.no_bare_x(arg, st, self.col_of(args[0], st))
+            self.no_bare_x(arg, st, args[0])
             return mk(FUNCTIONS[fname], arg)
         if d == "matmul":
             left_tree, right_tree = t.children
             right = result[id(right_tree)]
-            col = self.col_of(left_tree, st)
             lname = (str(left_tree.children[0]) if isinstance(left_tree, Tree) and left_tree.data == "name"
                      and len(left_tree.children) == 1 else None)
             if lname is None or lname == "x" or lname in state_set or lname in values or lname in FUNCTIONS:
-                raise self.err("the left side of @ must be a parameter name (a weight matrix)", st.lineno, col,
-                               fix="write M @ v with M a parameter, e.g. W_i @ x or U_i @ h")
+                self.bad_matmul_left(left_tree, lname, st, state_set, values)
             if right.op == "input":
                 kind = "W"
             elif self.is_vector(right):   # x elsewhere in `right` was already rejected by no_bare_x
@@ -560,17 +664,50 @@ class _Parser:
             self._use_param(lname, kind, left_tree.children[0], st, params)
             return ir.matvec(lname, right)
         if d in ("neg", "pos"):
-            self.no_bare_x(kids[0], st, self.col_of(t, st))
+            self.no_bare_x(kids[0], st, t)
             return mk("neg", kids[0]) if d == "neg" else kids[0]
         if d in ("add", "sub", "mul", "div"):
             for child, k in zip(t.children, kids):
-                self.no_bare_x(k, st, self.col_of(child, st))
+                self.no_bare_x(k, st, child)
             return mk(d, kids[0], kids[1])
         raise self.err(f"unsupported construct '{d}'", st.lineno)  # pragma: no cover
 
-    def no_bare_x(self, node, st, col):
+    def bad_matmul_left(self, left_tree, lname, st, state_set, values):
+        """Raise the error for `L @ v` whose L is not a parameter name, saying what L is."""
+        col = self.col_of(left_tree, st)
+        fix = "write M @ v with M a parameter, e.g. W_i @ x or U_i @ h"
+        d = left_tree.data if isinstance(left_tree, Tree) else ""
+        last = left_tree.children[-1] if d in ("mul", "div", "neg", "pos") else None
+        if d in ("mul", "div", "neg", "pos") and isinstance(last, Tree) and last.data == "name":
+            # `a * W @ v` is (a * W) @ v and `-W @ v` is (-W) @ v, as in Python
+            op = {"mul": "*", "div": "/", "neg": "-", "pos": "+"}[d]
+            m = str(last.children[0])
+            example = f"a {op} ({m} @ v)" if d in ("mul", "div") else f"{op}({m} @ v)"
+            raise self.err(f"`{op}` binds at least as tightly as `@`, so the left side of this @ is not just "
+                           f"'{m}'", st.lineno, col, fix=f"add parentheses: {example}")
+        if d == "name" and len(left_tree.children) > 1:
+            what = f"the new state {left_tree.children[0]}'"
+        elif d == "number":
+            what = "a number"
+        elif d == "call":
+            what = "a function call"
+        elif lname == "x":
+            what = "the input x"
+        elif lname in state_set:
+            what = f"the state '{lname}'"
+        elif lname in values:
+            what = f"the intermediate '{lname}'"
+        elif lname in FUNCTIONS:
+            what = f"the function '{lname}'"
+        else:
+            what = "an expression"
+        raise self.err(f"the left side of @ must be a parameter name (a weight matrix), not {what}", st.lineno, col,
+                       fix=fix)
+
+    def no_bare_x(self, node, st, tree):
+        """Reject x used other than as `M @ x` (`tree` locates it; its column is only looked up on error)."""
         if node is not None and node.op == "input":
-            raise self.err("x (size I) can only be used directly as `M @ x`", st.lineno, col,
+            raise self.err("x (size I) can only be used directly as `M @ x`", st.lineno, self.col_of(tree, st),
                            fix="multiply it by an input weight matrix first, e.g. W @ x")
 
     @staticmethod

@@ -102,8 +102,9 @@ class CompiledCell:
 
     backend = "?"
 
-    def __init__(self, program: Program, dtype: str = "float64"):
+    def __init__(self, program: Program, dtype: str = "float64", key: str = ""):
         self.program = program
+        self.key = key
         self.cell = program.cell
         self.dtype = check_dtype(dtype)
         self.np_dtype = np.dtype(DTYPES[self.dtype])

@@ -57,8 +57,8 @@ def run_stages(stages, env: dict, P: dict, B: int, H: int) -> None:
 class ReferenceCell(CompiledCell):
     backend = "reference"
 
-    def __init__(self, program: Program, dtype: str = "float64"):
-        super().__init__(program, dtype)
+    def __init__(self, program: Program, dtype: str = "float64", key: str = ""):
+        super().__init__(program, dtype, key)
         self.ops = NumpyOps(self.np_dtype)
         self.driver = SequenceDriver(program, self.ops, self._fwd_step, self._bwd_step)
 

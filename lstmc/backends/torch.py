@@ -128,10 +128,10 @@ def load_module(source: str, name: str):
 class TorchCell(CompiledCell):
     backend = "torch"
 
-    def __init__(self, program: Program, dtype: str = "float64"):
-        super().__init__(program, dtype)
+    def __init__(self, program: Program, dtype: str = "float64", key: str = ""):
+        super().__init__(program, dtype, key)
         self.torch_dtype = getattr(torch, self.dtype)
-        self.source = render(program)
+        self.source = render(program, key)
         self.module = load_module(self.source, f"torch_{program.cell.name}")
         self.ops = TorchOps(self.torch_dtype)
         self.driver = SequenceDriver(program, self.ops, self.module.fwd_step, self.module.bwd_step)
