@@ -15,6 +15,7 @@ Expressions are parsed by a Lark LALR grammar; nothing is ever evaluated. Every 
 
 from __future__ import annotations
 
+import difflib
 import keyword
 import math
 import re
@@ -40,6 +41,9 @@ INIT_KINDS = ("zeros", "ones", "uniform", "normal", "xavier", "orthogonal")
 RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
 
 
+_SHOW = 60   # an error message shows at most 2 * _SHOW characters of the offending line
+
+
 class SpecError(ValueError):
     """A problem in a .cell spec, located at `line`/`col` (1-based) of `filename`."""
 
@@ -53,9 +57,14 @@ class SpecError(ValueError):
         parts = [f"{filename}:{line}:{col}: error: {problem}"]
         if source_line:
             src = source_line.rstrip("\r\n")
+            at = max(col - 1, 0)                 # 0-based offset of the caret in `src`
+            if len(src) > 2 * _SHOW:             # show a window of a long line around the caret
+                start = max(0, min(at - _SHOW, len(src) - 2 * _SHOW))
+                end = start + 2 * _SHOW
+                src = ("..." if start else "") + src[start:end] + ("..." if end < len(src) else "")
+                at = at - start + (3 if start else 0)
             # keep tabs in the caret's indent so the caret lines up under tab-indented text
-            pad = "".join("\t" if c == "\t" else " " for c in src[: max(col - 1, 0)])
-            pad += " " * max(col - 1 - len(src), 0)
+            pad = "".join("\t" if c == "\t" else " " for c in src[:at]) + " " * max(at - len(src), 0)
             parts.append("    " + src)
             parts.append("    " + pad + "^")
         if fix:
@@ -100,6 +109,12 @@ _parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
 # a number as the language writes it (the NUMBER terminal, optionally signed): used for `init` values
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _FUNCS = ", ".join(FUNCTIONS)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    """' (did you mean `state`?)' when `word` looks like a misspelling of one of `choices`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def _a(word: str) -> str:
@@ -211,8 +226,11 @@ class _Parser:
             raise self.err(f"'{m.group(1)}' is Python, not part of the cell language", lineno, col0,
                            fix="a cell is `cell`, `state`, `output` and `init` lines and equations NAME = EXPR")
         if m and "=" not in line and re.match(r"\s+[A-Za-z_(]", m.group(2) or ""):
-            raise self.err(f"unknown directive '{m.group(1)}'", lineno, col0,
-                           fix=f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR")
+            word = m.group(1)
+            fix = f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR"
+            if m.group(2).strip() == "x":
+                fix = "x is the built-in step input and needs no declaration; " + fix
+            raise self.err(f"unknown directive '{word}'{_did_you_mean(word, DIRECTIVES)}", lineno, col0, fix=fix)
         return _Stmt("assign", lineno, line, self.parse_assign(line, lineno))
 
     # directives -----------------------------------------------------------------------------
@@ -638,7 +656,8 @@ class _Parser:
             if fname not in FUNCTIONS:
                 known = fname in values or fname in state_set or fname in params or fname == "x"
                 raise self.err((f"'{fname}' is not a function and cannot be called" if known
-                                else f"unknown function '{fname}'"), st.lineno, tok.column,
+                                else f"unknown function '{fname}'{_did_you_mean(fname, FUNCTIONS)}"),
+                               st.lineno, tok.column,
                                fix=f"functions are: {', '.join(FUNCTIONS)}" + ("; to multiply write a * (b)"
                                                                             if known else ""))
             if len(args) != 1:
@@ -660,7 +679,8 @@ class _Parser:
                 kind = "U"
             else:
                 raise self.err("the right side of @ must be a vector (x, a state or a vector expression)",
-                               st.lineno, self.col_of(right_tree, st), fix="a constant cannot be multiplied by a matrix")
+                               st.lineno, self.col_of(right_tree, st),
+                               fix="a constant cannot be multiplied by a matrix")
             self._use_param(lname, kind, left_tree.children[0], st, params)
             return ir.matvec(lname, right)
         if d in ("neg", "pos"):

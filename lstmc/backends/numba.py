@@ -1,0 +1,199 @@
+"""The `numba` backend (CPU): generated @njit time loops with BLAS GEMMs and fused, vectorised blocks.
+
+The recipe (DESIGN.md §7): the input products of all T·B rows are one GEMM before the loop; per
+step, each recurrent GEMM is one BLAS call (`np.dot(a, b, out)`, SciPy's OpenBLAS) into a
+preallocated buffer, and each phase's pointwise work is one fused loop nest; backward writes the
+products' adjoints for every step, and the weight and input gradients are whole-sequence GEMMs after
+the reverse loop. The generated source is a real file in the cache directory (so Numba's own
+`cache=True` works across processes); see `build_module`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..lower import Program
+from .base import CompiledCell, Tape, reverse_index
+from .numba_render import render
+from .reference import check_backward_args
+
+TEMPLATE_VERSION = "1"
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """LSTMC_CACHE_DIR, else $XDG_CACHE_HOME/lstmc, else ~/.cache/lstmc."""
+    env = os.environ.get("LSTMC_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lstmc"
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+        probe.write_text("ok")
+        probe.unlink()
+        return path
+    except OSError as e:
+        fallback = Path(tempfile.gettempdir()) / f"lstmc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        warnings.warn(f"lstmc cache directory {path} is not writable ({e.strerror}); using {fallback} instead. "
+                      f"Set LSTMC_CACHE_DIR to choose another.", RuntimeWarning, stacklevel=3)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def build_module(source: str, name: str):
+    """Write `source` atomically to the cache (unless an identical file is there) and import it.
+
+    A file whose content differs from `source` (corrupted, half-written by a killed process) is
+    rewritten; two processes building the same module both succeed (write to a private temporary
+    file, then an atomic rename).
+    """
+    directory = _writable_dir(cache_dir() / "numba")
+    path = directory / f"{name}.py"
+    data = source.encode()
+    try:
+        current = path.read_bytes()
+    except OSError:
+        current = None
+    if current != data:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    modname = f"lstmc_generated.{name}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules[modname] = mod
+    return mod
+
+
+def _require_c(name: str, a) -> None:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array for the numba backend, got {type(a).__name__}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous: pass np.ascontiguousarray({name.split('[')[0]}...) "
+                         f"(the numba backend reads arrays in place, without copies)")
+
+
+class NumbaCell(CompiledCell):
+    backend = "numba"
+
+    def __init__(self, program: Program, dtype: str = "float32", key: str = ""):
+        super().__init__(program, dtype, key)
+        self.source = render(program, self.dtype, key)
+        digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__).encode()).hexdigest()[:16]
+        safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
+        with _lock:
+            self.module = build_module(self.source, f"{safe}_{self.dtype}_{digest}")
+        self.warm()
+
+    def warm(self) -> None:
+        """Compile both kernels now (from Numba's cache when it has them) on a tiny problem."""
+        p = self.init_params(2, 3, seed=0)
+        x = np.zeros((2, 1, 2), dtype=self.np_dtype)
+        y, _, tape = self.forward(x, p)
+        self.backward(tape, np.zeros_like(y))
+
+    # ------------------------------------------------------------------------------------------
+    def _check_numba_inputs(self, x, params, state):
+        _require_c("x", x)
+        for k, v in params.items():
+            _require_c(f"params['{k}']", v)
+        for k, v in (state or {}).items():
+            _require_c(f"state['{k}']", v)
+
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
+        T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        self._check_numba_inputs(x, params, state)
+        prog = self.program
+        dt = self.np_dtype
+        rev_idx = None
+        if reverse:
+            rev_idx = reverse_index(T, L)
+            x = x[rev_idx, np.arange(B)[None, :]]
+        nx = len(prog.input_mats)
+        Wcat = np.concatenate([params[m] for m in prog.input_mats]) if nx else np.zeros((0, I), dt)
+        XP = (x.reshape(T * B, I) @ Wcat.T).reshape(T, B, nx * H) if nx else np.zeros((T, B, 0), dt)
+        UT = [np.ascontiguousarray(np.concatenate([params[m] for m in g.mats]).T) for g in prog.groups]
+        vecs = [params[p] for p in prog.vector_params]
+        rows = T + 1 if need_tape else 2
+        Sq = {}
+        for s in prog.cell.states:
+            Sq[s] = np.empty((rows, B, H), dt)
+            Sq[s][0] = state[s] if state is not None and s in state else 0.0
+        SV = {n: np.zeros((T if need_tape else 1, B, H), dt) for n, _ in prog.saved}
+        Y = np.empty((T, B, H), dt)
+        self.module.forward(XP, *UT, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0)
+        last = T if need_tape else T % 2
+        final = {s: Sq[s][last].copy() for s in prog.cell.states}
+        if reverse:
+            Y = Y[rev_idx, np.arange(B)[None, :]]
+        tape = None
+        if need_tape:
+            tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
+                        packed={"Wcat": Wcat, "vecs": vecs, "U": [np.ascontiguousarray(u.T) for u in UT]},
+                        shapes=(T, B, I, H))
+        return Y, final, tape
+
+    def backward(self, tape, dy, dstate=None):
+        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
+        check_backward_args(self, tape, dy, dstate)
+        _require_c("dy", dy)
+        prog = self.program
+        T, B, I, H = tape.shapes
+        dt = self.np_dtype
+        if tape.reverse:
+            dy = dy[tape.rev_idx, np.arange(B)[None, :]]
+        dS = {s: (np.array(dstate[s], dtype=dt, copy=True) if dstate is not None and s in dstate
+                  else np.zeros((B, H), dt)) for s in prog.cell.states}
+        dSn = {s: np.empty((B, H), dt) for s in prog.cell.states}
+        nx = len(prog.input_mats)
+        dXP = np.zeros((T, B, nx * H), dt)
+        dRP = [np.zeros((T, B, len(g.mats) * H), dt) for g in prog.groups]
+        dp = {p: np.zeros(H, np.float64) for p in prog.vector_params}
+        self.module.backward(dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
+                             *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dp.values())
+        ds0 = dS if T % 2 == 0 else dSn
+        grads = {p: v.astype(dt) for p, v in dp.items()}
+        x2 = tape.x.reshape(T * B, I)
+        dx = np.zeros((T, B, I), dt)
+        if nx:
+            dXP2 = dXP.reshape(T * B, nx * H)
+            dW = dXP2.T @ x2
+            for j, m in enumerate(prog.input_mats):
+                grads[m] = np.ascontiguousarray(dW[j * H:(j + 1) * H])
+            dx = (dXP2 @ tape.packed["Wcat"]).reshape(T, B, I)
+        for g, dR in zip(prog.groups, dRP):
+            V = tape.states[g.operand.attr][:T] if g.operand.op == "state" else tape.saved[g.operand.attr[1]]
+            dU = dR.reshape(T * B, -1).T @ V.reshape(T * B, H)
+            for j, m in enumerate(g.mats):
+                grads[m] = np.ascontiguousarray(dU[j * H:(j + 1) * H])
+        if tape.reverse:
+            dx = dx[tape.rev_idx, np.arange(B)[None, :]]
+        dparams = {p: grads.get(p, np.zeros(self.cell.param_shape(p, I, H), dt)) for p in self.cell.params}
+        return dx, {s: ds0[s] for s in prog.cell.states}, dparams
