@@ -120,9 +120,11 @@ def backend_vs_reference(cell, backend: str, dtype: str = "float64", T=6, B=3, I
     g0 = ref.backward(tape0, up(dy), {k: up(v) for k, v in ds.items()})
     y1, f1, tape1 = other.forward(x, params, state=st, lengths=L, reverse=reverse)
     g1 = other.backward(tape1, dy, ds)
-    # float64: both sides round differently only in the last bits. float32: rounding grows with
-    # the number of steps through the recurrence, so the tolerance scales with T.
-    tol_f, tol_b = (1e-10, 1e-10) if dtype == "float64" else (2e-5 * T, 1e-4 * T)
+    # float64: both sides differ only in rounding. float32 (vs the float64 reference): the error of
+    # float32 rounding and of the numba backend's activation approximations (< 4e-7). Measured at
+    # T=1000, B=4, H=24 over every built-in cell: forward <= 4.1e-7, backward <= 5.1e-5 (janet, whose
+    # long memory sums the most terms into its weight gradients); the tolerances leave ~4x headroom.
+    tol_f, tol_b = (1e-10, 1e-10) if dtype == "float64" else (2e-6, 2e-4)
     suffix = f" {backend}/{dtype}{' reverse' if reverse else ''}"
     fwd = max([max_rel(y1, y0)] + [max_rel(f1[s], f0[s]) for s in f0])
     bwd = max([max_rel(g1[0], g0[0])] + [max_rel(g1[1][s], g0[1][s]) for s in g0[1]]

@@ -1,0 +1,252 @@
+"""The numba backend: every cell vs the reference, determinism, bad input, SIMD, build cache, golden code."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lstmc
+from lstmc import check
+from lstmc.backends import numba as nbmod
+from lstmc.backends import numba_render
+
+CELLS = lstmc.builtin_cells()
+GOLDEN = Path(__file__).parent / "golden"
+
+SIZES = [  # T, B, I, H: B=1, T=1, H not a multiple of 8 or 16
+    (7, 3, 5, 13),
+    (1, 1, 1, 1),
+    (1, 4, 3, 9),
+    (12, 1, 2, 17),
+    (5, 2, 4, 24),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T%dB%dI%dH%d" % s)
+@pytest.mark.parametrize("name", CELLS)
+def test_numba_vs_reference(name, size, dtype):
+    """Forward and backward with lengths (incl. 0), initial state, both directions.
+    Tolerances (lstmc/check.py): float64 1e-10; float32 2e-6 forward, 2e-4 backward."""
+    T, B, I, H = size
+    for reverse in (False, True):
+        for r in check.backend_vs_reference(name, "numba", dtype, T=T, B=B, I=I, H=H, reverse=reverse):
+            assert r.ok, r
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "janet"])
+def test_numba_float32_tolerance_holds_at_T_1000(name):
+    for r in check.backend_vs_reference(name, "numba", "float32", T=1000, B=3, I=6, H=20):
+        assert r.ok, r
+
+
+def test_numba_without_lengths_or_initial_state():
+    nb = lstmc.compile("peephole_lstm", "numba", "float64")
+    ref = lstmc.compile("peephole_lstm")
+    p = nb.init_params(4, 6)
+    x = np.random.default_rng(1).normal(size=(5, 2, 4))
+    y0, s0, t0 = ref.forward(x, p)
+    y1, s1, t1 = nb.forward(x, p)
+    np.testing.assert_allclose(y1, y0, atol=1e-14)
+    g0 = ref.backward(t0, np.ones_like(y0))
+    g1 = nb.backward(t1, np.ones_like(y1))
+    np.testing.assert_allclose(g1[0], g0[0], atol=1e-13)
+    y2, s2, t2 = nb.forward(x, p, need_tape=False)
+    assert t2 is None
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(s2["c"], s1["c"])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_v1"])
+def test_bitwise_deterministic(name):
+    nb = lstmc.compile(name, "numba", "float32")
+    x, params, st, L, dy, ds = check.problem(name, T=20, B=8, I=16, H=32, dtype=np.float32)
+    runs = []
+    for _ in range(3):
+        y, fin, tape = nb.forward(x, params, state=st, lengths=L)
+        runs.append((y, nb.backward(tape, dy, ds)))
+    for y, (dx, dst, dp) in runs[1:]:
+        assert np.array_equal(y, runs[0][0])
+        assert np.array_equal(dx, runs[0][1][0])
+        assert all(np.array_equal(dp[k], runs[0][1][2][k]) for k in dp)
+
+
+BAD = [
+    ("dtype", lambda x, p: dict(x=x.astype(np.float64), params=p), "x has dtype float64"),
+    ("non-contiguous x", lambda x, p: dict(x=np.asfortranarray(x), params=p), "x is not C-contiguous"),
+    ("non-contiguous param", lambda x, p: dict(x=x, params=p | {"U_r": np.asfortranarray(p["U_r"])}),
+     "params['U_r'] is not C-contiguous"),
+    ("param dtype", lambda x, p: dict(x=x, params=p | {"b_ir": p["b_ir"].astype(np.float64)}),
+     "params['b_ir'] has dtype float64"),
+    ("shape", lambda x, p: dict(x=x[:, :, :2], params=p), "x has shape"),
+    ("torch tensor", lambda x, p: dict(x=__import__("torch").from_numpy(x), params=p), "must be a NumPy array"),
+    ("state shape", lambda x, p: dict(x=x, params=p, state={"h": np.zeros((3, 5), np.float32)}),
+     "state['h'] has shape"),
+]
+
+
+@pytest.mark.parametrize("desc, mutate, phrase", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_names_the_argument(desc, mutate, phrase):
+    nb = lstmc.compile("gru", "numba", "float32")
+    p = nb.init_params(3, 5)
+    x = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(ValueError) as e:
+        nb.forward(**mutate(x, p))
+    assert phrase in str(e.value)
+
+
+def test_bad_backward_input():
+    nb = lstmc.compile("gru", "numba", "float32")
+    p = nb.init_params(3, 5)
+    y, _, tape = nb.forward(np.zeros((4, 2, 3), np.float32), p)
+    with pytest.raises(ValueError, match="dy has dtype float64"):
+        nb.backward(tape, np.zeros((4, 2, 5)))
+    with pytest.raises(ValueError, match="dy is not C-contiguous"):
+        nb.backward(tape, np.zeros((5, 2, 4), np.float32).transpose(2, 1, 0))
+
+
+# ---------------------------------------------------------------------------------------- SIMD
+
+def _fresh_module(source: str, tmp_path: Path):
+    """Import generated source with Numba's cache off: inspect_asm does not work on cached code."""
+    f = tmp_path / "kernels_nocache.py"
+    f.write_text(source.replace("cache=True", "cache=False"))
+    spec = importlib.util.spec_from_file_location(f"nocache_{abs(hash(source))}", f)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_v1"])
+def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
+    """The fused blocks must compile to packed SIMD (…ps on ymm/zmm), not only scalar (…ss) code."""
+    nb = lstmc.compile(name, "numba", "float32")
+    mod = _fresh_module(nb.source, tmp_path)
+    nb_fresh = object.__new__(type(nb))
+    nb_fresh.__dict__.update(nb.__dict__)
+    nb_fresh.module = mod
+    nb_fresh.warm()
+    for fn in (mod.forward, mod.backward):
+        asm = fn.inspect_asm(fn.signatures[0])
+        packed = re.findall(r"\bv(?:mul|add|sub|div|fmadd\w*|fnmadd\w*|max|min)ps\s+[^\n]*%[yz]mm", asm)
+        assert len(packed) >= 10, f"{name}.{fn.__name__}: only {len(packed)} packed float32 instructions"
+        assert "vdivps" in asm if fn is mod.forward else True   # tanh/sigmoid approximation vectorised
+
+
+def test_activation_approximation_errors_are_as_documented():
+    """The arithmetic-only float32 tanh/sigmoid stay within their documented maximum errors."""
+    src = numba_render.activations("float32")
+    ns = {}
+    exec("import math\nimport numpy as np\nfrom numba import njit\n_JIT = dict(error_model='numpy', fastmath=True)\n"
+         + src + "\n@njit\ndef run(x, t, s):\n    for i in range(x.size):\n        t[i] = _tanh(x[i])\n"
+         "        s[i] = _sigmoid(x[i])\n", ns)
+    x = np.linspace(-20, 20, 2_000_001).astype(np.float32)
+    t = np.empty_like(x)
+    s = np.empty_like(x)
+    ns["run"](x, t, s)
+    x64 = x.astype(np.float64)
+    assert np.abs(t - np.tanh(x64)).max() < numba_render.TANH_MAX_ERROR
+    assert np.abs(s - 1 / (1 + np.exp(-x64))).max() < numba_render.SIGMOID_MAX_ERROR
+    assert np.all(np.abs(t) <= 1) and np.all((s >= 0) & (s <= 1))
+
+
+# --------------------------------------------------------------------------------------- build
+
+def test_generated_source_is_a_real_file_with_a_header(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path))
+    lstmc.build._memory.clear()
+    nb = lstmc.compile("mgu", "numba", "float32")
+    files = list((tmp_path / "numba").glob("mgu_float32_*.py"))
+    assert len(files) == 1
+    text = files[0].read_text()
+    assert text == nb.source
+    assert text.startswith(f'"""Generated by lstmc {lstmc.__version__} from cell `mgu` (key {nb.key})')
+    assert not list((tmp_path / "numba").glob(".*.tmp"))   # no temporary left behind
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path))
+    lstmc.build._memory.clear()
+    nb = lstmc.compile("indrnn", "numba", "float64")
+    f = next((tmp_path / "numba").glob("indrnn_float64_*.py"))
+    f.write_text(nb.source[: len(nb.source) // 2])       # half-written file
+    code = ("import lstmc, numpy as np; nb = lstmc.compile('indrnn', 'numba', 'float64');"
+            "p = nb.init_params(2, 3); y, s, t = nb.forward(np.ones((3, 1, 2)), p); print(float(y.sum()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=os.environ | {"LSTMC_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert f.read_text() == nb.source
+
+
+def test_unwritable_cache_dir_falls_back_with_a_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("LSTMC_CACHE_DIR", str(blocker / "sub"))
+    lstmc.build._memory.clear()
+    with pytest.warns(RuntimeWarning, match="not writable"):
+        nb = lstmc.compile("janet", "numba", "float32")
+    assert nb.forward(np.zeros((2, 1, 3), np.float32), nb.init_params(3, 4))[0].shape == (2, 1, 4)
+
+
+def test_two_processes_compiling_the_same_cell_both_succeed(tmp_path):
+    cell = tmp_path / "race.cell"
+    cell.write_text("cell race\nstate h\nh' = tanh(W @ x + U @ h + b) * 0.5 + 0.5 * h\n")
+    code = ("import lstmc, numpy as np; nb = lstmc.compile(%r, 'numba', 'float32');"
+            "y = nb.forward(np.ones((4, 2, 3), np.float32), nb.init_params(3, 5))[0]; print(y.shape)") % str(cell)
+    env = os.environ | {"LSTMC_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "(4, 2, 5)" in out
+
+
+def test_warm_cache_compile_is_fast(tmp_path):
+    """A second process finds the generated file and Numba's cache: ready in well under the cold time."""
+    code = ("import time, lstmc; t = time.perf_counter(); lstmc.compile('gru_v1', 'numba', 'float32');"
+            "print(time.perf_counter() - t)")
+    env = os.environ | {"LSTMC_CACHE_DIR": str(tmp_path)}
+    cold = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                timeout=300, check=True).stdout)
+    warm = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                timeout=300, check=True).stdout)
+    assert warm < cold
+
+
+# -------------------------------------------------------------------------------------- golden
+
+@pytest.mark.parametrize("name", CELLS)
+def test_generated_code_matches_golden_snapshot(name):
+    """A change to the generator shows up here as a reviewable diff.
+    Regenerate with: LSTMC_UPDATE_GOLDEN=1 make test (then review `git diff tests/golden`)."""
+    src = lstmc.compile(name, "numba", "float32").source
+    path = GOLDEN / f"{name}_numba_float32.py"
+    if os.environ.get("LSTMC_UPDATE_GOLDEN"):
+        path.write_text(src)
+    assert path.exists(), f"no golden file {path}; run with LSTMC_UPDATE_GOLDEN=1"
+    assert src == path.read_text(), f"generated code for {name} changed; review and update the golden file"
+
+
+def test_cli_compile_emit_numba(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lstmc", "compile", "gru_v1", "--backend", "numba", "--emit",
+                        str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    src = (tmp_path / "gru_v1_numba_float32.py").read_text()
+    assert "np.dot(SV_mul_r_h[ti], U1T, RP1)" in src      # the staged GEMM of the second phase
+    assert "def forward(" in src and "def backward(" in src
+
+
+def test_cli_check_numba():
+    r = subprocess.run([sys.executable, "-m", "lstmc", "check", "mgu", "--backend", "numba", "--dtype", "float32"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "numba/float32" in r.stdout
+
+
+_ = nbmod
