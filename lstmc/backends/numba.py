@@ -24,7 +24,8 @@ import numpy as np
 from .. import __version__
 from ..lower import Program
 from .base import CompiledCell, Tape, reverse_index
-from .numba_render import render
+from .numba_blas import matmul
+from .numba_render import dxp_alias, render
 from .reference import check_backward_args
 
 TEMPLATE_VERSION = "1"
@@ -105,6 +106,7 @@ class NumbaCell(CompiledCell):
     def __init__(self, program: Program, dtype: str = "float32", key: str = ""):
         super().__init__(program, dtype, key)
         self.source = render(program, self.dtype, key)
+        self.dxp_alias = dxp_alias(program)
         digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
         with _lock:
@@ -138,7 +140,7 @@ class NumbaCell(CompiledCell):
             x = x[rev_idx, np.arange(B)[None, :]]
         nx = len(prog.input_mats)
         Wcat = np.concatenate([params[m] for m in prog.input_mats]) if nx else np.zeros((0, I), dt)
-        XP = (x.reshape(T * B, I) @ Wcat.T).reshape(T, B, nx * H) if nx else np.zeros((T, B, 0), dt)
+        XP = matmul(x.reshape(T * B, I), Wcat.T).reshape(T, B, nx * H) if nx else np.zeros((T, B, 0), dt)
         UT = [np.ascontiguousarray(np.concatenate([params[m] for m in g.mats]).T) for g in prog.groups]
         vecs = [params[p] for p in prog.vector_params]
         rows = T + 1 if need_tape else 2
@@ -176,21 +178,30 @@ class NumbaCell(CompiledCell):
         dXP = np.zeros((T, B, nx * H), dt)
         dRP = [np.zeros((T, B, len(g.mats) * H), dt) for g in prog.groups]
         dp = {p: np.zeros(H, np.float64) for p in prog.vector_params}
+        alias = self.dxp_alias
+        if alias is not None:
+            dXP = np.zeros((0, 0, 0), dt)      # the input products' adjoints are dRP[alias]
+        scratch = [np.zeros((B, H), dt) for g in prog.groups for _ in g.mats]
+        if alias is None:
+            scratch += [np.zeros((B, H), dt) for _ in prog.input_mats]
         self.module.backward(dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
-                             *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dp.values())
-        ds0 = dS if T % 2 == 0 else dSn
+                             *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dp.values(),
+                             *scratch)
+        if alias is not None:
+            dXP = dRP[alias]
+        ds0 = dS
         grads = {p: v.astype(dt) for p, v in dp.items()}
         x2 = tape.x.reshape(T * B, I)
         dx = np.zeros((T, B, I), dt)
         if nx:
             dXP2 = dXP.reshape(T * B, nx * H)
-            dW = dXP2.T @ x2
+            dW = matmul(dXP2.T, x2)
             for j, m in enumerate(prog.input_mats):
                 grads[m] = np.ascontiguousarray(dW[j * H:(j + 1) * H])
-            dx = (dXP2 @ tape.packed["Wcat"]).reshape(T, B, I)
+            dx = matmul(dXP2, tape.packed["Wcat"]).reshape(T, B, I)
         for g, dR in zip(prog.groups, dRP):
             V = tape.states[g.operand.attr][:T] if g.operand.op == "state" else tape.saved[g.operand.attr[1]]
-            dU = dR.reshape(T * B, -1).T @ V.reshape(T * B, H)
+            dU = matmul(dR.reshape(T * B, -1).T, V.reshape(T * B, H))
             for j, m in enumerate(g.mats):
                 grads[m] = np.ascontiguousarray(dU[j * H:(j + 1) * H])
         if tape.reverse:

@@ -12,7 +12,7 @@ silently promotes to float64. float64 kernels use libm and match the reference t
 
 from __future__ import annotations
 
-from ..ir import Node, var, walk
+from ..ir import Node, var, var_name as ir_name, walk
 from ..lower import Block, Gemm, Program
 from .render import check_spelling, ident, render_expr, render_template
 
@@ -199,6 +199,7 @@ class _BlockRenderer:
         self.gslot = {(g.index, m): j for g in program.groups for j, m in enumerate(g.mats)}
         stages = program.fwd if direction == "fwd" else program.bwd
         self.defined = _defined_in(stages)
+        self.dxp_alias = dxp_alias(program)
 
     # loads ----------------------------------------------------------------------------------
     def load(self, node: Node, block_index: int, local: set) -> str:
@@ -229,9 +230,9 @@ class _BlockRenderer:
             extra = " + dY[t, b, j]" if s == self.p.cell.output else ""
             return f"{ident('dS_', s)}[b, j]{extra}"
         if kind == "drp":
-            return f"dRP{key[1]}[t, b, {self.gslot[(key[1], key[2])]} * H + j]"
+            return f"GR{key[1]}_{self.gslot[(key[1], key[2])]}[b, j]"
         if kind == "dxp":
-            return f"dXP[t, b, {self.xslot[key[1]]} * H + j]"
+            return f"GX{self.xslot[key[1]]}[b, j]"
         raise KeyError(key)  # pragma: no cover
 
     # stores ---------------------------------------------------------------------------------
@@ -246,10 +247,10 @@ class _BlockRenderer:
             out.append(f"{ident('SV_', key[1])}[ti, b, j] = {name}")
         elif kind == "t" and is_buffer:
             out.append(f"{ident('BT_', key[1])}[b, j] = {name}")
-        elif kind == "drp":
-            out.append(f"dRP{key[1]}[t, b, {self.gslot[(key[1], key[2])]} * H + j] = {name}")
-        elif kind == "dxp":
-            out.append(f"dXP[t, b, {self.xslot[key[1]]} * H + j] = {name}")
+        elif kind == "drp":  # per-slot scratch (one store stream per array: see _slot_copies)
+            out.append(f"GR{key[1]}_{self.gslot[(key[1], key[2])]}[b, j] = {name}")
+        elif kind == "dxp" and self.dxp_alias is None:
+            out.append(f"GX{self.xslot[key[1]]}[b, j] = {name}")
         elif kind == "ds":
             out.append(f"{ident('dSn_', key[1])}[b, j] = {name}")
         elif kind == "dp":
@@ -284,11 +285,44 @@ class _BlockRenderer:
             if self.dir == "bwd" and let.key[0] == "ds":
                 s = let.key[1]
                 skip.append(f"{ident('dSn_', s)}[b, j] = {ident('dS_', s)}[b, j]")
+            if self.dir == "bwd" and (let.key[0] == "drp" or (let.key[0] == "dxp" and self.dxp_alias is None)):
+                skip.append(f"{self.stores(let.key, self.const(0.0), True)[0].split(' = ')[0]} = {self.const(0.0)}")
         lines = [f"# block {block.phase}", "for b in range(B):", "    if t < L[b]:", "        for j in range(H):"]
         lines += ["            " + ln for ln in body]
         if skip:
             lines += ["    else:", "        for j in range(H):"] + ["            " + ln for ln in skip]
+        if self.dir == "bwd":
+            lines += self._slot_copies(block)
         return lines
+
+    def _slot_copies(self, block: Block) -> list[str]:
+        """Copy the products' adjoints of this block from their per-slot scratch into the sequence
+        arrays dRP/dXP. The block itself writes one array per slot: stores into several column
+        slots of one array sit a symbolic distance (H) apart, which LLVM cannot vectorise."""
+        out = []
+        for let in block.lets:
+            k = let.key
+            if k[0] == "drp":
+                g, slot = k[1], self.gslot[(k[1], k[2])]
+                out += [f"for b in range(B):  # {ir_name(k)} -> dRP{g}", "    for j in range(H):",
+                        f"        dRP{g}[t, b, {slot} * H + j] = GR{g}_{slot}[b, j]"]
+            elif k[0] == "dxp" and self.dxp_alias is None:
+                slot = self.xslot[k[1]]
+                out += [f"for b in range(B):  # {ir_name(k)} -> dXP", "    for j in range(H):",
+                        f"        dXP[t, b, {slot} * H + j] = GX{slot}[b, j]"]
+        return out
+
+
+def dxp_alias(program: Program):
+    """The group whose product adjoints equal the input products' adjoints slot for slot (the LSTM:
+    d(W_i x) = d(U_i h) = dG_i), so dXP need not be stored; None when there is no such group."""
+    adj = {let.key: let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets}
+    for g in program.groups:
+        if len(g.mats) != len(program.input_mats) or not program.input_mats:
+            continue
+        if all(adj.get(("dxp", m)) is var("drp", g.index, gm) for m, gm in zip(program.input_mats, g.mats)):
+            return g.index
+    return None
 
 
 def render(program: Program, dtype: str, key: str = "") -> str:
@@ -324,7 +358,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]
                 + [ident("dS_", s) for s in states] + [ident("dSn_", s) for s in states]
-                + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in vec])
+                + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in vec]
+                + [f"GR{g.index}_{k}" for g in program.groups for k in range(len(g.mats))]
+                + ([f"GX{k}" for k in range(len(program.input_mats))] if dxp_alias(program) is None else []))
     br = _BlockRenderer(program, dtype, "bwd")
     bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
@@ -334,8 +370,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             bwd_body += br.render(st, i)
         else:
             bwd_body.append(f"np.dot(dRP{st.group}[t], U{st.group}, DV{st.group})  # [{'; '.join(st.mats)}]")
-    # the adjoints of the states at t-1 become the incoming adjoints of the next (earlier) step
-    bwd_swap = [f"{ident('dS_', s)}, {ident('dSn_', s)} = {ident('dSn_', s)}, {ident('dS_', s)}" for s in states]
+    # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
+    bwd_swap = [f"{ident('dS_', s)}[:, :] = {ident('dSn_', s)}" for s in states]
     return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype,
                            activations=activations(dtype), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,

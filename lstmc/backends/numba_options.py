@@ -1,0 +1,22 @@
+"""The @njit options of generated kernels, including array-argument `noalias`.
+
+LLVM vectorises a fused block only if it can rule out that its stores overlap its loads. Numba
+marks array arguments `noalias` only inside its own parfors; the flag exists in Numba's compiler
+(`Flags.noalias`) but is not a public @njit option, so it is registered here. It is sound for
+lstmc's kernels: every array a kernel writes is allocated by lstmc for that call, and arrays the
+user passes in are only read. If a Numba release drops the flag, kernels still compile, without
+it, and tests/test_numba.py::test_float32_pointwise_loops_are_vectorised reports the slowdown.
+"""
+
+from __future__ import annotations
+
+JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=True)
+
+try:  # pragma: no branch
+    from numba.core import cpu, options
+
+    if not hasattr(cpu.CPUTargetOptions, "noalias"):
+        cpu.CPUTargetOptions.noalias = options._mapping("noalias")
+    JIT["noalias"] = True
+except (ImportError, AttributeError):  # pragma: no cover - a Numba without the internal flag
+    pass
