@@ -22,7 +22,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks --benchmark-only
+	rm -f benchmarks/extra.json
+	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-json=benchmarks/results.json -q
+	$(PY) benchmarks/report.py benchmarks/results.json > benchmarks/RESULTS.md.new
+	cat benchmarks/RESULTS.md.new
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,5 +12,7 @@ __version__ = "0.1.0"
 from .spec import Cell, SpecError, parse  # noqa: E402
 from .build import builtin_cells, compile, load  # noqa: E402
 from .lower import Program, lower  # noqa: E402
+from .threads import get_num_threads, set_num_threads  # noqa: E402
 
-__all__ = ["Cell", "SpecError", "parse", "load", "compile", "builtin_cells", "Program", "lower", "__version__"]
+__all__ = ["Cell", "SpecError", "parse", "load", "compile", "builtin_cells", "Program", "lower", "set_num_threads",
+           "get_num_threads", "__version__"]

@@ -239,7 +239,7 @@ def test_cli_compile_emit_numba(tmp_path):
                         str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     src = (tmp_path / "gru_v1_numba_float32.py").read_text()
-    assert "np.dot(SV_mul_r_h[ti], U1T, RP1)" in src      # the staged GEMM of the second phase
+    assert "np.dot(SV_mul_r_h[ti], U1.T, RP1)" in src      # the staged GEMM of the second phase
     assert "def forward(" in src and "def backward(" in src
 
 

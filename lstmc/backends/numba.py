@@ -141,7 +141,7 @@ class NumbaCell(CompiledCell):
         nx = len(prog.input_mats)
         Wcat = np.concatenate([params[m] for m in prog.input_mats]) if nx else np.zeros((0, I), dt)
         XP = matmul(x.reshape(T * B, I), Wcat.T).reshape(T, B, nx * H) if nx else np.zeros((T, B, 0), dt)
-        UT = [np.ascontiguousarray(np.concatenate([params[m] for m in g.mats]).T) for g in prog.groups]
+        Ucat = [np.concatenate([params[m] for m in g.mats]) for g in prog.groups]    # [k*H, H] each
         vecs = [params[p] for p in prog.vector_params]
         rows = T + 1 if need_tape else 2
         Sq = {}
@@ -150,7 +150,7 @@ class NumbaCell(CompiledCell):
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
         SV = {n: np.zeros((T if need_tape else 1, B, H), dt) for n, _ in prog.saved}
         Y = np.empty((T, B, H), dt)
-        self.module.forward(XP, *UT, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0)
+        self.module.forward(XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0)
         last = T if need_tape else T % 2
         final = {s: Sq[s][last].copy() for s in prog.cell.states}
         if reverse:
@@ -158,7 +158,7 @@ class NumbaCell(CompiledCell):
         tape = None
         if need_tape:
             tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
-                        packed={"Wcat": Wcat, "vecs": vecs, "U": [np.ascontiguousarray(u.T) for u in UT]},
+                        packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
                         shapes=(T, B, I, H))
         return Y, final, tape
 

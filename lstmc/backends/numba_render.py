@@ -339,7 +339,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                 if let.key[0] == "t" and let.buffer]
 
     # ---- forward
-    fwd_args = (["XP"] + [f"U{g.index}T" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
+    fwd_args = (["XP"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride"])
     fr = _BlockRenderer(program, dtype, "fwd")
     fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" for g in program.groups]
@@ -353,7 +353,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         else:
             a = st.a[0]
             operand = (ident("cur_", a.attr) if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti]")
-            fwd_body.append(f"np.dot({operand}, U{st.group}T, RP{st.group})  # [{', '.join(st.mats)}]")
+            fwd_body.append(f"np.dot({operand}, U{st.group}.T, RP{st.group})  # [{', '.join(st.mats)}]^T")
     # ---- backward
     bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]

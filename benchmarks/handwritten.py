@@ -1,0 +1,100 @@
+"""Hand-written eager PyTorch loops for the cells the benchmarks compare ("what a person writes").
+
+Each takes x [T, B, I] and a dict of parameter tensors (lstmc's names) and returns the output
+sequence; autograd provides the backward.
+"""
+
+import torch
+
+
+def peephole_lstm(x, p):
+    T, B, _ = x.shape
+    H = p["U_i"].shape[0]
+    h = x.new_zeros(B, H)
+    c = x.new_zeros(B, H)
+    W = torch.cat([p["W_i"], p["W_f"], p["W_g"], p["W_o"]])
+    U = torch.cat([p["U_i"], p["U_f"], p["U_g"], p["U_o"]])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 4 * H)
+    ys = []
+    for t in range(T):
+        gi, gf, gg, go = (xw[t] + h @ U.T).chunk(4, 1)
+        i = torch.sigmoid(gi + p["p_i"] * c + p["b_i"])
+        f = torch.sigmoid(gf + p["p_f"] * c + p["b_f"])
+        g = torch.tanh(gg + p["b_g"])
+        c = f * c + i * g
+        o = torch.sigmoid(go + p["p_o"] * c + p["b_o"])
+        h = o * torch.tanh(c)
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def cifg_lstm(x, p):
+    T, B, _ = x.shape
+    H = p["U_i"].shape[0]
+    h = x.new_zeros(B, H)
+    c = x.new_zeros(B, H)
+    W = torch.cat([p["W_i"], p["W_g"], p["W_o"]])
+    U = torch.cat([p["U_i"], p["U_g"], p["U_o"]])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 3 * H)
+    ys = []
+    for t in range(T):
+        gi, gg, go = (xw[t] + h @ U.T).chunk(3, 1)
+        i = torch.sigmoid(gi + p["b_i"])
+        g = torch.tanh(gg + p["b_g"])
+        o = torch.sigmoid(go + p["b_o"])
+        c = (1 - i) * c + i * g
+        h = o * torch.tanh(c)
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def gru_v1(x, p):
+    T, B, _ = x.shape
+    H = p["U_z"].shape[0]
+    h = x.new_zeros(B, H)
+    W = torch.cat([p["W_z"], p["W_r"], p["W_n"]])
+    U = torch.cat([p["U_z"], p["U_r"]])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 3 * H)
+    ys = []
+    for t in range(T):
+        xz, xr, xn = xw[t].chunk(3, 1)
+        hz, hr = (h @ U.T).chunk(2, 1)
+        z = torch.sigmoid(xz + hz + p["b_z"])
+        r = torch.sigmoid(xr + hr + p["b_r"])
+        n = torch.tanh(xn + (r * h) @ p["U_n"].T + p["b_n"])
+        h = (1 - z) * n + z * h
+        ys.append(h)
+    return torch.stack(ys)
+
+
+USER_CELL = """
+# a user-written cell for the benchmarks: a GRU-like cell with a peephole-style decay state
+cell decay_gru
+state h, m
+z  = sigmoid(W_z @ x + U_z @ h + b_z)
+n  = tanh(W_n @ x + U_n @ h + p_n * m + b_n)
+m' = 0.9 * m + 0.1 * n
+h' = (1 - z) * h + z * n
+"""
+
+
+def decay_gru(x, p):
+    T, B, _ = x.shape
+    H = p["U_z"].shape[0]
+    h = x.new_zeros(B, H)
+    m = x.new_zeros(B, H)
+    W = torch.cat([p["W_z"], p["W_n"]])
+    U = torch.cat([p["U_z"], p["U_n"]])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 2 * H)
+    ys = []
+    for t in range(T):
+        gz, gn = (xw[t] + h @ U.T).chunk(2, 1)
+        z = torch.sigmoid(gz + p["b_z"])
+        n = torch.tanh(gn + p["p_n"] * m + p["b_n"])
+        m = 0.9 * m + 0.1 * n
+        h = (1 - z) * h + z * n
+        ys.append(h)
+    return torch.stack(ys)
+
+
+HANDWRITTEN = {"peephole_lstm": peephole_lstm, "cifg_lstm": cifg_lstm, "gru_v1": gru_v1, "decay_gru": decay_gru}

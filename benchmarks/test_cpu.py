@@ -1,0 +1,212 @@
+"""CPU benchmarks of the numba backend against the real alternatives, in one run (issue #3's table).
+
+    make bench        # = pytest benchmarks --benchmark-json=benchmarks/results.json, then report.py
+
+Every case is float32, 2 threads for every contender (LSTMC_BENCH_THREADS), medians of rounds
+after warm-up. A "training step" is forward + backward over the whole sequence.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lstmc
+from lstmc.backends.numba_blas import matmul
+
+from handwritten import HANDWRITTEN, USER_CELL
+
+HERE = Path(__file__).parent
+EXTRA = HERE / "extra.json"
+ROUNDS = int(os.environ.get("LSTMC_BENCH_ROUNDS", "7"))
+
+
+def _record(key, value):
+    data = json.loads(EXTRA.read_text()) if EXTRA.exists() else {}
+    data[key] = value
+    EXTRA.write_text(json.dumps(data, indent=1))
+
+
+def _run(benchmark, fn, **info):
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+
+
+def _cell(name):
+    return lstmc.parse(USER_CELL) if name == "decay_gru" else lstmc.load(name)
+
+
+def _problem(cell, T, B, I, H, seed=0):
+    nb = lstmc.compile(cell, "numba", "float32")
+    params = nb.init_params(I, H, seed=seed)
+    x = np.random.default_rng(seed).normal(size=(T, B, I)).astype(np.float32)
+    return nb, params, x
+
+
+def lstmc_step(nb, params, x, train=True):
+    if not train:
+        return lambda: nb.forward(x, params, need_tape=False)
+
+    def step():
+        y, _, tape = nb.forward(x, params)
+        nb.backward(tape, np.ones_like(y))
+    return step
+
+
+def torch_step(module, x, train=True):
+    xt = torch.from_numpy(x)
+    if not train:
+        def fwd():
+            with torch.no_grad():
+                module(xt)
+        return fwd
+
+    def step():
+        xx = xt.clone().requires_grad_()
+        y, _ = module(xx)
+        y.backward(torch.ones_like(y))
+    return step
+
+
+# ------------------------------------------------------------------------------ vs nn.LSTM / nn.GRU
+
+NATIVE = [  # group, cell, T, B, I, H, train
+    ("lstm-T100-B64-H256-train", "lstm", 100, 64, 256, 256, True),
+    ("lstm-T100-B1-H256-fwd", "lstm", 100, 1, 256, 256, False),
+    ("gru-T100-B64-H256-train", "gru", 100, 64, 256, 256, True),
+]
+
+
+@pytest.mark.parametrize("who", ["lstmc-numba", "torch-native"])
+@pytest.mark.parametrize("case", NATIVE, ids=[c[0] for c in NATIVE])
+def test_vs_native(benchmark, case, who, machine):
+    group, cell, T, B, I, H, train = case
+    benchmark.group = group
+    nb, params, x = _problem(cell, T, B, I, H)
+    if who == "lstmc-numba":
+        fn = lstmc_step(nb, params, x, train)
+    else:
+        module = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H)
+        fn = torch_step(module, x, train)
+    _run(benchmark, fn, machine=machine)
+
+
+# ------------------------------------------------------------------- vs eager PyTorch of the same cell
+
+CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru"]
+
+
+@pytest.mark.parametrize("who", ["lstmc-numba", "lstmc-torch-backend", "handwritten-torch"])
+@pytest.mark.parametrize("cell", CUSTOM)
+def test_vs_eager(benchmark, cell, who, machine):
+    T, B, I, H = 100, 64, 256, 256
+    benchmark.group = f"{cell}-T100-B64-H256-train"
+    nb, params, x = _problem(_cell(cell), T, B, I, H)
+    if who == "lstmc-numba":
+        fn = lstmc_step(nb, params, x)
+    elif who == "lstmc-torch-backend":
+        tb = lstmc.compile(_cell(cell), "torch", "float32")
+        pt = {k: torch.from_numpy(v) for k, v in params.items()}
+        xt = torch.from_numpy(x)
+
+        def fn():
+            y, _, tape = tb.forward(xt, pt)
+            tb.backward(tape, torch.ones_like(y))
+    else:
+        pt = {k: torch.from_numpy(v).requires_grad_() for k, v in params.items()}
+        xt = torch.from_numpy(x)
+
+        def fn():
+            xx = xt.clone().requires_grad_()
+            y = HANDWRITTEN[cell](xx, pt)
+            y.backward(torch.ones_like(y))
+    _run(benchmark, fn, machine=machine)
+
+
+# ----------------------------------------------------------------------- vs the machine's sgemm rate
+
+def test_sgemm_rate(benchmark, machine):
+    """The ceiling: this machine's sgemm through the BLAS lstmc uses (2048^3, float32)."""
+    benchmark.group = "lstm-T100-B64-H512-fwd"
+    n = 2048
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(n, n)).astype(np.float32)
+    out = np.empty((n, n), np.float32)
+    _run(benchmark, lambda: matmul(a, b, out), flops=2 * n ** 3, machine=machine)
+
+
+def test_lstm_h512_forward(benchmark, machine):
+    benchmark.group = "lstm-T100-B64-H512-fwd"
+    T, B, I, H = 100, 64, 512, 512
+    nb, params, x = _problem("lstm", T, B, I, H)
+    _run(benchmark, lstmc_step(nb, params, x, train=False), flops=8 * B * H * (I + H) * T, machine=machine)
+
+
+# ------------------------------------------------------------------------------------- compile time
+
+_COMPILE = """
+import sys, time
+t = time.perf_counter()
+import lstmc
+t_import = time.perf_counter() - t
+t = time.perf_counter()
+lstmc.compile(lstmc.parse(sys.argv[1]), "numba", "float32")
+print(time.perf_counter() - t, t_import)
+"""
+
+
+def test_compile_time(tmp_path):
+    """A cell never seen before: cold (empty cache) and warm (a second process, same cache)."""
+    text = USER_CELL.replace("0.9 * m", f"{float(0.9 + np.random.default_rng().integers(1, 10**6) * 1e-9)!r} * m")
+    env = os.environ | {"LSTMC_CACHE_DIR": str(tmp_path)}
+    run = lambda: subprocess.run([sys.executable, "-c", _COMPILE, text], capture_output=True, text=True,  # noqa
+                                 env=env, check=True).stdout.split()
+    cold, imp = map(float, run())
+    warm, _ = map(float, run())
+    _record("compile", {"cold_s": cold, "warm_s": warm, "import_s": imp})
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+_MEMORY = """
+import resource, sys, numpy as np, torch
+T, B, I, H = int(sys.argv[2]), 64, 256, 256
+torch.set_num_threads(2)
+x = np.random.default_rng(0).normal(size=(T, B, I)).astype(np.float32)
+if sys.argv[1] == "lstmc":
+    import lstmc
+    nb = lstmc.compile("lstm", "numba", "float32"); p = nb.init_params(I, H)
+    nb.forward(x[:2], p)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    y, _, tape = nb.forward(x, p); nb.backward(tape, np.ones_like(y))
+    tape_bytes = sum(a.nbytes for a in list(tape.states.values()) + list(tape.saved.values()))
+else:
+    m = torch.nn.LSTM(I, H); xt = torch.from_numpy(x)
+    m(xt[:2])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    xx = xt.clone().requires_grad_(); y, _ = m(xx); y.backward(torch.ones_like(y))
+    tape_bytes = 0
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024, tape_bytes)
+"""
+
+
+def test_peak_memory():
+    """Peak resident memory added by one training step, T=1000 B=64 I=H=256 (and T=500: linear in T)."""
+    out = {}
+    for who in ("lstmc", "torch"):
+        for T in (500, 1000):
+            r = subprocess.run([sys.executable, "-c", _MEMORY, who, str(T)], capture_output=True, text=True,
+                               check=True)
+            peak, tape = map(int, r.stdout.split())
+            out[f"{who}_T{T}"] = {"peak_bytes": peak, "tape_bytes": tape}
+    _record("memory", out)
+
+
+_ = (resource, time)

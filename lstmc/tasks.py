@@ -1,0 +1,351 @@
+"""Training tasks: fixed, download-free data sets with a metric and a trivial baseline each.
+
+    task = get_task("adding", length=50)
+    x, y = task.batch("train", task.sampler(seed).indices(step, batch))   # tensors, batch first
+    task.metric, task.higher_is_better, task.baseline("test")
+
+| task      | input                         | target                   | metric      | trivial baseline            |
+|-----------|-------------------------------|--------------------------|-------------|-----------------------------|
+| adding    | [T, 2] value + marker         | sum of the two marked    | MSE         | predict the mean (≈ 0.167)  |
+| copy      | T+20 symbols (embedded)       | the 10 symbols, at end   | CE (nats)   | memoryless 10·ln 8/(T+20)   |
+| digits    | 8 rows of 8 pixels            | the digit (10 classes)   | accuracy    | majority class              |
+| charlm    | L characters (embedded)       | the next character       | bits/char   | unigram frequencies         |
+| sunspots  | a window of W yearly values   | the next year's value    | RMSE        | persistence (last value)    |
+
+Every split is fixed: it depends only on the task's options (never on the training seed), and
+the splits never share a sample. The training order is a pure function of (seed, step) — see
+`EpochSampler` — so a resumed run reads exactly the batches an uninterrupted run reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Task", "EpochSampler", "get_task", "TASKS", "task_names"]
+
+SPLITS = ("train", "val", "test")
+
+
+class EpochSampler:
+    """The training order as a pure function of (seed, step).
+
+    The stream of sample indices is the concatenation of one permutation per epoch (epoch e is
+    shuffled by `default_rng([seed, e])`); the batch of step s is stream[s*B : (s+1)*B]. Nothing
+    mutable needs saving to resume: the step counter is the whole data-order state."""
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("the training split is empty")
+        self.n = int(n)
+        self.seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        p = self._perms.get(epoch)
+        if p is None:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            p = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perms[epoch] = p
+        return p
+
+    def indices(self, step: int, batch: int) -> np.ndarray:
+        pos = np.arange(step * batch, (step + 1) * batch, dtype=np.int64)
+        out = np.empty(batch, dtype=np.int64)
+        epochs = pos // self.n
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self._perm(int(e))[pos[sel] % self.n]
+        return out
+
+    def epoch(self, step: int, batch: int) -> float:
+        return step * batch / self.n
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "seed": self.seed, "kind": "epoch-permutation"}
+
+
+@dataclass
+class Task:
+    """A data set with fixed splits, how a model reads it and how it is scored.
+
+    inputs: "float" (x is [N, T, input_size] float32) or "tokens" (x is [N, T] int64 < vocab)
+    target: "last" (one prediction from the last step) or "all" (one prediction per step)
+    loss:   "mse" (regression, n_out values) or "ce" (classification over n_out classes)
+    """
+    name: str
+    description: str
+    inputs: str
+    input_size: int
+    vocab: int
+    target: str
+    loss: str
+    n_out: int
+    metric: str
+    higher_is_better: bool
+    data: dict                 # split -> (x tensor, y tensor)
+    baselines: dict            # split -> float: the trivial baseline's metric
+    baseline_name: str
+    defaults: dict             # hyper-parameters that work for this task
+    options: dict              # the options the data was built from
+    y_scale: float = 1.0       # regression targets are normalised; metric = sqrt(mse) * y_scale (rmse)
+    embed_dim: int = 0
+
+    def size(self, split: str) -> int:
+        return int(self.data[split][0].shape[0])
+
+    def sampler(self, seed: int) -> EpochSampler:
+        return EpochSampler(self.size("train"), seed)
+
+    def batch(self, split: str, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[split]
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return x[idx], y[idx]
+
+    def baseline(self, split: str = "test") -> float:
+        return self.baselines[split]
+
+    def seq_len(self) -> int:
+        return int(self.data["train"][0].shape[1])
+
+    # scoring ------------------------------------------------------------------------------------
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss of a batch: MSE over targets, or cross-entropy (nats) over every prediction."""
+        if self.loss == "mse":
+            return torch.nn.functional.mse_loss(out.reshape(y.shape), y)
+        return torch.nn.functional.cross_entropy(out.reshape(-1, self.n_out), y.reshape(-1))
+
+    def score_parts(self, out: torch.Tensor, y: torch.Tensor) -> dict:
+        """Sums that add up over batches: {"loss": Σ loss, "n": count, "correct": Σ hits}."""
+        if self.loss == "mse":
+            err = (out.reshape(y.shape).double() - y.double()) ** 2
+            return {"loss": float(err.sum()), "n": err.numel(), "correct": 0}
+        logits = out.reshape(-1, self.n_out)
+        yy = y.reshape(-1)
+        nll = torch.nn.functional.cross_entropy(logits.double(), yy, reduction="sum")
+        return {"loss": float(nll), "n": yy.numel(), "correct": int((logits.argmax(-1) == yy).sum())}
+
+    def metric_from(self, parts: dict) -> tuple[float, float]:
+        """(mean loss, metric) from summed score parts."""
+        loss = parts["loss"] / parts["n"]
+        if self.metric == "mse" or self.metric == "ce":
+            return loss, loss
+        if self.metric == "rmse":
+            return loss, math.sqrt(loss) * self.y_scale
+        if self.metric == "bpc":
+            return loss, loss / math.log(2)
+        if self.metric == "accuracy":
+            return loss, parts["correct"] / parts["n"]
+        raise ValueError(f"unknown metric {self.metric!r}")
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is metric a better than b (None: nothing yet)?"""
+        if b is None or not math.isfinite(b):
+            return math.isfinite(a)
+        return a > b if self.higher_is_better else a < b
+
+    def summary(self) -> str:
+        sizes = "/".join(str(self.size(s)) for s in SPLITS)
+        return (f"{self.name}: {self.description}; train/val/test {sizes}; metric {self.metric} "
+                f"({'higher' if self.higher_is_better else 'lower'} is better); "
+                f"{self.baseline_name} baseline {self.baseline('test'):.4g} on test")
+
+
+def _t(a, dtype):
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------- adding
+
+def adding(length: int = 50, n_train: int = 20000, n_val: int = 1000, n_test: int = 1000) -> Task:
+    """The adding problem (Hochreiter & Schmidhuber 1997; the variant of Le et al. 2015).
+
+    Two input channels: values drawn U(0, 1), and a marker channel that is 0 except for two 1s:
+    one in the first half of the sequence, one in the second. The target is the sum of the two
+    marked values. Predicting the mean (1) scores MSE = Var(u1 + u2) = 2/12 ≈ 0.167."""
+    T = int(length)
+    if T < 2:
+        raise ValueError(f"adding: length must be at least 2, got {T}")
+    data, base = {}, {}
+    for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        rng = np.random.default_rng([1, T, k])
+        vals = rng.uniform(0.0, 1.0, size=(n, T))
+        a = rng.integers(0, T // 2, size=n)
+        b = rng.integers(T // 2, T, size=n)
+        mark = np.zeros((n, T))
+        mark[np.arange(n), a] = 1.0
+        mark[np.arange(n), b] = 1.0
+        x = np.stack([vals, mark], axis=-1)
+        y = vals[np.arange(n), a] + vals[np.arange(n), b]
+        data[split] = (_t(x, torch.float32), _t(y[:, None], torch.float32))
+    mean = float(data["train"][1].double().mean())
+    for split in SPLITS:
+        base[split] = float(((data[split][1].double() - mean) ** 2).mean())
+    return Task("adding", f"adding problem, T={T}", "float", 2, 0, "last", "mse", 1, "mse", False,
+                data, base, "predict-the-mean",
+                dict(hidden=64, steps=1500, batch=64, lr=1e-2, clip=1.0, eval_every=100),
+                dict(length=T, n_train=n_train, n_val=n_val, n_test=n_test))
+
+
+# --------------------------------------------------------------------------------------------- copy
+
+def copy(length: int = 20, n_train: int = 20000, n_val: int = 1000, n_test: int = 1000,
+         symbols: int = 8, copy_len: int = 10) -> Task:
+    """The copy-memory task (Hochreiter & Schmidhuber 1997; the variant of Arjovsky et al. 2016).
+
+    Alphabet: 0 blank, 1..8 data, 9 delimiter. Input: 10 data symbols, T-1 blanks, the delimiter,
+    then 10 blanks (T+20 steps); target: T+10 blanks, then the 10 data symbols. Loss and metric are
+    the cross-entropy per step (nats) over all steps; a memoryless model predicts blanks and then
+    uniform symbols, scoring 10·ln 8 / (T+20)."""
+    T, K, S = int(length), int(copy_len), int(symbols)
+    if T < 1:
+        raise ValueError(f"copy: length (the delay) must be at least 1, got {T}")
+    L = T + 2 * K
+    delim = S + 1
+    data, base = {}, {}
+    for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        rng = np.random.default_rng([2, T, k])
+        seq = rng.integers(1, S + 1, size=(n, K))
+        x = np.zeros((n, L), dtype=np.int64)
+        x[:, :K] = seq
+        x[:, K + T - 1] = delim
+        y = np.zeros((n, L), dtype=np.int64)
+        y[:, -K:] = seq
+        data[split] = (_t(x, torch.int64), _t(y, torch.int64))
+    for split in SPLITS:
+        base[split] = K * math.log(S) / L
+    return Task("copy", f"copy memory, delay T={T}, {K} symbols of {S}", "tokens", 0, S + 2, "all", "ce",
+                S + 2, "ce", False, data, base, "memoryless",
+                dict(hidden=64, steps=2000, batch=64, lr=5e-3, clip=1.0, eval_every=100),
+                dict(length=T, n_train=n_train, n_val=n_val, n_test=n_test), embed_dim=16)
+
+
+# ------------------------------------------------------------------------------------------- digits
+
+def digits() -> Task:
+    """scikit-learn's 8×8 handwritten digits (1797 images) read as 8 rows of 8 pixels (scaled to
+    [0, 1]); classify the digit from the last step. Split 70/15/15 by a fixed permutation.
+    Baseline: the training set's most common class."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).reshape(-1, 8, 8)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(3).permutation(len(y))
+    n_tr, n_va = int(0.7 * len(y)), int(0.15 * len(y))
+    parts = {"train": perm[:n_tr], "val": perm[n_tr:n_tr + n_va], "test": perm[n_tr + n_va:]}
+    data = {s: (_t(x[i], torch.float32), _t(y[i], torch.int64)) for s, i in parts.items()}
+    major = np.bincount(y[parts["train"]]).argmax()
+    base = {s: float(np.mean(y[i] == major)) for s, i in parts.items()}
+    t = Task("digits", "sklearn 8x8 digits as 8 rows of 8 pixels", "float", 8, 0, "last", "ce", 10,
+             "accuracy", True, data, base, "majority-class",
+             dict(hidden=64, steps=800, batch=64, lr=5e-3, clip=1.0, eval_every=100), {})
+    t.index = parts  # the original sample numbers of each split (for the no-overlap test)
+    return t
+
+
+# ------------------------------------------------------------------------------------------- charlm
+
+def charlm_text() -> str:
+    """The text of CPython's pydoc_data.topics (the help() topics), values in sorted key order."""
+    import pydoc_data.topics as topics
+
+    return "\n".join(topics.topics[k] for k in sorted(topics.topics))
+
+
+def charlm(length: int = 100) -> Task:
+    """Character-level language model on CPython's pydoc_data/topics.py text (≈ 465k characters;
+    the exact text comes with the Python version). Contiguous split 90/5/5; each split is cut into
+    non-overlapping windows of `length` characters, the target the next character at every step.
+    Metric: bits per character. Baseline: unigram character frequencies of the training text
+    (add-one smoothed)."""
+    L = int(length)
+    if L < 2:
+        raise ValueError(f"charlm: length must be at least 2, got {L}")
+    text = charlm_text()
+    chars = sorted(set(text))
+    lut = {c: i for i, c in enumerate(chars)}
+    ids = np.fromiter((lut[c] for c in text), dtype=np.int64, count=len(text))
+    n = len(ids)
+    cut = {"train": (0, int(0.9 * n)), "val": (int(0.9 * n), int(0.95 * n)), "test": (int(0.95 * n), n)}
+    data = {}
+    for s, (a, b) in cut.items():
+        seg = ids[a:b]
+        m = (len(seg) - 1) // L
+        x = seg[:m * L].reshape(m, L)
+        y = seg[1:m * L + 1].reshape(m, L)
+        data[s] = (_t(x, torch.int64), _t(y, torch.int64))
+    counts = np.bincount(ids[cut["train"][0]:cut["train"][1]], minlength=len(chars)) + 1.0
+    logp = np.log2(counts / counts.sum())
+    base = {s: float(-logp[data[s][1].numpy().ravel()].mean()) for s in SPLITS}
+    t = Task("charlm", f"character LM on pydoc_data.topics, windows of {L}", "tokens", 0, len(chars), "all",
+             "ce", len(chars), "bpc", False, data, base, "unigram",
+             dict(hidden=128, steps=1500, batch=32, lr=3e-3, clip=1.0, eval_every=250),
+             dict(length=L), embed_dim=32)
+    t.chars = "".join(chars)
+    t.cut = cut
+    return t
+
+
+# ----------------------------------------------------------------------------------------- sunspots
+
+def sunspots(length: int = 20) -> Task:
+    """Yearly sunspot numbers 1700-2008 (statsmodels.datasets.sunspots, 309 values): forecast the
+    next year from a window of `length` years. Samples are split chronologically by the year they
+    predict (70/15/15); values are normalised with the mean and standard deviation of the training
+    years. Metric: RMSE in sunspot numbers. Baseline: persistence (next year = this year)."""
+    from statsmodels.datasets import sunspots as ss
+
+    s = np.asarray(ss.load_pandas().data["SUNACTIVITY"], dtype=np.float64)
+    W = int(length)
+    if not 1 <= W < len(s) // 2:
+        raise ValueError(f"sunspots: length (the window) must be in [1, {len(s) // 2}), got {W}")
+    n = len(s)
+    targets = np.arange(W, n)                      # sample k predicts s[targets[k]] from s[t-W:t]
+    t_tr, t_va = int(0.7 * n), int(0.85 * n)       # split points in years (index into s)
+    train_vals = s[:t_tr]
+    mu, sd = float(train_vals.mean()), float(train_vals.std())
+    z = (s - mu) / sd
+    x = np.stack([z[t - W:t] for t in targets])[:, :, None]
+    y = z[targets][:, None]
+    parts = {"train": targets < t_tr, "val": (targets >= t_tr) & (targets < t_va), "test": targets >= t_va}
+    data = {k: (_t(x[m], torch.float32), _t(y[m], torch.float32)) for k, m in parts.items()}
+    base = {k: float(np.sqrt(np.mean((s[targets[m]] - s[targets[m] - 1]) ** 2))) for k, m in parts.items()}
+    t = Task("sunspots", f"yearly sunspots, window {W}", "float", 1, 0, "last", "mse", 1, "rmse", False,
+             data, base, "persistence",
+             dict(hidden=32, steps=600, batch=32, lr=5e-3, clip=1.0, eval_every=50),
+             dict(length=W), y_scale=sd)
+    t.index = {k: targets[m] for k, m in parts.items()}
+    t.norm = (mu, sd)
+    return t
+
+
+TASKS = {"adding": adding, "copy": copy, "digits": digits, "charlm": charlm, "sunspots": sunspots}
+_cache: dict = {}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def get_task(name: str, length: int | None = None, **options) -> Task:
+    """A task by name. `length` is the sequence length T (adding), the delay T (copy), the window
+    length in characters (charlm) or years (sunspots); digits has a fixed length of 8.
+    Tasks are cached by their options (the data is immutable)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    if length is not None:
+        if name == "digits":
+            if int(length) != 8:
+                raise ValueError("digits: the length is fixed at 8 rows")
+        else:
+            options["length"] = int(length)
+    key = (name, tuple(sorted(options.items())))
+    t = _cache.get(key)
+    if t is None:
+        t = _cache[key] = TASKS[name](**options)
+    return t
