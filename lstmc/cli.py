@@ -1,4 +1,4 @@
-"""The `lstmc` command line: show, check, compile, demo.
+"""The `lstmc` command line: show, check, compile, bench, train, demo.
 
 Spec errors print the SpecError message (file:line:col, the line, a caret, a fix) without a
 traceback and exit with status 2.
@@ -117,7 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dtype", choices=("float64", "float32"), default="float32")
     k.add_argument("--emit", metavar="DIR", default=None)
     k.set_defaults(fn=cmd_compile)
-    d = sub.add_parser("demo", help="the main job: compile and check the built-in cells")
+    from . import bench
+
+    bench.add_parser(sub)
+    try:
+        from . import train
+    except ImportError:  # pragma: no cover
+        train = None
+    if train is not None and hasattr(train, "add_parser"):
+        train.add_parser(sub)
+    d = sub.add_parser("demo", help="the main job: compile, check, train and benchmark the built-in cells")
     d.add_argument("--quick", action="store_true", help="a shorter run")
     d.set_defaults(fn=cmd_demo)
     return p

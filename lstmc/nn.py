@@ -19,8 +19,7 @@ on CPU, triton on CUDA when it imports and compiles the cell, torch otherwise.
 
 from __future__ import annotations
 
-import math
-import os
+import dataclasses
 import warnings
 
 import numpy as np
@@ -163,29 +162,79 @@ class _Runner:
         return y, outs, tape
 
 
+class _Slot:
+    """Where a tape array went in ctx.saved_tensors (and whether it was a NumPy array)."""
+    __slots__ = ("i", "numpy")
+
+    def __init__(self, i: int, numpy: bool):
+        self.i, self.numpy = i, numpy
+
+
+def _stash(obj, out: list):
+    """Replace the arrays inside a tape by _Slots, appending them to `out` as tensors (zero-copy), so
+    that torch frees them with the graph (after backward unless retain_graph=True)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+        return _Slot(len(out) - 1, False)
+    if isinstance(obj, np.ndarray):
+        if not obj.flags.writeable or obj.dtype.kind not in "biuf":
+            return obj
+        try:
+            t = torch.from_numpy(obj)
+        except (TypeError, ValueError):   # e.g. negative strides: keep the array itself
+            return obj
+        out.append(t)
+        return _Slot(len(out) - 1, True)
+    if isinstance(obj, dict):
+        return {k: _stash(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_stash(v, out) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _stash(getattr(obj, f.name), out)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def _unstash(obj, saved):
+    if isinstance(obj, _Slot):
+        t = saved[obj.i]
+        return t.numpy() if obj.numpy else t
+    if isinstance(obj, dict):
+        return {k: _unstash(v, saved) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unstash(v, saved) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _unstash(getattr(obj, f.name), saved)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
 class _CellFunction(torch.autograd.Function):
-    """One layer and direction: forward and backward are the compiled program's."""
+    """One layer and direction: forward and backward are the compiled program's.
+
+    The tape's arrays are handed to ctx.save_for_backward (as zero-copy tensors) together with the
+    inputs, so torch frees them when it frees the graph and reports in-place changes of an input
+    between forward and backward, as it does for its own ops.
+    """
 
     @staticmethod
     def forward(ctx, runner: _Runner, lengths, reverse: bool, x, *rest):
         n = len(runner.states)
         y, finals, tape = runner.forward(x, lengths, reverse, rest[:n], rest[n:], need_tape=True)
-        ctx.runner, ctx.tape, ctx.n = runner, tape, n
-        ctx.save_for_backward(x, *rest)   # not read back: torch's check that nothing was modified in place
+        tensors = [x, *rest]
+        ctx.tape = _stash(tape, tensors)
+        ctx.runner, ctx.n = runner, n
+        ctx.save_for_backward(*tensors)
         return (y, *finals)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, *dfinal):
-        saved = ctx.saved_tensors         # raises if an input was modified in place since forward
-        x = saved[0]
-        runner, tape = ctx.runner, ctx.tape
-        if tape is None:
-            raise RuntimeError("lstmc.nn: backward through the same forward twice; pass retain_graph=True... "
-                               "is not supported: run the forward again")
+        saved = ctx.saved_tensors         # raises if freed (second backward) or modified in place
+        x, runner = saved[0], ctx.runner
+        tape = _unstash(ctx.tape, saved)
         dS = {s: runner.arr(d) for s, d in zip(runner.states, dfinal)}
         dx, ds0, dp = runner.prog.backward(tape, runner.arr(dy), dS)
-        ctx.tape = None                   # free the tape now (backward runs once)
         need = ctx.needs_input_grad
         grads = [None, None, None, runner.tensor(dx, x) if need[3] else None]
         grads += [runner.tensor(ds0[s], x) if need[4 + i] else None for i, s in enumerate(runner.states)]
@@ -268,8 +317,10 @@ class Recurrent(nn.Module):
             in_size = self.input_size if layer == 0 else self.hidden_size * num_dir
             for d in range(num_dir):
                 shapes = {p: self.cell.param_shape(p, in_size, self.hidden_size) for p in self.trainable}
-                self.add_module(self._key(layer, d), nn.ParameterDict(
-                    {p: nn.Parameter(torch.empty(s, dtype=dtype, device=device)) for p, s in shapes.items()}))
+                pd = nn.ParameterDict()           # filled one by one: keeps the cell's order (a dict would sort)
+                for p, s in shapes.items():
+                    pd[p] = nn.Parameter(torch.empty(s, dtype=dtype, device=device))
+                self.add_module(self._key(layer, d), pd)
         self.reset_parameters()
 
     # naming ---------------------------------------------------------------------------------
@@ -307,11 +358,8 @@ class Recurrent(nn.Module):
         for name, pd in self._directions():
             if not len(pd):
                 continue
-            first = next(iter(pd.values()))
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-            I = first.shape[1] if first.dim() == 2 and self.cell.params[next(iter(pd))] == "W" else None
-            I = I or self._in_size(name)
-            vals = ref.init_params(I, self.hidden_size, seed=seed)
+            vals = ref.init_params(self._in_size(name), self.hidden_size, seed=seed)
             for p, param in pd.items():
                 param.copy_(torch.from_numpy(vals[p]))
 
@@ -361,7 +409,7 @@ class Recurrent(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths must be None when input is a PackedSequence (it carries its lengths)")
             sorted_idx, unsorted_idx = input.sorted_indices, input.unsorted_indices
-            self._check_input_tensor(input.data, dtype, pdevice, ndim=2)
+            self._check_input_tensor(input.data, dtype, pdevice)
             x, lens = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes), batch_first=False)
             lengths = lens.numpy().astype(np.int64)
         else:
@@ -370,7 +418,7 @@ class Recurrent(nn.Module):
             if input.dim() not in (2, 3):
                 raise ValueError(f"input must have 3 dimensions ([T, B, I]{', batch_first' if self.batch_first else ''}"
                                  f") or 2 for an unbatched sequence ([T, I]), got {input.dim()}")
-            self._check_input_tensor(input, dtype, pdevice, ndim=input.dim())
+            self._check_input_tensor(input, dtype, pdevice)
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             if x.shape[0] == 0:
@@ -433,7 +481,7 @@ class Recurrent(nn.Module):
         return y, fin
 
     # argument checks (errors name the argument, as nn.LSTM's do) -----------------------------
-    def _check_input_tensor(self, t, dtype, pdevice, ndim):
+    def _check_input_tensor(self, t, dtype, pdevice):
         if t.dtype != dtype:
             raise ValueError(f"input has dtype {t.dtype} but the module's parameters are {dtype}: convert the input "
                              f"(input.to({dtype})) or the module (module.to({t.dtype}))")
@@ -515,6 +563,3 @@ class Recurrent(nn.Module):
         rnn.train(module.training)
         return rnn
 
-
-# `math` and `os` stay importable here for users extending the module's docs examples.
-del math, os
