@@ -552,7 +552,7 @@ class Recurrent(nn.Module):
         H = module.hidden_size
         with torch.no_grad():
             for key, pd in rnn._directions():
-                sfx = key[1:].replace("_reverse", "") + ("_reverse" if key.endswith("_reverse") else "")
+                sfx = key[1:]                     # l1_reverse -> weight_ih_l1_reverse
                 for j, g in enumerate(gates):
                     rows = slice(j * H, (j + 1) * H)
                     pd[f"W_{g}"].copy_(getattr(module, f"weight_ih_l{sfx}")[rows])

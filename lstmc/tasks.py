@@ -13,7 +13,8 @@
 | sunspots  | a window of W yearly values   | the next year's value    | RMSE        | persistence (last value)    |
 
 Every split is fixed: it depends only on the task's options (never on the training seed), and
-the splits never share a sample. The training order is a pure function of (seed, step) — see
+the splits never share a sample. (torch is imported only when data is built, so that listing the
+tasks costs nothing.) The training order is a pure function of (seed, step) — see
 `EpochSampler` — so a resumed run reads exactly the batches an uninterrupted run reads.
 """
 
@@ -23,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 __all__ = ["Task", "EpochSampler", "get_task", "TASKS", "task_names"]
 
@@ -102,6 +102,8 @@ class Task:
         return EpochSampler(self.size("train"), seed)
 
     def batch(self, split: str, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         x, y = self.data[split]
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return x[idx], y[idx]
@@ -115,12 +117,16 @@ class Task:
     # scoring ------------------------------------------------------------------------------------
     def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch: MSE over targets, or cross-entropy (nats) over every prediction."""
+        import torch
+
         if self.loss == "mse":
             return torch.nn.functional.mse_loss(out.reshape(y.shape), y)
         return torch.nn.functional.cross_entropy(out.reshape(-1, self.n_out), y.reshape(-1))
 
     def score_parts(self, out: torch.Tensor, y: torch.Tensor) -> dict:
         """Sums that add up over batches: {"loss": Σ loss, "n": count, "correct": Σ hits}."""
+        import torch
+
         if self.loss == "mse":
             err = (out.reshape(y.shape).double() - y.double()) ** 2
             return {"loss": float(err.sum()), "n": err.numel(), "correct": 0}
@@ -155,8 +161,10 @@ class Task:
                 f"{self.baseline_name} baseline {self.baseline('test'):.4g} on test")
 
 
-def _t(a, dtype):
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+def _t(a, dtype: str):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a)).to(getattr(torch, dtype))
 
 
 # ------------------------------------------------------------------------------------------- adding
@@ -181,7 +189,7 @@ def adding(length: int = 50, n_train: int = 20000, n_val: int = 1000, n_test: in
         mark[np.arange(n), b] = 1.0
         x = np.stack([vals, mark], axis=-1)
         y = vals[np.arange(n), a] + vals[np.arange(n), b]
-        data[split] = (_t(x, torch.float32), _t(y[:, None], torch.float32))
+        data[split] = (_t(x, "float32"), _t(y[:, None], "float32"))
     mean = float(data["train"][1].double().mean())
     for split in SPLITS:
         base[split] = float(((data[split][1].double() - mean) ** 2).mean())
@@ -215,7 +223,7 @@ def copy(length: int = 20, n_train: int = 20000, n_val: int = 1000, n_test: int 
         x[:, K + T - 1] = delim
         y = np.zeros((n, L), dtype=np.int64)
         y[:, -K:] = seq
-        data[split] = (_t(x, torch.int64), _t(y, torch.int64))
+        data[split] = (_t(x, "int64"), _t(y, "int64"))
     for split in SPLITS:
         base[split] = K * math.log(S) / L
     return Task("copy", f"copy memory, delay T={T}, {K} symbols of {S}", "tokens", 0, S + 2, "all", "ce",
@@ -238,7 +246,7 @@ def digits() -> Task:
     perm = np.random.default_rng(3).permutation(len(y))
     n_tr, n_va = int(0.7 * len(y)), int(0.15 * len(y))
     parts = {"train": perm[:n_tr], "val": perm[n_tr:n_tr + n_va], "test": perm[n_tr + n_va:]}
-    data = {s: (_t(x[i], torch.float32), _t(y[i], torch.int64)) for s, i in parts.items()}
+    data = {s: (_t(x[i], "float32"), _t(y[i], "int64")) for s, i in parts.items()}
     major = np.bincount(y[parts["train"]]).argmax()
     base = {s: float(np.mean(y[i] == major)) for s, i in parts.items()}
     t = Task("digits", "sklearn 8x8 digits as 8 rows of 8 pixels", "float", 8, 0, "last", "ce", 10,
@@ -278,7 +286,7 @@ def charlm(length: int = 100) -> Task:
         m = (len(seg) - 1) // L
         x = seg[:m * L].reshape(m, L)
         y = seg[1:m * L + 1].reshape(m, L)
-        data[s] = (_t(x, torch.int64), _t(y, torch.int64))
+        data[s] = (_t(x, "int64"), _t(y, "int64"))
     counts = np.bincount(ids[cut["train"][0]:cut["train"][1]], minlength=len(chars)) + 1.0
     logp = np.log2(counts / counts.sum())
     base = {s: float(-logp[data[s][1].numpy().ravel()].mean()) for s in SPLITS}
@@ -313,7 +321,7 @@ def sunspots(length: int = 20) -> Task:
     x = np.stack([z[t - W:t] for t in targets])[:, :, None]
     y = z[targets][:, None]
     parts = {"train": targets < t_tr, "val": (targets >= t_tr) & (targets < t_va), "test": targets >= t_va}
-    data = {k: (_t(x[m], torch.float32), _t(y[m], torch.float32)) for k, m in parts.items()}
+    data = {k: (_t(x[m], "float32"), _t(y[m], "float32")) for k, m in parts.items()}
     base = {k: float(np.sqrt(np.mean((s[targets[m]] - s[targets[m] - 1]) ** 2))) for k, m in parts.items()}
     t = Task("sunspots", f"yearly sunspots, window {W}", "float", 1, 0, "last", "mse", 1, "rmse", False,
              data, base, "persistence",

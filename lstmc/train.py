@@ -30,7 +30,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,8 +162,8 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- model
 
 class NativeRecurrent(nn.Module):
-    """torch.nn.LSTM / nn.GRU behind Recurrent's call signature: backend="native", for comparison
-    (and the stand-in while lstmc.nn is missing). Only the `lstm` and `gru` cells have one."""
+    """torch.nn.LSTM / nn.GRU behind Recurrent's call signature: backend="native", the PyTorch
+    baseline to compare with. Only the `lstm` and `gru` cells have one."""
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, backend="native"):
@@ -186,13 +185,8 @@ class NativeRecurrent(nn.Module):
 def recurrent_class(backend: str):
     if backend == "native":
         return NativeRecurrent
-    try:
-        from .nn import Recurrent
-    except ModuleNotFoundError as e:  # lstmc.nn not written yet
-        if e.name != "lstmc.nn":
-            raise
-        warnings.warn("lstmc.nn is missing: falling back to torch.nn.LSTM/GRU (backend 'native')")
-        return NativeRecurrent
+    from .nn import Recurrent
+
     return Recurrent
 
 
@@ -211,10 +205,8 @@ class SeqModel(nn.Module):
         else:
             self.embed = None
             in_size = task.input_size
-        R = recurrent_class(backend)
-        kw = {} if R is NativeRecurrent and backend != "native" else {"backend": backend}
-        self.rnn = R(cell, in_size, hidden, num_layers=layers, batch_first=True, dropout=dropout,
-                     bidirectional=bidirectional, **kw)
+        self.rnn = recurrent_class(backend)(cell, in_size, hidden, num_layers=layers, batch_first=True,
+                                            dropout=dropout, bidirectional=bidirectional, backend=backend)
         self.head = nn.Linear(hidden * self.dirs, task.n_out)
 
     def forward(self, x):
@@ -384,42 +376,42 @@ def evaluate(model: nn.Module, task: Task, split: str, device, batch: int = 512)
     return task.metric_from(parts)
 
 
-def validate_gradients(model: SeqModel, cfg: TrainConfig, task: Task, x, y) -> dict:
-    """The gradients of one batch from the training model, and from a float64 copy running the
-    `reference` backend (NumPy, the living definition of the cell), compared with lstmc.check.max_rel.
-    Both in eval mode (no dropout), through torch.autograd.grad: the training state (.grad, RNG)
-    is untouched."""
+def validate_gradients(model: SeqModel, task: Task, x, y) -> dict:
+    """One batch's gradients from the training model and from a float64 copy of it whose Recurrent
+    runs the `reference` backend (NumPy, the living definition of the cell), compared parameter by
+    parameter with lstmc.check.max_rel (absolute below 1, relative above). Both run in eval mode (no
+    dropout) through torch.autograd.grad, so the training state (.grad, every RNG) is untouched."""
     from .check import max_rel
 
+    if not hasattr(model.rnn, "cell_params"):
+        raise ValueError("--validate compares lstmc's compiled cell with its reference; backend 'native' "
+                         "(torch.nn) has none")
     device = next(model.parameters()).device
-    ref = build_model(cfg, task, backend="reference").double()
-    ref.load_state_dict({k: v.detach().double().cpu() for k, v in model.state_dict().items()})
-    out = {}
+    ref = copy.deepcopy(model).cpu().double()       # deepcopy: no initialisation, no random numbers
+    ref.rnn.backend = "reference"
+    grads = {}
     was = model.training
-    model.eval()
-    ref.eval()
     try:
-        grads = {}
         for name, m, xx, yy in (("model", model, x.to(device), y.to(device)), ("ref", ref, x.cpu(), y.cpu())):
-            if xx.is_floating_point() and name == "ref":
-                xx = xx.double()
-            if yy.is_floating_point() and name == "ref":
-                yy = yy.double()
-            params = [(k, p) for k, p in m.named_parameters() if p.requires_grad]
+            m.eval()
+            if name == "ref":
+                xx = xx.double() if xx.is_floating_point() else xx
+                yy = yy.double() if yy.is_floating_point() else yy
+            named = [(k, p) for k, p in m.named_parameters() if p.requires_grad]
             loss = task.loss_fn(m(xx), yy)
-            g = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+            g = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             grads[name] = ({k: (gi.detach().cpu().double().numpy() if gi is not None else np.zeros(tuple(p.shape)))
-                            for (k, p), gi in zip(params, g)}, float(loss))
+                            for (k, p), gi in zip(named, g)}, float(loss))
     finally:
         model.train(was)
     worst, worst_name = 0.0, ""
     for k, g in grads["ref"][0].items():
         e = max_rel(grads["model"][0][k], g)
-        if e > worst:
+        if e >= worst:
             worst, worst_name = e, k
-    out.update(max_diff=worst, param=worst_name, loss_diff=abs(grads["model"][1] - grads["ref"][1]),
-               loss=grads["model"][1])
-    return out
+    return {"max_diff": worst, "param": worst_name, "loss": grads["model"][1],
+            "loss_diff": abs(grads["model"][1] - grads["ref"][1]),
+            "backend": getattr(model.rnn, "last_backend", None)}
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -565,7 +557,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     opt = make_optimizer(cfg, model.parameters())
     sched, per_step = make_scheduler(cfg, opt, task)
     sampler = task.sampler(cfg.seed)
-    backend = getattr(model.rnn, "backend", "native" if isinstance(model.rnn, NativeRecurrent) else cfg.backend)
+    cell_name = model.rnn.cell_name if isinstance(model.rnn, NativeRecurrent) else model.rnn.cell.name
 
     loop = {"step": 0, "history": [], "train_losses": [], "best_metric": None, "best_step": 0,
             "bad_evals": 0, "validations": [], "elapsed": 0.0, "train_time": 0.0, "stopped_early": False}
@@ -594,7 +586,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     def result(interrupted=False, test=(math.nan, math.nan)) -> TrainResult:
         tt = loop["train_time"]
         return TrainResult(
-            config=asdict(cfg), task=task.name, cell=str(getattr(model.rnn, "cell_name", cfg.cell)),
+            config=asdict(cfg), task=task.name, cell=cell_name,
             metric=task.metric, higher_is_better=task.higher_is_better, baseline=task.baseline("test"),
             baseline_val=task.baseline("val"), baseline_name=task.baseline_name,
             val_metric=loop["best_metric"] if loop["best_metric"] is not None else math.nan,
@@ -603,7 +595,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             params=count_params(model), rnn_params=count_params(model.rnn), history=list(loop["history"]),
             train_losses=list(loop["train_losses"]), validations=list(loop["validations"]),
             stopped_early=loop["stopped_early"], interrupted=interrupted, world_size=d.world,
-            backend=str(backend), out=str(out) if out else None)
+            backend=str(getattr(model.rnn, "last_backend", None) or cfg.backend), out=str(out) if out else None)
 
     def checkpoint():
         rngs = [rng_state()]
@@ -653,11 +645,11 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             seg_steps += 1
 
             if cfg.validate and step % cfg.validate == 0 and d.main:
-                v = validate_gradients(model, cfg, task, x, y)
+                v = validate_gradients(model, task, x, y)
                 v["step"] = step
                 loop["validations"].append(v)
-                bar.write(f"step {step}: gradients vs reference float64: max rel diff {v['max_diff']:.2e} "
-                          f"({v['param']}), loss diff {v['loss_diff']:.1e}")
+                bar.write(f"step {step}: {v['backend']} gradients vs float64 reference: max diff {v['max_diff']:.2e} "
+                          f"({v['param']}), loss diff {v['loss_diff']:.1e}", file=sys.stderr)
 
             evaluated = False
             if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -68,7 +68,7 @@ class NumpyOps:
     def sum0(self, a):
         return a.sum(axis=0)
 
-    def mask(self, m: np.ndarray):
+    def mask(self, m: np.ndarray, like=None):
         return m
 
 
@@ -266,7 +266,7 @@ class SequenceDriver:
         nx = len(prog.input_mats)
         XP = (x.reshape(T * B, I) @ P["Wcat"].T).reshape(T, B, nx * H) if nx else None
         S = {s: (state[s] if state is not None and s in state else ops.zeros((B, H), like=x)) for s in cell.states}
-        mask = None if full else ops.mask((np.arange(T)[:, None] < lengths[None, :])[:, :, None])
+        mask = None if full else ops.mask((np.arange(T)[:, None] < lengths[None, :])[:, :, None], like=x)
         ys = []
         Sseq = {s: [S[s]] for s in cell.states} if need_tape else None
         saved = {n: [] for n, _ in prog.saved} if need_tape else None

@@ -58,8 +58,8 @@ class TorchOps:
     def sum0(self, a):
         return a.sum(dim=0)
 
-    def mask(self, m):
-        return torch.as_tensor(m)
+    def mask(self, m, like=None):
+        return torch.as_tensor(m, device=like.device if like is not None else None)
 
 
 def _block_lines(stages, H_name="H") -> list[str]:
