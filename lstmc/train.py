@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch import nn
 
-from .tasks import Task, get_task, task_names
+from .tasks import TASKS, Task, get_task
+
+# torch is imported inside the functions that use it, so that `lstmc --help` and the other
+# subcommands do not pay for it when the CLI imports this module to add `train`.
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "SeqModel", "add_parser", "cli_main",
            "init_distributed", "shard", "validate_gradients", "load_checkpoint"]
@@ -161,76 +161,99 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------- model
 
-class NativeRecurrent(nn.Module):
-    """torch.nn.LSTM / nn.GRU behind Recurrent's call signature: backend="native", the PyTorch
-    baseline to compare with. Only the `lstm` and `gru` cells have one."""
+def _models() -> dict:
+    """The nn.Module classes, defined on first use (they need torch)."""
+    if _MODELS:
+        return _MODELS
+    import torch
+    from torch import nn
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="native"):
-        super().__init__()
-        name = getattr(cell, "name", cell)
-        mods = {"lstm": nn.LSTM, "gru": nn.GRU}
-        if name not in mods:
-            raise ValueError(f"backend 'native' runs torch.nn.LSTM/GRU: only the cells lstm and gru, got {name!r}")
-        self.cell_name = name
-        self.rnn = mods[name](input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                              dropout=dropout, bidirectional=bidirectional)
+    class NativeRecurrent(nn.Module):
+        """torch.nn.LSTM / nn.GRU behind Recurrent's call signature: backend="native", the PyTorch
+        baseline to compare with. Only the `lstm` and `gru` cells have one."""
 
-    def forward(self, input, state=None, lengths=None):
-        if lengths is not None:
-            raise ValueError("NativeRecurrent does not take lengths")
-        return self.rnn(input, state)
+        def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                     dropout=0.0, bidirectional=False, backend="native"):
+            super().__init__()
+            name = getattr(cell, "name", cell)
+            mods = {"lstm": nn.LSTM, "gru": nn.GRU}
+            if name not in mods:
+                raise ValueError(f"backend 'native' runs torch.nn.LSTM/GRU: only the cells lstm and gru, "
+                                 f"got {name!r}")
+            self.cell_name = name
+            self.rnn = mods[name](input_size, hidden_size, num_layers=num_layers, bias=bias,
+                                  batch_first=batch_first, dropout=dropout, bidirectional=bidirectional)
+
+        def forward(self, input, state=None, lengths=None):
+            if lengths is not None:
+                raise ValueError("NativeRecurrent does not take lengths")
+            return self.rnn(input, state)
+
+    class SeqModel(nn.Module):
+        """[embedding] → Recurrent → linear head, reading the last step or every step (task.target)."""
+
+        def __init__(self, task: Task, cell, hidden: int, layers: int = 1, dropout: float = 0.0,
+                     bidirectional: bool = False, embed: int = 0, backend: str = "auto"):
+            super().__init__()
+            self.target = task.target
+            self.hidden = hidden
+            self.dirs = 2 if bidirectional else 1
+            if task.inputs == "tokens":
+                self.embed = nn.Embedding(task.vocab, embed or 16)
+                in_size = self.embed.embedding_dim
+            else:
+                self.embed = None
+                in_size = task.input_size
+            self.rnn = recurrent_class(backend)(cell, in_size, hidden, num_layers=layers, batch_first=True,
+                                                dropout=dropout, bidirectional=bidirectional, backend=backend)
+            self.head = nn.Linear(hidden * self.dirs, task.n_out)
+
+        def forward(self, x):
+            if self.embed is not None:
+                x = self.embed(x)
+            y, _ = self.rnn(x)                                  # [B, T, H*dirs]
+            if self.target == "last":
+                if self.dirs == 2:     # forward direction's last step, backward direction's first
+                    y = torch.cat([y[:, -1, :self.hidden], y[:, 0, self.hidden:]], dim=-1)
+                else:
+                    y = y[:, -1]
+            return self.head(y)
+
+    _MODELS.update(NativeRecurrent=NativeRecurrent, SeqModel=SeqModel)
+    return _MODELS
+
+
+_MODELS: dict = {}
+
+
+def __getattr__(name):  # lstmc.train.SeqModel, lstmc.train.NativeRecurrent
+    if name in ("SeqModel", "NativeRecurrent"):
+        return _models()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def recurrent_class(backend: str):
+    """lstmc.nn.Recurrent, or NativeRecurrent (torch.nn.LSTM/GRU) for backend "native"."""
     if backend == "native":
-        return NativeRecurrent
+        return _models()["NativeRecurrent"]
     from .nn import Recurrent
 
     return Recurrent
 
 
-class SeqModel(nn.Module):
-    """[embedding] → Recurrent → linear head, reading the last step or every step (task.target)."""
-
-    def __init__(self, task: Task, cell, hidden: int, layers: int = 1, dropout: float = 0.0,
-                 bidirectional: bool = False, embed: int = 0, backend: str = "auto"):
-        super().__init__()
-        self.target = task.target
-        self.hidden = hidden
-        self.dirs = 2 if bidirectional else 1
-        if task.inputs == "tokens":
-            self.embed = nn.Embedding(task.vocab, embed or 16)
-            in_size = self.embed.embedding_dim
-        else:
-            self.embed = None
-            in_size = task.input_size
-        self.rnn = recurrent_class(backend)(cell, in_size, hidden, num_layers=layers, batch_first=True,
-                                            dropout=dropout, bidirectional=bidirectional, backend=backend)
-        self.head = nn.Linear(hidden * self.dirs, task.n_out)
-
-    def forward(self, x):
-        if self.embed is not None:
-            x = self.embed(x)
-        y, _ = self.rnn(x)                                  # [B, T, H*dirs]
-        if self.target == "last":
-            if self.dirs == 2:     # forward direction's last step, backward direction's first
-                y = torch.cat([y[:, -1, :self.hidden], y[:, 0, self.hidden:]], dim=-1)
-            else:
-                y = y[:, -1]
-        return self.head(y)
+def build_model(cfg: TrainConfig, task: Task, backend: str | None = None):
+    """The SeqModel a config describes (initialised from torch's RNG: seed it first)."""
+    return _models()["SeqModel"](task, cfg.cell, cfg.hidden, cfg.layers, cfg.dropout, cfg.bidirectional,
+                                 cfg.embed, backend or cfg.backend)
 
 
-def build_model(cfg: TrainConfig, task: Task, backend: str | None = None) -> SeqModel:
-    return SeqModel(task, cfg.cell, cfg.hidden, cfg.layers, cfg.dropout, cfg.bidirectional, cfg.embed,
-                    backend or cfg.backend)
-
-
-def count_params(m: nn.Module) -> int:
+def count_params(m) -> int:
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
 def make_optimizer(cfg: TrainConfig, params):
+    import torch
+
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -243,6 +266,8 @@ def make_optimizer(cfg: TrainConfig, params):
 def make_scheduler(cfg: TrainConfig, opt, task: Task):
     """(scheduler, per_step): per-step schedules step after every optimizer step; plateau after
     every evaluation, on the validation metric."""
+    import torch
+
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.steps // 3), gamma=0.1), True
     if cfg.schedule == "cosine":
@@ -270,6 +295,9 @@ class Dist:
 def init_distributed(device: str = "cpu") -> Dist:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)
     when WORLD_SIZE > 1: gloo for CPU training, nccl for CUDA. One process: nothing to do."""
+    import torch
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -286,7 +314,7 @@ def init_distributed(device: str = "cpu") -> Dist:
     return Dist(rank, world, local, owned=True)
 
 
-def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+def shard(x, rank: int, world: int):
     """This rank's contiguous share of a global batch (the batch must divide evenly, so that DDP's
     average of per-rank mean gradients is the mean gradient of the whole batch)."""
     B = x.shape[0]
@@ -299,6 +327,9 @@ def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 def _all_mean(v: float, d: Dist) -> float:
     if d.world == 1:
         return v
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor([v], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t) / d.world
@@ -307,6 +338,9 @@ def _all_mean(v: float, d: Dist) -> float:
 def _broadcast(vals: list[float], d: Dist) -> list[float]:
     if d.world == 1:
         return vals
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor(vals, dtype=torch.float64)
     dist.broadcast(t, 0)
     return t.tolist()
@@ -315,6 +349,8 @@ def _broadcast(vals: list[float], d: Dist) -> list[float]:
 # ------------------------------------------------------------------------------------ RNG and files
 
 def rng_state() -> dict:
+    import torch
+
     s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         s["cuda"] = torch.cuda.get_rng_state_all()
@@ -322,6 +358,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict) -> None:
+    import torch
+
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
@@ -330,6 +368,8 @@ def set_rng_state(s: dict) -> None:
 
 
 def seed_all(seed: int) -> None:
+    import torch
+
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -355,32 +395,39 @@ def atomic_write(path: Path, write) -> None:
 
 
 def load_checkpoint(path) -> dict:
+    """A checkpoint.pt as a dict (it holds NumPy and Python RNG states, so not weights_only)."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ------------------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str, device, batch: int = 512) -> tuple[float, float]:
-    """(mean loss, metric) of `model` on a whole split. Consumes no random numbers."""
+def evaluate(model, task: Task, split: str, device, batch: int = 512) -> tuple[float, float]:
+    """(mean loss, metric) of `model` on a whole split, in eval mode. Consumes no random numbers."""
+    import torch
+
     was = model.training
     model.eval()
     parts = {"loss": 0.0, "n": 0, "correct": 0}
     n = task.size(split)
-    for a in range(0, n, batch):
-        x, y = task.batch(split, np.arange(a, min(n, a + batch)))
-        out = model(x.to(device))
-        for k, v in task.score_parts(out.cpu(), y).items():
-            parts[k] += v
+    with torch.no_grad():
+        for a in range(0, n, batch):
+            x, y = task.batch(split, np.arange(a, min(n, a + batch)))
+            out = model(x.to(device))
+            for k, v in task.score_parts(out.cpu(), y).items():
+                parts[k] += v
     model.train(was)
     return task.metric_from(parts)
 
 
-def validate_gradients(model: SeqModel, task: Task, x, y) -> dict:
+def validate_gradients(model, task: Task, x, y) -> dict:
     """One batch's gradients from the training model and from a float64 copy of it whose Recurrent
     runs the `reference` backend (NumPy, the living definition of the cell), compared parameter by
     parameter with lstmc.check.max_rel (absolute below 1, relative above). Both run in eval mode (no
     dropout) through torch.autograd.grad, so the training state (.grad, every RNG) is untouched."""
+    import torch
+
     from .check import max_rel
 
     if not hasattr(model.rnn, "cell_params"):
@@ -401,7 +448,7 @@ def validate_gradients(model: SeqModel, task: Task, x, y) -> dict:
             loss = task.loss_fn(m(xx), yy)
             g = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             grads[name] = ({k: (gi.detach().cpu().double().numpy() if gi is not None else np.zeros(tuple(p.shape)))
-                            for (k, p), gi in zip(named, g)}, float(loss))
+                            for (k, p), gi in zip(named, g)}, float(loss.detach()))
     finally:
         model.train(was)
     worst, worst_name = 0.0, ""
@@ -510,7 +557,9 @@ def _check_resume(saved: dict, cfg: TrainConfig) -> None:
                          f"use the same options or another --out")
 
 
-def _device(name: str, d: Dist) -> torch.device:
+def _device(name: str, d: Dist):
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -524,6 +573,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train as `config` says; returns a TrainResult (metrics history, final val/test metric,
     baseline, steps, wall time, parameter count). Under torchrun (WORLD_SIZE > 1) every process
     calls this; only rank 0 writes files and shows progress; every rank returns the same result."""
+    import torch.distributed as dist
+
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     task = get_task(cfg.task, length=cfg.length)
     cfg = cfg.resolved(task)
@@ -536,6 +587,11 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from tqdm import tqdm
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device, d)
@@ -557,7 +613,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     opt = make_optimizer(cfg, model.parameters())
     sched, per_step = make_scheduler(cfg, opt, task)
     sampler = task.sampler(cfg.seed)
-    cell_name = model.rnn.cell_name if isinstance(model.rnn, NativeRecurrent) else model.rnn.cell.name
+    cell_name = getattr(model.rnn, "cell_name", None) or model.rnn.cell.name
 
     loop = {"step": 0, "history": [], "train_losses": [], "best_metric": None, "best_step": 0,
             "bad_evals": 0, "validations": [], "elapsed": 0.0, "train_time": 0.0, "stopped_early": False}
@@ -609,8 +665,6 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
               "scheduler": sched.state_dict() if sched is not None else None,
               "rng": rngs, "sampler": sampler.state_dict(), "loop": loop, "best_model": best_state}
         atomic_write(ckpt_path, lambda f: torch.save(ck, f))
-
-    from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=loop["step"], disable=not (d.main and cfg.progress), unit="step",
                dynamic_ncols=True, desc=f"{task.name}/{cfg.cell}", file=sys.stderr, mininterval=0.25)
@@ -728,14 +782,12 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `train` to the `lstmc` command's subparsers (sets fn=cli_main)."""
-    from .build import BACKENDS
-
     p = subparsers.add_parser(
         "train", help="train a model on one of the built-in tasks with a compiled cell",
         description="Train [embedding] -> Recurrent(CELL) -> linear head on a task. Options left out take "
                     "the task's defaults. Under torchrun, trains data-parallel (DDP).")
     p.add_argument("--cell", default="lstm", help="built-in cell name or path to a .cell file (default lstm)")
-    p.add_argument("--task", default="adding", choices=task_names())
+    p.add_argument("--task", default="adding", choices=list(TASKS))
     p.add_argument("--length", type=int, default=None,
                    help="adding: sequence length T (50); copy: delay T (20); charlm: window (100); sunspots: window (20)")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (task default)")
@@ -753,7 +805,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between recurrent layers")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", choices=("auto", "native") + tuple(BACKENDS),
+    p.add_argument("--backend", default="auto", choices=("auto", "numba", "triton", "torch", "reference", "native"),
                    help="Recurrent's backend; 'native' runs torch.nn.LSTM/GRU (lstm and gru only)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")

@@ -37,11 +37,55 @@ def _horner(coeffs, var_name, f) -> str:
     return expr
 
 
+# helpers whose source is the same for both dtypes but for the spelling of literals ({0}, {1}, {m1})
+_COMMON = """
+{inl}
+def _relu(x):
+    return max(x, {0})
+
+
+{inl}
+def _step(x):
+    return {1} if x > {0} else {0}
+
+
+{inl}
+def _sign(x):
+    return {1} if x > {0} else ({m1} if x < {0} else {0})
+
+
+{inl}
+def _abs(x):
+    return abs(x)
+
+
+{inl}
+def _exp(x):
+    return math.exp(x)
+
+
+{inl}
+def _log(x):
+    return math.log(x)
+
+
+{inl}
+def _sqrt(x):
+    return math.sqrt(x)
+
+
+{inl}
+def _softplus(x):
+    return max(x, {0}) + math.log1p(math.exp(-abs(x)))
+"""
+
+
 def activations(dtype: str) -> str:
     """Source of the inline activation helpers for one dtype."""
     inl = "@njit(inline=\"always\", **_JIT)"
+    f = _const(dtype)
+    common = _COMMON.format(f(0.0), f(1.0), inl=inl, m1=f(-1.0))
     if dtype == "float32":
-        f = lambda c: f"np.float32({c!r})"  # noqa: E731
         return f'''
 
 # float32: arithmetic-only approximations (no libm call), so loops calling them vectorise.
@@ -58,48 +102,9 @@ def _tanh(x):
 {inl}
 def _sigmoid(x):
     # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < {SIGMOID_MAX_ERROR:g}
-    return np.float32(0.5) * _tanh(np.float32(0.5) * x) + np.float32(0.5)
+    return {f(0.5)} * _tanh({f(0.5)} * x) + {f(0.5)}
 
-
-{inl}
-def _relu(x):
-    return max(x, np.float32(0.0))
-
-
-{inl}
-def _step(x):
-    return np.float32(1.0) if x > np.float32(0.0) else np.float32(0.0)
-
-
-{inl}
-def _sign(x):
-    return np.float32(1.0) if x > np.float32(0.0) else (np.float32(-1.0) if x < np.float32(0.0) else np.float32(0.0))
-
-
-{inl}
-def _abs(x):
-    return abs(x)
-
-
-{inl}
-def _exp(x):
-    return math.exp(x)
-
-
-{inl}
-def _log(x):
-    return math.log(x)
-
-
-{inl}
-def _sqrt(x):
-    return math.sqrt(x)
-
-
-{inl}
-def _softplus(x):
-    return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
-'''
+{common}'''
     return f'''
 
 # float64: libm, matching the reference to rounding.
@@ -115,46 +120,7 @@ def _sigmoid(x):
     e = math.exp(x)
     return e / (1.0 + e)
 
-
-{inl}
-def _relu(x):
-    return max(x, 0.0)
-
-
-{inl}
-def _step(x):
-    return 1.0 if x > 0.0 else 0.0
-
-
-{inl}
-def _sign(x):
-    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
-
-
-{inl}
-def _abs(x):
-    return abs(x)
-
-
-{inl}
-def _exp(x):
-    return math.exp(x)
-
-
-{inl}
-def _log(x):
-    return math.log(x)
-
-
-{inl}
-def _sqrt(x):
-    return math.sqrt(x)
-
-
-{inl}
-def _softplus(x):
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-'''
+{common}'''
 
 
 def _const(dtype):

@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, Y, stride):
+def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -87,7 +87,7 @@ def forward(XP, U0T, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_r, U_z, U_n]
+        np.dot(cur_h, U0.T, RP0)  # [U_r, U_z, U_n]^T
         # block 1
         for b in range(B):
             if t < L[b]:

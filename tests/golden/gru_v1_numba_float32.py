@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, U1T, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, Y, stride):
+def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -88,7 +88,7 @@ def forward(XP, U0T, U1T, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_z, U_r]
+        np.dot(cur_h, U0.T, RP0)  # [U_z, U_r]^T
         # block 1
         for b in range(B):
             if t < L[b]:
@@ -99,7 +99,7 @@ def forward(XP, U0T, U1T, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul
                     SV_r[ti, b, j] = sv_r
                     sv_mul_r_h = sv_r * cur_h[b, j]
                     SV_mul_r_h[ti, b, j] = sv_mul_r_h
-        np.dot(SV_mul_r_h[ti], U1T, RP1)  # [U_n]
+        np.dot(SV_mul_r_h[ti], U1.T, RP1)  # [U_n]^T
         # block 2
         for b in range(B):
             if t < L[b]:

@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, stride):
+def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -87,7 +87,7 @@ def forward(XP, U0T, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, s
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_f, U_g]
+        np.dot(cur_h, U0.T, RP0)  # [U_f, U_g]^T
         # block 1
         for b in range(B):
             if t < L[b]:

@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b_ho, L, Sq_h, Sq_c, SV_i, SV_g, SV_tanh_c1, SV_o, SV_f, Y, stride):
+def forward(XP, U0, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b_ho, L, Sq_h, Sq_c, SV_i, SV_g, SV_tanh_c1, SV_o, SV_f, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -89,7 +89,7 @@ def forward(XP, U0T, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b
         nxt_h = Sq_h[ni]
         cur_c = Sq_c[ci]
         nxt_c = Sq_c[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_i, U_f, U_g, U_o]
+        np.dot(cur_h, U0.T, RP0)  # [U_i, U_f, U_g, U_o]^T
         # block 1
         for b in range(B):
             if t < L[b]:

@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, U1T, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride):
+def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -88,7 +88,7 @@ def forward(XP, U0T, U1T, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stri
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_f]
+        np.dot(cur_h, U0.T, RP0)  # [U_f]^T
         # block 1
         for b in range(B):
             if t < L[b]:
@@ -97,7 +97,7 @@ def forward(XP, U0T, U1T, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stri
                     SV_f[ti, b, j] = sv_f
                     sv_mul_f_h = sv_f * cur_h[b, j]
                     SV_mul_f_h[ti, b, j] = sv_mul_f_h
-        np.dot(SV_mul_f_h[ti], U1T, RP1)  # [U_n]
+        np.dot(SV_mul_f_h[ti], U1.T, RP1)  # [U_n]^T
         # block 2
         for b in range(B):
             if t < L[b]:

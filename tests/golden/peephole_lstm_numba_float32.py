@@ -76,7 +76,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0T, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, Y, stride):
+def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, Y, stride):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -89,7 +89,7 @@ def forward(XP, U0T, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
         nxt_h = Sq_h[ni]
         cur_c = Sq_c[ci]
         nxt_c = Sq_c[ni]
-        np.dot(cur_h, U0T, RP0)  # [U_i, U_f, U_g, U_o]
+        np.dot(cur_h, U0.T, RP0)  # [U_i, U_f, U_g, U_o]^T
         # block 1
         for b in range(B):
             if t < L[b]:

@@ -1,0 +1,588 @@
+"""The `triton` backend (GPU): generated Triton kernels over the lowered Program, with a schedule
+object choosing among designs; tested on the CPU under Triton's interpreter (TRITON_INTERPRET=1).
+
+The recipe (DESIGN.md §7, docs/triton.md):
+  - the input products of all T·B rows are one GEMM before the time loop (torch.matmul);
+  - per step, either one launch per segment (`step` kernels: the recurrent GEMM tile with tl.dot
+    and the pointwise block fused as its epilogue, all gate slots of a hidden tile per program), or
+    one launch for the whole sequence (`persistent` kernels: one program per batch tile owning all
+    H, recurrent weights loaded once into registers, state carried on chip);
+  - backward mirrors it in reverse time; the weight and input gradients are whole-sequence GEMMs
+    after the loop with float32 accumulation, bias gradients are float32 partial sums per batch tile.
+
+Storage: `dtype` float32 or float64 (everything in that type), or bfloat16/float16 storage
+(`TritonCell(program, "bfloat16")`, or `compile(cell, "triton", "float32", storage="bfloat16")`):
+sequences, tape activations and weights in the storage type, arithmetic, accumulation and the
+recurrent state (and its tape) in float32. NumPy has no bfloat16: a bfloat16 cell takes float32
+NumPy arrays (rounded on entry) and returns float32 NumPy arrays; torch tensors must be bfloat16.
+
+Inputs may be NumPy arrays (copied to the device, results returned as NumPy) or torch tensors on
+the kernels' device (CUDA, or CPU under the interpreter), used in place and returned as tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..lower import Program
+from .base import CompiledCell, Tape, reverse_index
+from .reference import check_backward_args
+from .triton_render import render
+
+TEMPLATE_VERSION = "1"
+_lock = threading.Lock()
+VARIANTS = ("persistent", "step")
+# storage dtype -> compute dtype
+STORAGE = {"float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32"}
+
+
+# ------------------------------------------------------------------------------------ environment
+
+def interpreting() -> bool:
+    """Is Triton's CPU interpreter on (TRITON_INTERPRET=1)?"""
+    try:
+        import triton
+
+        return bool(triton.knobs.runtime.interpret)
+    except Exception:  # noqa: BLE001 - fall back to the variable itself
+        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def environment():
+    """(torch, triton, device, interpreting), or a RuntimeError saying what is missing and what to do."""
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"the triton backend needs PyTorch, which failed to import ({type(e).__name__}: {e}); "
+                           f"install torch, or use backend='numba' (CPU) or 'reference'") from None
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"the triton backend needs Triton, which failed to import ({type(e).__name__}: {e}); "
+                           f"install it (pip install triton; Linux x86-64/aarch64), or use backend='numba' (CPU) "
+                           f"or 'torch'") from None
+    if interpreting():
+        return torch, triton, "cpu", True
+    if torch.cuda.is_available():
+        return torch, triton, "cuda", False
+    raise RuntimeError("the triton backend needs a CUDA GPU, and torch.cuda.is_available() is False here. "
+                       "To run its kernels on the CPU (slowly; meant for tests) start Python with "
+                       "TRITON_INTERPRET=1 in the environment; otherwise use backend='numba' on the CPU.")
+
+
+# --------------------------------------------------------------------------------------- schedule
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the kernels are tiled and which design runs. Scheduling never changes results beyond
+    float rounding (tests/test_triton.py checks two schedules against each other).
+
+    variant    "persistent": one launch per sequence, programs own all H of BB batch rows, the
+               recurrent weights stay in registers (only where they fit; else falls back to "step").
+               "step": one launch per segment per step, grid (B/BB, H/BH), K chunks of BK.
+    block_b    BB, batch rows per program (>= 16: tl.dot's smallest M)
+    block_h    BH, hidden units per program (step variant; persistent uses all of H)
+    block_k    BK, K chunk of the step kernels' GEMMs
+    num_warps, num_stages   Triton launch options (num_stages None: Triton's default)
+    """
+    variant: str = "persistent"
+    block_b: int = 16
+    block_h: int = 32
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int | None = None
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"schedule variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        for nm in ("block_b", "block_h", "block_k"):
+            v = getattr(self, nm)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"schedule {nm} must be a power of two >= 16 (tl.dot tiles), got {v!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"schedule num_warps must be a power of two <= 32, got {self.num_warps!r}")
+
+    def text(self) -> str:
+        if self.variant == "persistent":
+            return f"persistent(BB={self.block_b}, warps={self.num_warps})"
+        return f"step(BB={self.block_b}, BH={self.block_h}, BK={self.block_k}, warps={self.num_warps})"
+
+
+def persistent_weight_bytes(program: Program, H: int, itemsize: int) -> int:
+    """Bytes of recurrent weights one persistent program keeps on chip (padded to the tile)."""
+    HP = max(16, _pow2(H))
+    return HP * HP * sum(len(g.mats) for g in program.groups) * itemsize
+
+
+def persistent_fits(program: Program, H: int, itemsize: int, num_warps: int) -> bool:
+    """Heuristic: the weights may take half of the registers of the program's threads
+    (128 of 255 32-bit registers per thread). Not measured on a GPU yet; autotuning decides."""
+    return persistent_weight_bytes(program, H, itemsize) <= num_warps * 32 * 128 * 4
+
+
+# ----------------------------------------------------------------------------------------- build
+
+def cache_dir() -> Path:
+    """LSTMC_CACHE_DIR, else $XDG_CACHE_HOME/lstmc, else ~/.cache/lstmc (as the numba backend)."""
+    env = os.environ.get("LSTMC_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lstmc"
+
+
+def build_module(source: str, name: str):
+    """Write `source` atomically to <cache>/triton/<name>.py (unless identical) and import it.
+    Triton reads kernel source from real files, and caches their compiled binaries underneath
+    (TRITON_CACHE_DIR, by default ~/.triton/cache) keyed by that source."""
+    directory = cache_dir() / "triton"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fallback = Path(tempfile.gettempdir()) / f"lstmc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        warnings.warn(f"lstmc cache directory {directory} is not writable ({e.strerror}); using {fallback}",
+                      RuntimeWarning, stacklevel=3)
+        directory = fallback / "triton"
+        directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    data = source.encode()
+    try:
+        current = path.read_bytes()
+    except OSError:
+        current = None
+    if current != data:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    modname = f"lstmc_generated.triton_{name}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules[modname] = mod
+    return mod
+
+
+# ------------------------------------------------------------------------------------------ cell
+
+class TritonCell(CompiledCell):
+    backend = "triton"
+
+    def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
+                 schedule=None):
+        torch, triton, device, interp = environment()
+        self.torch = torch
+        self.device = device
+        self.interpret = interp
+        if isinstance(dtype, str):
+            name = dtype
+        elif str(dtype).startswith("torch."):
+            name = str(dtype)[6:]
+        else:
+            name = np.dtype(dtype).name
+        if name in ("bfloat16", "float16"):
+            storage, name = storage or name, "float32"
+        if name not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32, float64, bfloat16 or float16 for the triton backend, got {dtype!r}")
+        storage = storage or name
+        if storage not in STORAGE or STORAGE[storage] != name:
+            raise ValueError(f"storage {storage!r} does not go with dtype {name!r}: use float32 or float64 storage "
+                             f"for those dtypes, or bfloat16/float16 storage with dtype float32")
+        self.program = program
+        self.key = key
+        self.cell = program.cell
+        self.dtype = storage                   # what arrays must be (argument checks compare against it)
+        self.compute_dtype = name              # arithmetic, accumulation, state
+        self.np_dtype = np.dtype(np.float32 if storage == "bfloat16" else storage)
+        self.t_storage = getattr(torch, storage)
+        self.t_compute = getattr(torch, name)
+        tl = triton.language
+        self._tl = {"DT": getattr(tl, storage), "CT": getattr(tl, name),
+                    # the interpreter's tl.dot multiplies bfloat16 bit patterns (triton issue #11584)
+                    "DOT_F32": bool(interp and storage == "bfloat16")}
+        self.rendered = render(program, storage, name, key)
+        self.source = self.rendered.source
+        digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__ + str(interp)).encode()).hexdigest()[:16]
+        safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
+        with _lock:
+            self.module = build_module(self.source, f"{safe}_{storage}_{'interp_' if interp else ''}{digest}")
+        self.persistent_budget = None          # bytes; None: the persistent_fits heuristic
+        self._tuned: dict[tuple, Schedule] = {}
+        self.schedule = schedule               # default for forward(); None: heuristic, "auto": autotune
+
+    def __repr__(self):
+        extra = f" compute={self.compute_dtype}" if self.compute_dtype != self.dtype else ""
+        return f"<TritonCell cell={self.cell.name!r} dtype={self.dtype}{extra} device={self.device}>"
+
+    # ------------------------------------------------------------------------------ schedules
+    def _fits(self, H: int, num_warps: int) -> bool:
+        item = self.t_storage.itemsize if hasattr(self.t_storage, "itemsize") else np.dtype(self.np_dtype).itemsize
+        if self.persistent_budget is not None:
+            return persistent_weight_bytes(self.program, H, item) <= self.persistent_budget
+        return persistent_fits(self.program, H, item, num_warps)
+
+    def default_schedule(self, B: int, H: int) -> Schedule:
+        """The heuristic choice: persistent where the weights fit on chip, else per-step kernels."""
+        for w in (4, 8, 16):
+            if self._fits(H, w):
+                return Schedule("persistent", block_b=16, num_warps=w)
+        bh = 32 if H <= 512 else 64
+        return Schedule("step", block_b=16 if B <= 16 else 32, block_h=bh, block_k=32, num_warps=4)
+
+    def candidates(self, B: int, H: int) -> list[Schedule]:
+        """Schedules worth timing for batch B, hidden H (autotune)."""
+        out = []
+        bbs = [b for b in (16, 32, 64) if b == 16 or b <= _pow2(B)]
+        for bb in bbs:
+            for w in (4, 8, 16):
+                if self._fits(H, w):
+                    out.append(Schedule("persistent", block_b=bb, num_warps=w))
+        for bb in bbs:
+            for bh in (16, 32, 64, 128):
+                if bh > max(16, _pow2(H)):
+                    continue
+                for bk in (32, 64):
+                    for w in (4, 8):
+                        out.append(Schedule("step", block_b=bb, block_h=bh, block_k=bk, num_warps=w))
+        return out
+
+    def resolve(self, schedule, B: int, H: int) -> Schedule:
+        """The schedule a call runs: explicit, tuned, or heuristic; persistent falls back to step
+        where its weights would not fit on chip."""
+        if schedule is None:
+            schedule = self.schedule
+        if isinstance(schedule, dict):
+            schedule = Schedule(**schedule)
+        elif isinstance(schedule, str):
+            if schedule == "auto":
+                key = (B, H)
+                if key not in self._tuned and not self.interpret:
+                    self.autotune(T=32, B=B, I=H, H=H)
+                schedule = self._tuned.get(key) or self.default_schedule(B, H)
+            elif schedule in VARIANTS:
+                base = self.default_schedule(B, H)
+                schedule = base if base.variant == schedule else Schedule(schedule, block_b=base.block_b)
+            else:
+                raise ValueError(f"schedule must be a Schedule, a dict, 'auto' or one of {', '.join(VARIANTS)}, "
+                                 f"got {schedule!r}")
+        elif schedule is None:
+            schedule = self._tuned.get((B, H)) or self.default_schedule(B, H)
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a Schedule, a dict, 'auto' or a variant name, got "
+                             f"{type(schedule).__name__}")
+        if schedule.variant == "persistent" and not self._fits(H, schedule.num_warps):
+            schedule = Schedule("step", block_b=schedule.block_b, num_warps=schedule.num_warps)
+        return schedule
+
+    def autotune(self, T: int, B: int, I: int, H: int, candidates=None, reps: int = 5, warmup: int = 1,
+                 seed: int = 0) -> Schedule:
+        """Time forward+backward of every candidate on random data of this shape (median of `reps`)
+        and remember the fastest for (B, H). Meaningful on a GPU; under the interpreter it only
+        exercises the machinery."""
+        torch = self.torch
+        rng = np.random.default_rng(seed)
+        params = {k: self._tensor(f"params['{k}']", v) for k, v in self.init_params(I, H, seed=seed).items()}
+        x = self._tensor("x", rng.normal(size=(T, B, I)).astype(self.np_dtype))
+        dy = self._tensor("dy", rng.normal(size=(T, B, H)).astype(self.np_dtype))
+        results = []
+        for sched in (candidates or self.candidates(B, H)):
+            sched = self.resolve(sched, B, H)
+            times = []
+            try:
+                for i in range(warmup + reps):
+                    if self.device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    _, _, tape = self.forward(x, params, schedule=sched)
+                    self.backward(tape, dy)
+                    if self.device == "cuda":
+                        torch.cuda.synchronize()
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - a schedule that fails to compile (resources) is skipped
+                warnings.warn(f"autotune: {sched.text()} failed ({type(e).__name__}: {e}); skipped",
+                              RuntimeWarning, stacklevel=2)
+                continue
+            results.append((statistics.median(times), sched))
+        if not results:
+            raise RuntimeError("autotune: no candidate schedule ran")
+        best = min(results, key=lambda r: r[0])[1]
+        self._tuned[(B, H)] = best
+        self.tuning = sorted(results, key=lambda r: r[0])
+        return best
+
+    # --------------------------------------------------------------------------- conversion
+    def _tensor(self, name, a):
+        """NumPy -> torch on the kernels' device (bfloat16 cells round float32 arrays); tensors pass."""
+        torch = self.torch
+        if isinstance(a, np.ndarray):
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            if self.dtype == "bfloat16" and a.dtype == np.float32:
+                t = t.to(torch.bfloat16)
+            return t.to(self.device)
+        return a
+
+    def _check_device(self, named):
+        torch = self.torch
+        want = "cpu" if self.interpret else "cuda"
+        first = None
+        for nm, t in named:
+            if not isinstance(t, torch.Tensor):
+                continue
+            if t.device.type != want:
+                how = ("the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors" if self.interpret
+                       else "the triton backend runs on CUDA tensors")
+                raise ValueError(f"{nm} is on {t.device}, but {how}: move it with .to('{want}')")
+            if first is None:
+                first = (nm, t.device)
+            elif t.device != first[1]:
+                raise ValueError(f"{nm} is on {t.device} but {first[0]} is on {first[1]}: "
+                                 f"move all arguments to one device")
+
+    def _out(self, t, numpy_out: bool):
+        if not numpy_out:
+            return t
+        t = t.detach().cpu()
+        if t.dtype == self.torch.bfloat16:
+            t = t.float()
+        return t.numpy()
+
+    def _take_rows(self, a, idx):
+        torch = self.torch
+        return a[idx, torch.arange(a.shape[1], device=a.device)[None, :]]
+
+    # -------------------------------------------------------------------------------- launch
+    def _launcher(self, name, env, sched: Schedule, grid, BH, store_tape=None):
+        meta = self.rendered.kernels[name]
+        fn = getattr(self.module, name)[grid]
+        arrays = [env[a] for a in meta.arrays]
+        cx = {"BB": sched.block_b, "BH": BH, "BK": sched.block_k, **self._tl, "STORE_TAPE": store_tape}
+        consts = {c: cx[c] for c in meta.constexprs}
+        opts = {"num_warps": sched.num_warps}
+        if sched.num_stages is not None:
+            opts["num_stages"] = sched.num_stages
+        scalars = meta.scalars
+
+        def launch(**sc):
+            fn(*arrays, *[sc[s] for s in scalars], **consts, **opts)
+        return launch
+
+    def _scratch(self, B, H, env):
+        torch = self.torch
+        for nm, slots in self.rendered.scratch.items():
+            env[nm] = torch.empty((B, slots * H), dtype=self.t_compute, device=self.device)
+
+    # ------------------------------------------------------------------------------- forward
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, schedule=None):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
+        `schedule`: a Schedule (or dict, 'auto', 'persistent', 'step'); default: the cell's."""
+        torch = self.torch
+        numpy_in = isinstance(x, np.ndarray)
+        x = self._tensor("x", x)
+        if isinstance(params, dict):
+            params = {k: self._tensor(f"params['{k}']", v) for k, v in params.items()}
+        if isinstance(state, dict):
+            state = {k: self._tensor(f"state['{k}']", v) for k, v in state.items()}
+        T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
+                           + [(f"state['{k}']", v) for k, v in (state or {}).items()])
+        sched = self.resolve(schedule, B, H)
+        prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
+        with torch.no_grad():
+            rev_idx = None
+            if reverse:
+                rev_idx = torch.as_tensor(reverse_index(T, L), device=dev)
+                x = self._take_rows(x, rev_idx)
+            nx = len(prog.input_mats)
+            env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
+            Wcat = torch.cat([params[m] for m in prog.input_mats]) if nx else None
+            if nx:
+                env["XP"] = (x.reshape(T * B, I) @ Wcat.t()).reshape(T, B, nx * H)
+            Ucat = {g.index: torch.cat([params[m] for m in g.mats]).contiguous() for g in prog.groups}
+            for g in prog.groups:
+                env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
+            persistent = sched.variant == "persistent"
+            rows = T + 1 if need_tape else 2
+            Sq, SV = {}, {}
+            for s in prog.cell.states:
+                Sq[s] = torch.empty((rows, B, H), dtype=CT, device=dev)
+                if state is not None and s in state:
+                    Sq[s][0] = state[s]
+                else:
+                    Sq[s][0] = 0.0
+                env[f"SQ_{_mangle(s)}"] = Sq[s]
+            for n, _ in prog.saved:
+                shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
+                SV[n] = torch.empty(shape, dtype=DT, device=dev)
+                env[f"SV_{_mangle(n)}"] = SV[n]
+            Y = torch.empty((T, B, H), dtype=DT, device=dev)
+            env["Y"] = Y
+            Lt = torch.as_tensor(L, dtype=torch.int32).to(dev)
+            env["L"] = Lt
+            if persistent:
+                BH = max(16, _pow2(H))
+                grid = (triton_cdiv(B, sched.block_b),)
+                self._launcher("fwd_persistent", env, sched, grid, BH, store_tape=bool(need_tape))(T=T, B=B, H=H)
+                last = T if need_tape else 1
+            else:
+                self._scratch(B, H, env)
+                grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
+                steps = [self._launcher(k, env, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+                for t in range(T):
+                    ci, ni, ti = (t, t + 1, t) if need_tape else (t % 2, (t + 1) % 2, 0)
+                    for launch in steps:
+                        launch(t=t, ci=ci, ni=ni, ti=ti, B=B, H=H)
+                last = T if need_tape else T % 2
+            final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
+            if reverse:
+                Y = self._take_rows(Y, rev_idx)
+        tape = None
+        if need_tape:
+            tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
+                        packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
+                                "vecs": {p: params[p] for p in prog.vector_params}},
+                        shapes=(T, B, I, H), extra={"numpy": numpy_in, "schedule": sched})
+        return self._out(Y, numpy_in), {s: self._out(v, numpy_in) for s, v in final.items()}, tape
+
+    # ------------------------------------------------------------------------------ backward
+    def backward(self, tape, dy, dstate=None):
+        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
+        torch = self.torch
+        dy = self._tensor("dy", dy)
+        if isinstance(dstate, dict):
+            dstate = {k: self._tensor(f"dstate['{k}']", v) for k, v in dstate.items()}
+        check_backward_args(self, tape, dy, dstate)
+        if "schedule" not in tape.extra:
+            raise ValueError("tape must come from this triton program's forward(..., need_tape=True)")
+        self._check_device([("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()])
+        prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
+        T, B, I, H = tape.shapes
+        sched = tape.extra["schedule"]
+        r = self.rendered
+        with torch.no_grad():
+            if tape.reverse:
+                dy = self._take_rows(dy, tape.rev_idx)
+            env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
+            env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
+            for g in prog.groups:
+                env[f"U{g.index}"] = tape.packed["U"][g.index]
+            for s in prog.cell.states:
+                env[f"SQ_{_mangle(s)}"] = tape.states[s]
+            for n, _ in prog.saved:
+                env[f"SV_{_mangle(n)}"] = tape.saved[n]
+            DS = {}
+            for s in prog.cell.states:
+                if dstate is not None and s in dstate:
+                    DS[s] = dstate[s].to(CT, copy=True).contiguous()
+                else:
+                    DS[s] = torch.zeros((B, H), dtype=CT, device=dev)
+            nx = len(prog.input_mats)
+            nbt = triton_cdiv(B, sched.block_b)
+            nvec = len(prog.vector_params)
+            DP = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+            env["DP"] = DP
+            if nx and r.alias is None:
+                env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
+            dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
+            for g, a in dRP.items():
+                env[f"dRP{g}"] = a
+            if sched.variant == "persistent":
+                for s in prog.cell.states:
+                    env[f"DS_{_mangle(s)}"] = DS[s]
+                BH = max(16, _pow2(H))
+                self._launcher("bwd_persistent", env, sched, (nbt,), BH)(T=T, B=B, H=H)
+            else:
+                self._scratch(B, H, env)
+                grid = (nbt, triton_cdiv(H, sched.block_h))
+                DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
+                phases = []
+                for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
+                    e = dict(env)
+                    for s in prog.cell.states:
+                        e[f"DS_{_mangle(s)}"] = cur[s]
+                        e[f"DSN_{_mangle(s)}"] = nxt[s]
+                    phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in r.bwd_steps])
+                for i, t in enumerate(range(T - 1, -1, -1)):
+                    for launch in phases[i % 2]:
+                        launch(t=t, B=B, H=H)
+                if T % 2:
+                    DS = DSN
+            grads = {}
+            dps = DP.sum(0)
+            for p, i in r.vec_index.items():
+                grads[p] = dps[i].to(DT)
+            x2 = tape.x.reshape(T * B, I)
+            dx = torch.zeros((T, B, I), dtype=DT, device=dev)
+            if nx:
+                dXP = env["dXP"] if r.alias is None else dRP[r.alias]
+                dXP2 = dXP.reshape(T * B, nx * H)
+                dW = _mm_acc(torch, dXP2.t(), x2, CT)
+                for j, m in enumerate(prog.input_mats):
+                    grads[m] = dW[j * H:(j + 1) * H].to(DT)
+                dx = (dXP2 @ tape.packed["Wcat"]).reshape(T, B, I)
+            for g in prog.groups:
+                a = g.operand
+                V = tape.states[a.attr][:T] if a.op == "state" else tape.saved[a.attr[1]]
+                dU = _mm_acc(torch, dRP[g.index].reshape(T * B, -1).t(), V.reshape(T * B, H), CT)
+                for j, m in enumerate(g.mats):
+                    grads[m] = dU[j * H:(j + 1) * H].to(DT)
+            if tape.reverse:
+                dx = self._take_rows(dx, tape.rev_idx)
+            dparams = {p: grads[p] if p in grads else torch.zeros(self.cell.param_shape(p, I, H), dtype=DT, device=dev)
+                       for p in self.cell.params}
+            dS0 = {s: DS[s].to(DT) for s in prog.cell.states}
+        numpy_out = bool(tape.extra.get("numpy"))
+        return (self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
+                {p: self._out(v, numpy_out) for p, v in dparams.items()})
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _mangle(name: str) -> str:
+    return str(name).replace("'", "1")
+
+
+def _param_args(program: Program):
+    return [(p, f"P_{_mangle(p)}") for p in program.vector_params]
+
+
+def _mm_acc(torch, a, b, CT):
+    """a @ b accumulated and returned in CT (float32 for reduced-precision storage)."""
+    if a.dtype == CT and b.dtype == CT:
+        return a @ b
+    if a.is_cuda:
+        try:  # bfloat16/float16 operands, float32 output: no float32 copies of the sequences
+            return torch.mm(a, b.to(a.dtype), out_dtype=CT)
+        except (TypeError, RuntimeError):
+            pass
+    return a.to(CT) @ b.to(CT)
+
