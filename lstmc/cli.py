@@ -1,4 +1,4 @@
-"""The `lstmc` command line: show, check, compile, bench, train, demo.
+"""The `lstmc` command line: show, check, compile, bench, arena, train, demo.
 
 Spec errors print the SpecError message (file:line:col, the line, a caret, a fix) without a
 traceback and exit with status 2.
@@ -117,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dtype", choices=("float64", "float32"), default="float32")
     k.add_argument("--emit", metavar="DIR", default=None)
     k.set_defaults(fn=cmd_compile)
-    from . import bench
+    from . import arena, bench
 
     bench.add_parser(sub)
+    arena.add_parser(sub)
     try:
         from . import train
     except ImportError:  # pragma: no cover

@@ -1,0 +1,324 @@
+"""`lstmc arena`: train every cell on every task with the same budget, optimiser, schedule and seeds,
+and rank them — fairly, reproducibly, resumably.
+
+    lstmc arena lstm gru my_cell.cell --tasks adding,digits --steps 300 --seeds 3 --match-params --out arena/
+
+Each run is one `lstmc.train.train(...)` call whose result is stored as DIR/runs/TASK/CELL/seedS.json
+the moment it finishes; a restarted arena skips every run that already has its file. `--match-params`
+picks each cell's hidden size so every model has about as many parameters as the first cell's at
+`--hidden`, so no cell wins by being bigger. The report: DIR/arena.md, DIR/arena.json and
+DIR/arena.html (learning curves as PNGs beside it; opens in a browser without a server).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Entry:
+    """One cell on one task: the aggregate over seeds."""
+    cell: str
+    task: str
+    metric: str
+    higher_is_better: bool
+    values: list[float]                 # test metric per seed
+    baseline: float
+    baseline_name: str
+    params: int
+    hidden: int
+    steps_per_s: float
+    wall_time: float
+    curves: list = field(default_factory=list)    # per seed: [(step, val_metric)]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+
+# ------------------------------------------------------------------------------ ranking (pure logic)
+
+def rank_task(entries: list[Entry]) -> list[tuple[int, Entry]]:
+    """Rank the entries of one task by mean test metric (ties share a rank; NaN ranks last)."""
+    if not entries:
+        return []
+    hib = entries[0].higher_is_better
+
+    def key(e):
+        m = e.mean
+        if math.isnan(m):
+            return math.inf
+        return -m if hib else m
+
+    ordered = sorted(entries, key=lambda e: (key(e), e.cell))
+    out, rank, prev = [], 0, None
+    for i, e in enumerate(ordered):
+        if prev is None or key(e) != prev:
+            rank = i + 1
+            prev = key(e)
+        out.append((rank, e))
+    return out
+
+
+def overall(entries: list[Entry]) -> list[tuple[str, float, dict]]:
+    """Mean rank over tasks per cell (a cell missing a task gets that task's last rank + 1)."""
+    tasks = sorted({e.task for e in entries})
+    cells = sorted({e.cell for e in entries})
+    ranks = {c: {} for c in cells}
+    for t in tasks:
+        ranked = rank_task([e for e in entries if e.task == t])
+        worst = max((r for r, _ in ranked), default=0) + 1
+        for c in cells:
+            ranks[c][t] = next((r for r, e in ranked if e.cell == c), worst)
+    board = [(c, float(np.mean(list(ranks[c].values()))), ranks[c]) for c in cells]
+    return sorted(board, key=lambda row: (row[1], row[0]))
+
+
+# --------------------------------------------------------------------------- parameter matching
+
+def rnn_param_count(cell, input_size: int, hidden: int) -> int:
+    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, vectors: H)."""
+    from .build import load
+
+    c = load(cell)
+    return sum({"W": hidden * input_size, "U": hidden * hidden, "b": hidden}[k] for k in c.params.values())
+
+
+def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict:
+    """For each cell the hidden size whose parameter count `count(cell, H)` is closest to `target`
+    (counts grow with H, so a bisection finds the crossing)."""
+    out = {}
+    for cell in cells:
+        a, b = lo, hi
+        while b - a > 1:
+            mid = (a + b) // 2
+            if count(cell, mid) < target:
+                a = mid
+            else:
+                b = mid
+        out[cell] = min((a, b), key=lambda h: (abs(count(cell, h) - target), h))
+    return out
+
+
+def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int:
+    """Trainable parameters of the whole training model (embedding, recurrent layers, head)."""
+    from .tasks import get_task
+
+    task = get_task(task_name)
+    in_size = (task.embed_dim or 16) if task.inputs == "tokens" else task.input_size
+    n = sum(rnn_param_count(cell, in_size if layer == 0 else hidden, hidden) for layer in range(layers))
+    n += (hidden + 1) * task.n_out
+    if task.inputs == "tokens":
+        n += task.vocab * in_size
+    return n
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match_params=False, out="arena",
+              progress=True, extra=None) -> list[Entry]:
+    from .build import load
+    from .tasks import get_task
+    from .train import TrainConfig, train
+
+    out = Path(out)
+    names = {}
+    for c in cells:
+        n = load(c).name
+        if n in names.values():
+            raise ValueError(f"two cells are named '{n}': give each cell file its own `cell` name")
+        names[c] = n
+    entries = []
+    for t in tasks:
+        task = get_task(t)
+        H0 = hidden or task.defaults["hidden"]
+        if match_params:
+            target = model_param_count(cells[0], t, H0)
+            sizes = match_hidden(cells, lambda c, h: model_param_count(c, t, h), target)
+        else:
+            sizes = {c: H0 for c in cells}
+        for c in cells:
+            results = []
+            for s in range(seeds):
+                path = out / "runs" / t / names[c] / f"seed{s}.json"
+                if path.exists():                       # finished before an interruption: keep it
+                    results.append(json.loads(path.read_text()))
+                    continue
+                cfg = TrainConfig(cell=c, task=t, hidden=sizes[c], seed=s, steps=steps, progress=progress,
+                                  **(extra or {}))
+                if budget:
+                    cfg.time_budget = budget
+                res = train(cfg)
+                row = {"test_metric": res.test_metric, "val_metric": res.val_metric, "baseline": res.baseline,
+                       "baseline_name": res.baseline_name, "metric": res.metric,
+                       "higher_is_better": res.higher_is_better, "params": res.params, "steps": res.steps,
+                       "steps_per_s": res.steps_per_s, "wall_time": res.wall_time,
+                       "curve": [(h.get("step"), h.get("val_metric")) for h in res.history]}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(row))
+                os.replace(tmp, path)
+                results.append(row)
+            r0 = results[0]
+            entries.append(Entry(cell=names[c], task=t, metric=r0["metric"], higher_is_better=r0["higher_is_better"],
+                                 values=[r["test_metric"] for r in results], baseline=r0["baseline"],
+                                 baseline_name=r0["baseline_name"], params=r0["params"], hidden=sizes[c],
+                                 steps_per_s=float(np.mean([r["steps_per_s"] for r in results])),
+                                 wall_time=float(np.sum([r["wall_time"] for r in results])),
+                                 curves=[r["curve"] for r in results]))
+    return entries
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def report_md(entries: list[Entry], command: str = "", machine: dict | None = None) -> str:
+    lines = ["# lstmc arena", ""]
+    if command:
+        lines += [f"`{command}`", ""]
+    if machine:
+        lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; torch {machine.get('torch')}.", ""]
+    for t in sorted({e.task for e in entries}):
+        ranked = rank_task([e for e in entries if e.task == t])
+        e0 = ranked[0][1]
+        arrow = "higher" if e0.higher_is_better else "lower"
+        lines += [f"## {t} — test {e0.metric} ({arrow} is better; {e0.baseline_name} baseline "
+                  f"{e0.baseline:.4f})", "",
+                  "| rank | cell | test metric (mean ± std) | seeds | params | hidden | steps/s | wall time |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r, e in ranked:
+            lines.append(f"| {r} | {e.cell} | {e.mean:.4f} ± {e.std:.4f} | {len(e.values)} | {e.params} | {e.hidden} | "
+                         f"{e.steps_per_s:.1f} | {e.wall_time:.0f} s |")
+        lines.append("")
+    lines += ["## Overall (mean rank over tasks)", "", "| place | cell | mean rank | ranks |", "|---|---|---|---|"]
+    for i, (c, mr, rs) in enumerate(overall(entries), 1):
+        lines.append(f"| {i} | {c} | {mr:.2f} | {', '.join(f'{t}: {r}' for t, r in sorted(rs.items()))} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(entries: list[Entry], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for t in sorted({e.task for e in entries}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for e in [e for e in entries if e.task == t]:
+            for k, curve in enumerate(e.curves):
+                pts = [(s, v) for s, v in curve if s is not None and v is not None]
+                if pts:
+                    ax.plot(*zip(*pts), color=f"C{sorted({x.cell for x in entries}).index(e.cell)}",
+                            alpha=0.8, label=e.cell if k == 0 else None)
+            ax.axhline(e.baseline, color="gray", ls="--", lw=1)
+        e0 = next(e for e in entries if e.task == t)
+        ax.set_title(f"{t}: validation {e0.metric} (dashed: {e0.baseline_name} baseline)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"curves_{t}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def report_html(md: str, images: list[str]) -> str:
+    import html
+
+    body = []
+    for line in md.splitlines():
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    text = "\n".join(body)
+    text = text.replace("</p>\n<tr>", "</p>\n<table>\n<tr>").replace("</tr>\n<h", "</tr>\n</table>\n<h")
+    text = text.replace("</h2>\n<tr>", "</h2>\n<table>\n<tr>")
+    if text.rstrip().endswith("</tr>"):
+        text += "\n</table>"
+    imgs = "\n".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>lstmc arena</title><style>"
+            "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+            "td{border:1px solid #ccc;padding:2px 8px}tr:first-child td{font-weight:bold}</style></head><body>"
+            f"{text}\n<h2>Learning curves</h2>\n{imgs}\n</body></html>\n")
+
+
+def write_reports(entries: list[Entry], out: Path, command: str = "") -> None:
+    from .bench import machine_description
+
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_description()
+    md = report_md(entries, command, machine)
+    (out / "arena.md").write_text(md)
+    data = {"command": command, "machine": machine,
+            "entries": [dict(e.__dict__, mean=e.mean, std=e.std) for e in entries],
+            "overall": [{"cell": c, "mean_rank": mr, "ranks": rs} for c, mr, rs in overall(entries)]}
+    (out / "arena.json").write_text(json.dumps(data, indent=1))
+    images = plot_curves(entries, out)
+    (out / "arena.html").write_text(report_html(md, images))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _budget(s: str) -> float:
+    s = s.strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600}.get(s[-1:], None)
+    try:
+        v = float(s[:-1]) * mult if mult else float(s)
+    except ValueError:
+        raise ValueError(f"--budget takes seconds such as 120s, 2m or 90, got {s!r}") from None
+    if v <= 0:
+        raise ValueError(f"--budget must be positive, got {s!r}")
+    return v
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("arena", help="train cells on tasks with one budget and rank them")
+    p.add_argument("cells", nargs="+", help="built-in names or .cell paths")
+    p.add_argument("--tasks", default="adding,copy,digits,charlm,sunspots")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget", default=None, help="wall time per run, e.g. 120s (not reproducible: steps vary)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps per run (reproducible)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=None, help="hidden size (of the first cell with --match-params)")
+    p.add_argument("--match-params", action="store_true", help="pick hidden sizes so parameter counts match")
+    p.add_argument("--out", default="arena")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cli_main)
+
+
+def cli_main(args) -> int:
+    import sys
+
+    from .tasks import task_names
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in task_names()]
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(task_names())}")
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    budget = _budget(args.budget) if args.budget else None
+    entries = run_arena(args.cells, tasks, seeds=args.seeds, steps=args.steps, budget=budget, hidden=args.hidden,
+                        match_params=args.match_params, out=args.out, progress=not args.no_progress)
+    command = "lstmc arena " + " ".join(sys.argv[2:])
+    write_reports(entries, Path(args.out), command)
+    print(report_md(entries, command))
+    print(f"wrote {args.out}/arena.md, arena.json, arena.html")
+    return 0
