@@ -67,6 +67,10 @@ def compile(cell, backend: str = "reference", dtype: str = "float64", **options)
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     from .backends.base import check_dtype
 
+    if backend == "triton" and dtype in ("bfloat16", "float16"):
+        # 16-bit storage with float32 arithmetic, accumulation and state (the triton backend only)
+        options = dict(options, storage=dtype)
+        dtype = "float32"
     dtype = check_dtype(dtype)
     program = lower(cell)
     key = cache_key(program, backend, dtype, repr(sorted(options.items())))

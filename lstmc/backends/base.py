@@ -30,7 +30,8 @@ DTYPES = {"float64": np.float64, "float32": np.float32}
 def check_dtype(dtype) -> str:
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (the triton backend also takes bfloat16 "
+                         f"and float16 storage), got {dtype!r}")
     return name
 
 

@@ -11,85 +11,20 @@ the reverse loop. The generated source is a real file in the cache directory (so
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
 import threading
-import warnings
-from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..lower import Program
 from .base import CompiledCell, Tape, reverse_index
+from .cache import build_module
 from .numba_blas import matmul
 from .numba_render import dxp_alias, render
 from .reference import check_backward_args
 
 TEMPLATE_VERSION = "1"
 _lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """LSTMC_CACHE_DIR, else $XDG_CACHE_HOME/lstmc, else ~/.cache/lstmc."""
-    env = os.environ.get("LSTMC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lstmc"
-
-
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
-        probe.write_text("ok")
-        probe.unlink()
-        return path
-    except OSError as e:
-        fallback = Path(tempfile.gettempdir()) / f"lstmc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        warnings.warn(f"lstmc cache directory {path} is not writable ({e.strerror}); using {fallback} instead. "
-                      f"Set LSTMC_CACHE_DIR to choose another.", RuntimeWarning, stacklevel=3)
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
-
-
-def build_module(source: str, name: str):
-    """Write `source` atomically to the cache (unless an identical file is there) and import it.
-
-    A file whose content differs from `source` (corrupted, half-written by a killed process) is
-    rewritten; two processes building the same module both succeed (write to a private temporary
-    file, then an atomic rename).
-    """
-    directory = _writable_dir(cache_dir() / "numba")
-    path = directory / f"{name}.py"
-    data = source.encode()
-    try:
-        current = path.read_bytes()
-    except OSError:
-        current = None
-    if current != data:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    modname = f"lstmc_generated.{name}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules[modname] = mod
-    return mod
 
 
 def _require_c(name: str, a) -> None:
@@ -110,7 +45,7 @@ class NumbaCell(CompiledCell):
         digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
         with _lock:
-            self.module = build_module(self.source, f"{safe}_{self.dtype}_{digest}")
+            self.module = build_module(self.source, f"{safe}_{self.dtype}_{digest}", "numba")
         self.warm()
 
     def warm(self) -> None:

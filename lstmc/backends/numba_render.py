@@ -13,7 +13,7 @@ silently promotes to float64. float64 kernels use libm and match the reference t
 from __future__ import annotations
 
 from ..ir import Node, var, var_name as ir_name, walk
-from ..lower import Block, Gemm, Program
+from ..lower import Block, Program
 from .render import check_spelling, ident, render_expr, render_template
 
 SPELL = {op: f"_{op}({{0}})" for op in ("exp", "log", "sigmoid", "tanh", "relu", "softplus", "step", "sqrt",

@@ -23,22 +23,19 @@ the kernels' device (CUDA, or CPU under the interpreter), used in place and retu
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import statistics
-import sys
-import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import __version__
 from ..lower import Program
 from .base import CompiledCell, Tape, reverse_index
+from .cache import build_module
 from .reference import check_backward_args
 from .triton_render import render
 
@@ -51,14 +48,49 @@ STORAGE = {"float32": "float32", "float64": "float64", "bfloat16": "float32", "f
 
 # ------------------------------------------------------------------------------------ environment
 
+def _env_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
 def interpreting() -> bool:
-    """Is Triton's CPU interpreter on (TRITON_INTERPRET=1)?"""
+    """Does Triton run kernels on its CPU interpreter? Triton fixes this when it is first imported
+    (its own library, tl.zeros, tl.sum, ..., is decorated then), so this asks the imported Triton;
+    TRITON_INTERPRET set after `import triton` does not switch it."""
+    try:
+        import triton.language as tl
+    except Exception:  # noqa: BLE001
+        return _env_interpret()
+    kind = type(getattr(tl, "zeros", None)).__name__
+    if kind in ("InterpretedFunction", "JITFunction"):
+        return kind == "InterpretedFunction"
+    return bool(triton_knob_interpret())
+
+
+def triton_knob_interpret() -> bool:
     try:
         import triton
 
         return bool(triton.knobs.runtime.interpret)
-    except Exception:  # noqa: BLE001 - fall back to the variable itself
-        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+    except Exception:  # noqa: BLE001
+        return _env_interpret()
+
+
+class _InterpretEnv:
+    """TRITON_INTERPRET as Triton was imported with, while a generated module is decorated: its
+    kernels must be interpreted exactly when Triton's own library functions are."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if self.on else "0"
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = self.prev
 
 
 def environment():
@@ -76,9 +108,17 @@ def environment():
                            f"install it (pip install triton; Linux x86-64/aarch64), or use backend='numba' (CPU) "
                            f"or 'torch'") from None
     if interpreting():
+        if not triton_knob_interpret():
+            raise RuntimeError("Triton was first imported with TRITON_INTERPRET=1 (its CPU interpreter), and the "
+                               "interpreter needs the variable to stay set, but it is unset now: leave "
+                               "TRITON_INTERPRET=1 in the environment for the whole process")
         return torch, triton, "cpu", True
     if torch.cuda.is_available():
         return torch, triton, "cuda", False
+    if _env_interpret():
+        raise RuntimeError("TRITON_INTERPRET=1 is set, but only after `import triton` ran: Triton chooses between "
+                           "its CPU interpreter and the GPU compiler when it is first imported. Set it before "
+                           "Python starts (TRITON_INTERPRET=1 python ...) or before the first `import triton`.")
     raise RuntimeError("the triton backend needs a CUDA GPU, and torch.cuda.is_available() is False here. "
                        "To run its kernels on the CPU (slowly; meant for tests) start Python with "
                        "TRITON_INTERPRET=1 in the environment; otherwise use backend='numba' on the CPU.")
@@ -132,63 +172,69 @@ def persistent_weight_bytes(program: Program, H: int, itemsize: int) -> int:
     return HP * HP * sum(len(g.mats) for g in program.groups) * itemsize
 
 
-def persistent_fits(program: Program, H: int, itemsize: int, num_warps: int) -> bool:
-    """Heuristic: the weights may take half of the registers of the program's threads
-    (128 of 255 32-bit registers per thread). Not measured on a GPU yet; autotuning decides."""
-    return persistent_weight_bytes(program, H, itemsize) <= num_warps * 32 * 128 * 4
+def persistent_shared_bytes(program: Program, H: int, itemsize: int) -> int:
+    """Estimated shared memory of the persistent kernels. Triton keeps the register-resident weights
+    as tl.dot operands in shared memory; compiling every built-in cell ahead of time for sm_90
+    (Triton 3.9, BB=16) measured, for the larger of fwd/bwd kernels: float32 1.6-2.0x the weight
+    bytes (FMA dots, operands staged twice), 16-bit 1.1-1.2x, plus a few KiB."""
+    return int(persistent_weight_bytes(program, H, itemsize) * (2.0 if itemsize >= 4 else 1.25)) + 8192
+
+
+def persistent_fits(program: Program, H: int, itemsize: int, shared_limit: int) -> bool:
+    """Do the persistent kernels fit in `shared_limit` bytes (the GPU's opt-in shared memory per
+    block, less headroom)? A launch that still runs out of resources falls back to `step`."""
+    return persistent_shared_bytes(program, H, itemsize) <= shared_limit
+
+
+def persistent_warps(H: int) -> int:
+    return 4 if max(16, _pow2(H)) <= 64 else 8
+
+
+# ------------------------------------------------------------------------------ compiler guard
+
+_slp = threading.local()
+
+
+def _install_slp_guard() -> None:
+    """Compile lstmc's kernels with LLVM's SLP vectorizer off.
+
+    LLVM's SLP vectorizer in Triton 3.9 hits crash-on-valid assertions (llvm-project issues #220475,
+    #218850, #223139: "must be scheduled at this point") on some float32 persistent kernels for
+    sm_90 (found compiling every generated kernel ahead of time: lstm and a multiplicative LSTM,
+    bwd_persistent). An LLVM assertion aborts the Python process, so it cannot be caught. Triton
+    already turns SLP off for sm_80 (make_llir's disable_slp_vectorizer); this wrapper asks for the
+    same while one of lstmc's launches compiles (a thread-local flag), and leaves every other
+    compilation alone. Set LSTMC_TRITON_SLP=1 to keep SLP on.
+    """
+    if os.environ.get("LSTMC_TRITON_SLP", "0") == "1":
+        return
+    try:
+        from triton._C.libtriton import llvm
+    except Exception:  # noqa: BLE001 - another Triton layout: nothing to guard
+        return
+    orig = getattr(llvm, "optimize_module", None)
+    if orig is None or getattr(orig, "_lstmc_guard", False):
+        return
+
+    def optimize_module(*args, **kwargs):
+        if getattr(_slp, "off", False):
+            kwargs["disable_slp_vectorizer"] = True
+        return orig(*args, **kwargs)
+
+    optimize_module._lstmc_guard = True
+    llvm.optimize_module = optimize_module
+
+
+class _NoSLP:
+    def __enter__(self):
+        self.prev = getattr(_slp, "off", False)
+        _slp.off = True
+
+    def __exit__(self, *exc):
+        _slp.off = self.prev
 
 
 # ----------------------------------------------------------------------------------------- build
-
-def cache_dir() -> Path:
-    """LSTMC_CACHE_DIR, else $XDG_CACHE_HOME/lstmc, else ~/.cache/lstmc (as the numba backend)."""
-    env = os.environ.get("LSTMC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lstmc"
-
-
-def build_module(source: str, name: str):
-    """Write `source` atomically to <cache>/triton/<name>.py (unless identical) and import it.
-    Triton reads kernel source from real files, and caches their compiled binaries underneath
-    (TRITON_CACHE_DIR, by default ~/.triton/cache) keyed by that source."""
-    directory = cache_dir() / "triton"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fallback = Path(tempfile.gettempdir()) / f"lstmc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        warnings.warn(f"lstmc cache directory {directory} is not writable ({e.strerror}); using {fallback}",
-                      RuntimeWarning, stacklevel=3)
-        directory = fallback / "triton"
-        directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.py"
-    data = source.encode()
-    try:
-        current = path.read_bytes()
-    except OSError:
-        current = None
-    if current != data:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    modname = f"lstmc_generated.triton_{name}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules[modname] = mod
-    return mod
-
 
 # ------------------------------------------------------------------------------------------ cell
 
@@ -196,8 +242,10 @@ class TritonCell(CompiledCell):
     backend = "triton"
 
     def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
-                 schedule=None):
+                 schedule=None, tf32: bool = False):
         torch, triton, device, interp = environment()
+        if not interp:
+            _install_slp_guard()
         self.torch = torch
         self.device = device
         self.interpret = interp
@@ -210,7 +258,8 @@ class TritonCell(CompiledCell):
         if name in ("bfloat16", "float16"):
             storage, name = storage or name, "float32"
         if name not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32, float64, bfloat16 or float16 for the triton backend, got {dtype!r}")
+            raise ValueError(f"dtype must be float32, float64, bfloat16 or float16 for the triton backend, "
+                             f"got {dtype!r}")
         storage = storage or name
         if storage not in STORAGE or STORAGE[storage] != name:
             raise ValueError(f"storage {storage!r} does not go with dtype {name!r}: use float32 or float64 storage "
@@ -226,14 +275,18 @@ class TritonCell(CompiledCell):
         tl = triton.language
         self._tl = {"DT": getattr(tl, storage), "CT": getattr(tl, name),
                     # the interpreter's tl.dot multiplies bfloat16 bit patterns (triton issue #11584)
-                    "DOT_F32": bool(interp and storage == "bfloat16")}
+                    "DOT_F32": bool(interp and storage == "bfloat16"),
+                    # float32 products: exact ("ieee", default) or TF32 tensor cores (changes results)
+                    "PREC": "tf32" if tf32 else "ieee"}
+        self.tf32 = bool(tf32)
         self.rendered = render(program, storage, name, key)
         self.source = self.rendered.source
         digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__ + str(interp)).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
-        with _lock:
-            self.module = build_module(self.source, f"{safe}_{storage}_{'interp_' if interp else ''}{digest}")
-        self.persistent_budget = None          # bytes; None: the persistent_fits heuristic
+        with _lock, _InterpretEnv(interp):
+            self.module = build_module(self.source, f"{safe}_{storage}_{'interp_' if interp else ''}{digest}", "triton")
+        self.persistent_budget = None          # bytes of shared memory; None: the GPU's (or 160 KiB)
+        self._too_big: set = set()             # (direction, H, BB, warps) that ran out of resources
         self._tuned: dict[tuple, Schedule] = {}
         self.schedule = schedule               # default for forward(); None: heuristic, "auto": autotune
 
@@ -242,17 +295,31 @@ class TritonCell(CompiledCell):
         return f"<TritonCell cell={self.cell.name!r} dtype={self.dtype}{extra} device={self.device}>"
 
     # ------------------------------------------------------------------------------ schedules
-    def _fits(self, H: int, num_warps: int) -> bool:
-        item = self.t_storage.itemsize if hasattr(self.t_storage, "itemsize") else np.dtype(self.np_dtype).itemsize
+    def shared_limit(self) -> int:
+        """Shared memory a persistent program may use: `persistent_budget`, else the GPU's opt-in
+        limit per block less 16 KiB, else (interpreter) 160 KiB."""
         if self.persistent_budget is not None:
-            return persistent_weight_bytes(self.program, H, item) <= self.persistent_budget
-        return persistent_fits(self.program, H, item, num_warps)
+            return self.persistent_budget
+        if self.device == "cuda":
+            props = self.torch.cuda.get_device_properties(self.torch.cuda.current_device())
+            limit = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
+            return limit - 16 * 1024
+        return 160 * 1024
+
+    def _fits(self, H: int, schedule: "Schedule | None" = None) -> bool:
+        item = np.dtype(np.float16).itemsize if self.dtype in ("bfloat16", "float16") else self.np_dtype.itemsize
+        if not persistent_fits(self.program, H, item, self.shared_limit()):
+            return False
+        if schedule is not None:
+            for d in ("fwd", "bwd"):
+                if (d, H, schedule.block_b, schedule.num_warps) in self._too_big:
+                    return False
+        return True
 
     def default_schedule(self, B: int, H: int) -> Schedule:
         """The heuristic choice: persistent where the weights fit on chip, else per-step kernels."""
-        for w in (4, 8, 16):
-            if self._fits(H, w):
-                return Schedule("persistent", block_b=16, num_warps=w)
+        if self._fits(H):
+            return Schedule("persistent", block_b=16, num_warps=persistent_warps(H))
         bh = 32 if H <= 512 else 64
         return Schedule("step", block_b=16 if B <= 16 else 32, block_h=bh, block_k=32, num_warps=4)
 
@@ -260,9 +327,9 @@ class TritonCell(CompiledCell):
         """Schedules worth timing for batch B, hidden H (autotune)."""
         out = []
         bbs = [b for b in (16, 32, 64) if b == 16 or b <= _pow2(B)]
-        for bb in bbs:
-            for w in (4, 8, 16):
-                if self._fits(H, w):
+        if self._fits(H):
+            for bb in bbs:
+                for w in (4, 8) if H <= 64 else (8, 16):
                     out.append(Schedule("persistent", block_b=bb, num_warps=w))
         for bb in bbs:
             for bh in (16, 32, 64, 128):
@@ -297,9 +364,14 @@ class TritonCell(CompiledCell):
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule must be a Schedule, a dict, 'auto' or a variant name, got "
                              f"{type(schedule).__name__}")
-        if schedule.variant == "persistent" and not self._fits(H, schedule.num_warps):
-            schedule = Schedule("step", block_b=schedule.block_b, num_warps=schedule.num_warps)
+        if schedule.variant == "persistent" and not self._fits(H, schedule):
+            schedule = self._step_for(schedule, H)
         return schedule
+
+    @staticmethod
+    def _step_for(schedule: Schedule, H: int) -> Schedule:
+        return Schedule("step", block_b=schedule.block_b, block_h=32 if H <= 512 else 64, block_k=32,
+                        num_warps=4, num_stages=schedule.num_stages)
 
     def autotune(self, T: int, B: int, I: int, H: int, candidates=None, reps: int = 5, warmup: int = 1,
                  seed: int = 0) -> Schedule:
@@ -391,8 +463,25 @@ class TritonCell(CompiledCell):
         scalars = meta.scalars
 
         def launch(**sc):
-            fn(*arrays, *[sc[s] for s in scalars], **consts, **opts)
+            with _NoSLP():
+                fn(*arrays, *[sc[s] for s in scalars], **consts, **opts)
         return launch
+
+    def _run_persistent(self, direction, env, sched, T, B, H, store_tape=None) -> bool:
+        """Launch a persistent kernel; False (nothing ran) when it needs more shared memory or
+        registers than the GPU has: the caller then runs the step kernels, and later calls skip it."""
+        grid = (triton_cdiv(B, sched.block_b),)
+        try:
+            self._launcher(f"{direction}_persistent", env, sched, grid, max(16, _pow2(H)),
+                           store_tape=store_tape)(T=T, B=B, H=H)
+            return True
+        except Exception as e:  # noqa: BLE001 - triton.runtime.errors.OutOfResources, raised before it runs
+            if type(e).__name__ != "OutOfResources":
+                raise
+            self._too_big.add((direction, H, sched.block_b, sched.num_warps))
+            warnings.warn(f"lstmc triton: {direction}_persistent for H={H} does not fit this GPU ({e}); "
+                          f"using the step kernels", RuntimeWarning, stacklevel=3)
+            return False
 
     def _scratch(self, B, H, env):
         torch = self.torch
@@ -446,10 +535,12 @@ class TritonCell(CompiledCell):
             env["Y"] = Y
             Lt = torch.as_tensor(L, dtype=torch.int32).to(dev)
             env["L"] = Lt
+            if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape)):
+                persistent, sched = False, self._step_for(sched, H)
+                if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
+                    for n, _ in prog.saved:
+                        SV[n] = env[f"SV_{_mangle(n)}"] = torch.empty((1, B, H), dtype=DT, device=dev)
             if persistent:
-                BH = max(16, _pow2(H))
-                grid = (triton_cdiv(B, sched.block_b),)
-                self._launcher("fwd_persistent", env, sched, grid, BH, store_tape=bool(need_tape))(T=T, B=B, H=H)
                 last = T if need_tape else 1
             else:
                 self._scratch(B, H, env)
@@ -513,12 +604,16 @@ class TritonCell(CompiledCell):
             dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
             for g, a in dRP.items():
                 env[f"dRP{g}"] = a
-            if sched.variant == "persistent":
+            persistent = sched.variant == "persistent" and self._fits(H, sched)
+            if persistent:
                 for s in prog.cell.states:
                     env[f"DS_{_mangle(s)}"] = DS[s]
-                BH = max(16, _pow2(H))
-                self._launcher("bwd_persistent", env, sched, (nbt,), BH)(T=T, B=B, H=H)
-            else:
+                persistent = self._run_persistent("bwd", env, sched, T, B, H)
+            if not persistent:
+                sched = self._step_for(sched, H) if sched.variant == "persistent" else sched
+                nbt = triton_cdiv(B, sched.block_b)
+                if DP.shape[0] != nbt:
+                    DP = env["DP"] = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
                 self._scratch(B, H, env)
                 grid = (nbt, triton_cdiv(H, sched.block_h))
                 DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
@@ -561,6 +656,59 @@ class TritonCell(CompiledCell):
         numpy_out = bool(tape.extra.get("numpy"))
         return (self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
                 {p: self._out(v, numpy_out) for p, v in dparams.items()})
+
+
+def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capability: int = 90,
+                  kernels=None, tf32: bool = False, block_b: int = 16, block_h: int = 32, block_k: int = 32,
+                  num_warps: int | None = None) -> dict:
+    """Compile the generated kernels with Triton's real compiler for an NVIDIA GPU of compute
+    `capability` (90: H100), without one: `triton.compile` with a GPUTarget (ptxas ships in the
+    Triton wheel). Catches what the interpreter cannot: type errors of loop-carried values,
+    compiler crashes, shared-memory needs. Returns {kernel: {"shared": bytes, "mma": number of
+    mma instructions in the PTX, "spills": number of .local declarations}}. The interpreter must
+    be off (TRITON_INTERPRET unset). Run it in a subprocess where a compiler abort must not kill you.
+    """
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreting():
+        raise RuntimeError("compile_ahead needs Triton's compiler: unset TRITON_INTERPRET")
+    _install_slp_guard()
+    compute = STORAGE[storage]
+    rendered = render(program, storage, compute, "ahead-of-time")
+    digest = hashlib.sha256(rendered.source.encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
+    with _lock, _InterpretEnv(False):
+        mod = build_module(rendered.source, f"{safe}_{storage}_aot_{digest}", "triton")
+    short = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16"}
+    cx = {"BB": block_b, "BH": block_h, "BK": block_k, "DT": getattr(tl, storage), "CT": getattr(tl, compute),
+          "DOT_F32": False, "PREC": "tf32" if tf32 else "ieee", "STORE_TAPE": True}
+    out = {}
+    for name, meta in rendered.kernels.items():
+        if kernels is not None and name not in kernels:
+            continue
+        sig = {}
+        for a in meta.arrays:
+            if a == "L":
+                sig[a] = "*i32"
+            elif a.startswith(("SQ_", "DS_", "DSN_", "DP", "RS", "DV", "BT_")):
+                sig[a] = "*" + short[compute]
+            else:
+                sig[a] = "*" + short[storage]
+        sig.update({sc: "i32" for sc in meta.scalars})
+        sig.update({c: "constexpr" for c in meta.constexprs})
+        consts = {c: cx[c] for c in meta.constexprs}
+        if meta.variant == "persistent":
+            consts["BH"] = max(16, _pow2(H))
+        warps = num_warps or (persistent_warps(H) if meta.variant == "persistent" else 4)
+        with _NoSLP():
+            k = triton.compile(ASTSource(fn=getattr(mod, name), signature=sig, constexprs=consts),
+                               target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
+        ptx = k.asm.get("ptx", "")
+        out[name] = {"shared": int(k.metadata.shared), "mma": ptx.count("mma."), "spills": ptx.count(".local")}
+    return out
 
 
 def triton_cdiv(a: int, b: int) -> int:

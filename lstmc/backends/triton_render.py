@@ -144,6 +144,8 @@ class _Kernel:
         self.later = later          # keys a later step-segment reads (stored to scratch here)
         self.local: set = set()     # leaves (Nodes) already bound to a local of the same name
         self.helpers: set = set()   # other locals already defined (go_*: incoming adjoints, for skipped rows)
+        self.dp_shared: dict = {}   # expression -> first vector parameter whose gradient sums it
+        self.dp_acc: dict = {}      # (persistent) vector parameter -> its accumulator
         self.xslot = {m: j for j, m in enumerate(program.input_mats)}
         self.gslot = {(g.index, m): j for g in program.groups for j, m in enumerate(g.mats)}
         self.gsize = {g.index: len(g.mats) for g in program.groups}
@@ -231,21 +233,22 @@ class _Kernel:
             name = key_name(let.key)
             self.emit(f"{name} = {rhs}")
             self.local.add(var(*let.key))
-            self.store(let.key, name)
+            self.store(let.key, name, let.expr)
 
-    def store(self, key: tuple, name: str) -> None:
+    def store(self, key: tuple, name: str, expr: Node | None = None) -> None:
         kind = key[0]
         st = "if STORE_TAPE: " if self.persistent else ""   # persistent forward: the tape is optional
         if kind == "s1":
             s = key[1]
             self.ensure(Node("state", (), s))
             w = ident("w_", s)
-            self.emit(f"{w} = tl.where(live, {name}, {value_name(Node('state', (), s))})  # rows past their length keep their state")
+            old = value_name(Node("state", (), s))
+            self.emit(f"{w} = tl.where(live, {name}, {old})  # rows past their length keep their state")
             self.emit(f"{st}tl.store({self.arr(ident('SQ_', s))} + rn + obh, {w}, mask=m2)")
             if s == self.p.cell.output:
                 self.emit(f"tl.store({self.arr('Y')} + ry + obh, tl.where(live, {name}, 0.0), mask=m2)")
             if self.persistent:
-                self.m.carry.append(f"{value_name(Node('state', (), s))} = {w}")
+                self.m.carry.append(f"{old} = {w}")
         elif kind == "sv":
             self.emit(f"{st}tl.store({self.arr(ident('SV_', key[1]))} + rt + obh, {name}, mask=m2)")
         elif kind == "t":
@@ -271,14 +274,21 @@ class _Kernel:
                 old = self.incoming(s)
                 self.emit(f"tl.store({self.arr(ident('DSN_', s))} + obh, tl.where(live, {name}, {old}), mask=m2)")
         elif kind == "dp":
-            contrib = f"tl.sum(tl.where(live, {name}, 0.0), axis=0)"
+            # one batch reduction per distinct expression (the LSTM's b_ih and b_hh gradients are the
+            # same sum): stored to each parameter's row, reduced once
+            first = self.dp_shared.setdefault(expr, key[1])
             if self.persistent:
-                a = ident("dpa_", key[1])
-                self.emit(f"{a} += {contrib}")
+                a = ident("dpa_", first)
+                self.dp_acc[key[1]] = a
+                if first == key[1]:
+                    self.emit(f"{a} += tl.sum(tl.where(live, {name}, 0.0), axis=0)")
             else:
+                sm = ident("dsum_", first)
+                if first == key[1]:
+                    self.emit(f"{sm} = tl.sum(tl.where(live, {name}, 0.0), axis=0)")
                 self.emit(f"dpp = {self.arr('DP')} + pid_b * ({len(self.vec_index)} * H) + "
                           f"{self.vec_index[key[1]]} * H + cols")
-                self.emit(f"tl.store(dpp, tl.load(dpp, mask=cmask, other=0.0) + {contrib}, mask=cmask)")
+                self.emit(f"tl.store(dpp, tl.load(dpp, mask=cmask, other=0.0) + {sm}, mask=cmask)")
 
     # ------------------------------------------------------------------------------------ GEMMs
     def gemm_step(self, gm: Gemm) -> None:
@@ -300,7 +310,7 @@ class _Kernel:
             for s, o in enumerate(outs):
                 self.emit(f"    w = tl.load({self.arr(f'UT{g}')} + kk[:, None] * ({k} * H) + {s} * H + cols[None, :], "
                           f"mask=kmask[:, None] & cmask[None, :], other=0.0)")
-                self.emit(f"    {o} = _dot(a, w, {o}, DOT_F32)")
+                self.emit(f"    {o} = _dot(a, w, {o}, DOT_F32, PREC)")
             for s, o in enumerate(gm.out):
                 self.local.add(o)
                 if o.attr in self.later:
@@ -317,7 +327,7 @@ class _Kernel:
                       f"mask=rmask[:, None] & kmask[None, :], other=0.0)")
             self.emit(f"    w = tl.load({self.arr(f'U{g}')} + kk[:, None] * H + cols[None, :], "
                       f"mask=kmask[:, None] & cmask[None, :], other=0.0)")
-            self.emit(f"    {out} = _dot(a, w, {out}, DOT_F32)")
+            self.emit(f"    {out} = _dot(a, w, {out}, DOT_F32, PREC)")
             self.local.add(gm.out[0])
             if gm.out[0].attr in self.later:
                 self.emit(f"tl.store({self.arr(f'DV{g}')} + obh, {out}, mask=m2)")
@@ -335,7 +345,7 @@ class _Kernel:
                 wn = f"W{g}_{s}"
                 self.m.prologue.append(f"{wn} = tl.load({self.arr(f'UT{g}')} + cols[:, None] * ({k} * H) + {s} * H "
                                        f"+ cols[None, :], {wmask})")
-                self.emit(f"{value_name(o)} = _dot(a, {wn}, ZT, DOT_F32)")
+                self.emit(f"{value_name(o)} = _dot(a, {wn}, ZT, DOT_F32, PREC)")
                 self.local.add(o)
         else:
             out = value_name(gm.out[0])
@@ -347,7 +357,7 @@ class _Kernel:
                 wn = f"V{g}_{s}"
                 self.m.prologue.append(f"{wn} = tl.load({self.arr(f'U{g}')} + ({s} * H + cols)[:, None] * H "
                                        f"+ cols[None, :], {wmask})")
-                self.emit(f"{out} = _dot({value_name(a)}.to(DT), {wn}, {out}, DOT_F32)")
+                self.emit(f"{out} = _dot({value_name(a)}.to(DT), {wn}, {out}, DOT_F32, PREC)")
             self.local.add(gm.out[0])
 
 
@@ -380,7 +390,7 @@ def _step_kernels(program: Program, direction: str, alias, vec_index) -> list[Ke
         gemms, block = seg
         scalars = ["t", "ci", "ni", "ti", "B", "H"] if direction == "fwd" else ["t", "B", "H"]
         meta = KernelMeta(f"{direction}_step{i}", direction, "step", scalars=scalars,
-                          constexprs=["BB", "BH", "BK", "DT", "CT", "DOT_F32"])
+                          constexprs=["BB", "BH", "BK", "DT", "CT", "DOT_F32", "PREC"])
         kb = _Kernel(program, meta, alias, vec_index, later, persistent=False)
         kb.arr("L")
         if block is not None:
@@ -398,7 +408,7 @@ def _step_kernels(program: Program, direction: str, alias, vec_index) -> list[Ke
 
 def _persistent_kernel(program: Program, direction: str, alias, vec_index) -> KernelMeta:
     stages = program.fwd if direction == "fwd" else program.bwd
-    cx = ["BB", "BH", "DT", "CT", "DOT_F32"] + (["STORE_TAPE"] if direction == "fwd" else [])
+    cx = ["BB", "BH", "DT", "CT", "DOT_F32", "PREC"] + (["STORE_TAPE"] if direction == "fwd" else [])
     meta = KernelMeta(f"{direction}_persistent", direction, "persistent", scalars=["T", "B", "H"], constexprs=cx)
     kb = _Kernel(program, meta, alias, vec_index, set(), persistent=True)
     kb.arr("L")
@@ -418,16 +428,17 @@ def _persistent_kernel(program: Program, direction: str, alias, vec_index) -> Ke
             g = ident("gs_", s)
             meta.prologue.append(f"{g} = {kb.tile(ident('DS_', s))}")
             meta.epilogue.append(f"tl.store({ident('DS_', s)} + obh, {g}, mask=m2)")
-        for p in program.vector_params:
-            a = ident("dpa_", p)
-            meta.prologue.append(f"{a} = tl.zeros([BH], CT)")
-            meta.epilogue.append(f"tl.store({kb.arr('DP')} + pid_b * ({len(vec_index)} * H) + {vec_index[p]} * H "
-                                 f"+ cols, {a}, mask=cmask)")
     for st in stages:
         if isinstance(st, Block):
             kb.block(st)
         else:
             kb.gemm_persistent(st)
+    if direction == "bwd":
+        for a in dict.fromkeys(kb.dp_acc.values()):
+            meta.prologue.append(f"{a} = tl.zeros([BH], CT)")
+        for p, a in kb.dp_acc.items():
+            meta.epilogue.append(f"tl.store({kb.arr('DP')} + pid_b * ({len(vec_index)} * H) + {vec_index[p]} * H "
+                                 f"+ cols, {a}, mask=cmask)")
     meta.doc = (f"the whole {'forward' if direction == 'fwd' else 'backward'} sequence in one launch: "
                 f"one program per BB batch rows owning all H")
     return meta
