@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import threading
+import types
 import warnings
 from pathlib import Path
 
@@ -64,11 +65,22 @@ def build_module(source: str, name: str, subdir: str):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+    # The module's name is derived from its file name alone: Numba's cache records it and imports
+    # it by that name when it loads a compiled function, so the name of a file must never change
+    # meaning (its content hash is part of the file name).
+    if "lstmc_generated" not in sys.modules:
+        pkg = types.ModuleType("lstmc_generated")
+        pkg.__path__ = []
+        sys.modules["lstmc_generated"] = pkg
     modname = f"lstmc_generated.{subdir}_{name}"
     if modname in sys.modules:
         return sys.modules[modname]
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     sys.modules[modname] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[modname]
+        raise
     return mod

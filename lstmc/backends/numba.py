@@ -23,7 +23,7 @@ from .numba_blas import matmul
 from .numba_render import dxp_alias, render
 from .reference import check_backward_args
 
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
 
 

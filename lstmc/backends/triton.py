@@ -39,7 +39,7 @@ from .cache import build_module
 from .reference import check_backward_args
 from .triton_render import render
 
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
 VARIANTS = ("persistent", "step")
 # storage dtype -> compute dtype
