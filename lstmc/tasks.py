@@ -228,7 +228,7 @@ def copy(length: int = 20, n_train: int = 20000, n_val: int = 1000, n_test: int 
         base[split] = K * math.log(S) / L
     return Task("copy", f"copy memory, delay T={T}, {K} symbols of {S}", "tokens", 0, S + 2, "all", "ce",
                 S + 2, "ce", False, data, base, "memoryless",
-                dict(hidden=64, steps=2000, batch=64, lr=5e-3, clip=1.0, eval_every=100),
+                dict(hidden=64, steps=2000, batch=64, lr=1e-2, clip=1.0, eval_every=100),
                 dict(length=T, n_train=n_train, n_val=n_val, n_test=n_test), embed_dim=16)
 
 

@@ -40,8 +40,9 @@ from .tasks import TASKS, Task, get_task
 # torch is imported inside the functions that use it, so that `lstmc --help` and the other
 # subcommands do not pay for it when the CLI imports this module to add `train`.
 
-__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "SeqModel", "add_parser", "cli_main",
-           "init_distributed", "shard", "validate_gradients", "load_checkpoint"]
+__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "SeqModel", "NativeRecurrent", "evaluate",
+           "validate_gradients", "init_distributed", "shard", "load_checkpoint", "add_parser", "cli_main", "demo_run",
+           "TrainingInterrupted"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine", "plateau")
@@ -53,7 +54,7 @@ CKPT_VERSION = 1
 @dataclass
 class TrainConfig:
     """Everything a run depends on. `None` means "the task's default" (see `Task.defaults`)."""
-    cell: str = "lstm"                  # built-in cell name or path to a .cell file
+    cell: str = "lstm"                  # built-in cell name, path to a .cell file, or a lstmc.Cell
     task: str = "adding"
     length: int | None = None           # adding: T; copy: delay T; charlm: window; sunspots: window
     hidden: int | None = None
@@ -79,7 +80,9 @@ class TrainConfig:
     resume: bool = False
     stop_at: int | None = None          # stop after this step as if interrupted (checkpoint written)
     progress: bool = True
-    threads: int | None = None          # torch intra-op threads
+    threads: int | None = None          # torch and BLAS threads (default: see _thread_budget)
+    target: float | None = None         # stop once the validation metric is at least this good
+    time_budget: float | None = None    # stop after this many seconds of wall time (not reproducible)
 
     def resolved(self, task: Task) -> "TrainConfig":
         """A copy with every task default filled in and every value checked."""
@@ -113,8 +116,23 @@ class TrainConfig:
         return c
 
 
+def config_dict(cfg: TrainConfig) -> dict:
+    """The config as plain data (a Cell object is recorded by its name and source text)."""
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if not isinstance(d["cell"], str):
+        d["cell"] = f"{d['cell'].name} (source sha256 {_sha(d['cell'].source or repr(d['cell']))})"
+    return d
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 # what may differ between a run and the run it resumes
-_RESUME_FREE = {"resume", "out", "stop_at", "progress", "steps", "patience", "validate", "threads",
+_RESUME_FREE = {"resume", "out", "stop_at", "progress", "steps", "patience", "validate", "threads", "target",
+                "time_budget",
                 "eval_every", "checkpoint_every"}
 
 
@@ -140,7 +158,8 @@ class TrainResult:
     history: list = field(default_factory=list)        # one dict per evaluation
     train_losses: list = field(default_factory=list)   # the loss of every step
     validations: list = field(default_factory=list)    # --validate reports
-    stopped_early: bool = False
+    stopped_early: bool = False     # by patience or target (stop_reason says which)
+    stop_reason: str = ""           # patience / target / "signal" / "stop-at N"
     interrupted: bool = False
     world_size: int = 1
     backend: str = ""
@@ -148,14 +167,21 @@ class TrainResult:
 
     def summary(self) -> str:
         arrow = "higher" if self.higher_is_better else "lower"
-        s = (f"{self.task}/{self.cell}: test {self.metric} {self.test_metric:.4f} vs {self.baseline_name} "
-             f"baseline {self.baseline:.4f} ({arrow} is better); best val {self.val_metric:.4f} at step "
-             f"{self.best_step}; {self.steps} steps in {self.wall_time:.1f} s ({self.steps_per_s:.1f} steps/s); "
-             f"{self.params} parameters")
-        if self.stopped_early:
-            s += "; stopped early"
+        speed = (f"{self.steps} steps in {self.wall_time:.1f} s ({self.steps_per_s:.1f} steps/s, backend "
+                 f"{self.backend}); {self.params} parameters")
         if self.interrupted:
-            s += "; interrupted (resume with --resume)"
+            return (f"{self.task}/{self.cell}: interrupted at step {self.steps} (continue with --resume); best "
+                    f"validation {self.metric} {self.val_metric:.4f} at step {self.best_step} vs "
+                    f"{self.baseline_name} baseline {self.baseline_val:.4f}; {speed}")
+        s = (f"{self.task}/{self.cell}: test {self.metric} {self.test_metric:.4f} vs {self.baseline_name} "
+             f"baseline {self.baseline:.4f} ({arrow} is better); best validation {self.val_metric:.4f} at step "
+             f"{self.best_step}; {speed}")
+        if self.stopped_early:
+            s += f"; stopped early: {self.stop_reason}"
+        if self.validations:
+            worst = max(self.validations, key=lambda v: v["max_diff"])
+            s += (f"; gradients vs float64 reference: max diff {worst['max_diff']:.1e} over "
+                  f"{len(self.validations)} checks")
         return s
 
 
@@ -335,6 +361,18 @@ def _all_mean(v: float, d: Dist) -> float:
     return float(t) / d.world
 
 
+def _any(flags: list[bool], d: Dist) -> list[bool]:
+    """Each flag true on any rank (a signal or a time budget on one rank stops all of them)."""
+    if d.world == 1:
+        return [bool(f) for f in flags]
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(f) for f in flags], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def _broadcast(vals: list[float], d: Dist) -> list[float]:
     if d.world == 1:
         return vals
@@ -381,6 +419,7 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -392,6 +431,12 @@ def atomic_write(path: Path, write) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def load_checkpoint(path) -> dict:
@@ -520,15 +565,28 @@ def plot_curves(path: Path, res: TrainResult) -> None:
 
 # ------------------------------------------------------------------------------------------ signals
 
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step and write a checkpoint; a second
-    SIGINT interrupts at once."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """A signal stopped training after a checkpoint was written; `.result` is the partial result."""
 
-    def __init__(self):
+    def __init__(self, result: TrainResult):
+        super().__init__(f"training stopped by a signal at step {result.steps}; the checkpoint in {result.out} "
+                         f"continues it (resume)")
+        self.result = result
+
+
+class _StopFlag:
+    """With a checkpoint to write: SIGINT/SIGTERM ask the loop to stop after the current step, write
+    the checkpoint and raise TrainingInterrupted; a second SIGINT interrupts at once. Without one
+    (no out directory) the signals keep their usual effect."""
+
+    def __init__(self, enabled: bool):
         self.set = False
         self.old = {}
+        self.enabled = enabled
 
     def __enter__(self):
+        if not self.enabled:
+            return self
         try:
             for s in (signal.SIGINT, signal.SIGTERM):
                 self.old[s] = signal.signal(s, self._handle)
@@ -549,7 +607,7 @@ class _StopFlag:
 # ----------------------------------------------------------------------------------------- training
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
-    now = asdict(cfg)
+    now = config_dict(cfg)
     diff = [k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
     if diff:
         what = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in diff)
@@ -573,17 +631,44 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train as `config` says; returns a TrainResult (metrics history, final val/test metric,
     baseline, steps, wall time, parameter count). Under torchrun (WORLD_SIZE > 1) every process
     calls this; only rank 0 writes files and shows progress; every rank returns the same result."""
+    import torch
     import torch.distributed as dist
 
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     task = get_task(cfg.task, length=cfg.length)
     cfg = cfg.resolved(task)
     d = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
-        return _train(cfg, task, d)
+        with _thread_budget(cfg, d):
+            return _train(cfg, task, d)
     finally:
+        torch.set_num_threads(threads)
         if d.owned:
             dist.destroy_process_group()
+
+
+def _thread_budget(cfg: TrainConfig, d: Dist):
+    """Threads for a CPU run of a compiled cell (a context that restores the BLAS pools after).
+
+    The compiled kernels call OpenBLAS for their GEMMs; torch runs the rest (head, loss, Adam) on its
+    own pool. Measured on 2 cores: torch's pool spinning beside BLAS made steps 3x slower, and with one
+    core busy elsewhere, 2 BLAS threads made steps 10-36x slower than 1 (idle, 2 threads gained at
+    most 1.3x). So by default torch gets 1 thread and BLAS half the cores per process (1 on 2 cores);
+    --threads N gives both N. torch.nn ("native") and GPU runs keep the libraries' defaults."""
+    import contextlib
+
+    import scipy.linalg  # noqa: F401 - loads the OpenBLAS that Numba's np.dot calls, so the limit reaches it
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        return threadpool_limits(limits=cfg.threads, user_api="blas")
+    if cfg.backend == "native" or _device(cfg.device, d).type != "cpu":
+        return contextlib.nullcontext()
+    torch.set_num_threads(1)
+    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) // (2 * d.world)), user_api="blas")
 
 
 def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
@@ -592,8 +677,6 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     from torch import nn
     from tqdm import tqdm
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = _device(cfg.device, d)
     out = Path(cfg.out) if cfg.out else None
     write = out is not None and d.main
@@ -614,9 +697,12 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     sched, per_step = make_scheduler(cfg, opt, task)
     sampler = task.sampler(cfg.seed)
     cell_name = getattr(model.rnn, "cell_name", None) or model.rnn.cell.name
+    if cfg.validate and not hasattr(model.rnn, "cell_params"):
+        raise ValueError("--validate compares lstmc's compiled cell with its float64 reference; backend 'native' "
+                         "(torch.nn) has none")
 
     loop = {"step": 0, "history": [], "train_losses": [], "best_metric": None, "best_step": 0,
-            "bad_evals": 0, "validations": [], "elapsed": 0.0, "train_time": 0.0, "stopped_early": False}
+            "bad_evals": 0, "validations": [], "elapsed": 0.0, "train_time": 0.0, "stop_reason": None}
     best_state = None
     ckpt_path = out / "checkpoint.pt" if out else None
     if cfg.resume and ckpt_path.exists():
@@ -639,10 +725,23 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     elif cfg.resume and d.main and cfg.progress:
         print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
 
-    def result(interrupted=False, test=(math.nan, math.nan)) -> TrainResult:
+    def stop_reason(vm):
+        """Early stopping: patience exhausted, or the target reached (None: go on)."""
+        if cfg.patience and loop["bad_evals"] >= cfg.patience:
+            return f"no better validation {task.metric} in {cfg.patience} evaluations"
+        if cfg.target is not None and vm is not None and not task.better(cfg.target, vm):
+            return f"validation {task.metric} reached the target {cfg.target:g}"
+        if cfg.time_budget and loop["elapsed"] >= cfg.time_budget:
+            return f"time budget of {cfg.time_budget:g} s used"
+        return None
+
+    if loop["history"]:     # resumed: the stopping rules may have changed (patience and target may)
+        loop["stop_reason"] = stop_reason(loop["history"][-1]["val_metric"])
+
+    def result(interrupted="", test=(math.nan, math.nan)) -> TrainResult:
         tt = loop["train_time"]
         return TrainResult(
-            config=asdict(cfg), task=task.name, cell=cell_name,
+            config=config_dict(cfg), task=task.name, cell=cell_name,
             metric=task.metric, higher_is_better=task.higher_is_better, baseline=task.baseline("test"),
             baseline_val=task.baseline("val"), baseline_name=task.baseline_name,
             val_metric=loop["best_metric"] if loop["best_metric"] is not None else math.nan,
@@ -650,7 +749,8 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             wall_time=loop["elapsed"], steps_per_s=(loop["step"] / tt if tt > 0 else 0.0),
             params=count_params(model), rnn_params=count_params(model.rnn), history=list(loop["history"]),
             train_losses=list(loop["train_losses"]), validations=list(loop["validations"]),
-            stopped_early=loop["stopped_early"], interrupted=interrupted, world_size=d.world,
+            stopped_early=loop["stop_reason"] is not None, stop_reason=interrupted or loop["stop_reason"] or "",
+            interrupted=bool(interrupted), world_size=d.world,
             backend=str(getattr(model.rnn, "last_backend", None) or cfg.backend), out=str(out) if out else None)
 
     def checkpoint():
@@ -660,25 +760,23 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             dist.all_gather_object(rngs, rng_state())
         if not write:
             return
-        ck = {"version": CKPT_VERSION, "config": asdict(cfg), "world_size": d.world,
+        ck = {"version": CKPT_VERSION, "config": config_dict(cfg), "world_size": d.world,
               "model": model.state_dict(), "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict() if sched is not None else None,
               "rng": rngs, "sampler": sampler.state_dict(), "loop": loop, "best_model": best_state}
         atomic_write(ckpt_path, lambda f: torch.save(ck, f))
 
     bar = tqdm(total=cfg.steps, initial=loop["step"], disable=not (d.main and cfg.progress), unit="step",
-               dynamic_ncols=True, desc=f"{task.name}/{cfg.cell}", file=sys.stderr, mininterval=0.25)
+               dynamic_ncols=True, desc=f"{task.name}/{cell_name}", file=sys.stderr, mininterval=0.25)
     t_start = time.perf_counter()
     elapsed0 = loop["elapsed"]
-    since = []            # losses since the last evaluation
     seg_t0 = time.perf_counter()
     seg_steps = 0
     last_val = None
-    stop_req = False
-    interrupted = False
+    interrupted = ""      # why the loop stopped before its end: "signal" or "stop-at N"
     net.train()
-    with _StopFlag() as flag:
-        while loop["step"] < cfg.steps:
+    with _StopFlag(enabled=out is not None) as flag:
+        while loop["step"] < cfg.steps and not loop["stop_reason"]:
             step = loop["step"]
             t0 = time.perf_counter()
             x, y = task.batch("train", sampler.indices(step, cfg.batch))
@@ -691,9 +789,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             opt.step()
             if sched is not None and per_step:
                 sched.step()
-            lv = _all_mean(float(loss.detach()), d)
-            loop["train_losses"].append(lv)
-            since.append(lv)
+            loop["train_losses"].append(_all_mean(float(loss.detach()), d))
             loop["step"] = step = step + 1
             loop["train_time"] += time.perf_counter() - t0
             seg_steps += 1
@@ -702,16 +798,23 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
                 v = validate_gradients(model, task, x, y)
                 v["step"] = step
                 loop["validations"].append(v)
-                bar.write(f"step {step}: {v['backend']} gradients vs float64 reference: max diff {v['max_diff']:.2e} "
-                          f"({v['param']}), loss diff {v['loss_diff']:.1e}", file=sys.stderr)
+                if cfg.progress:
+                    bar.write(f"step {step}: {v['backend']} gradients vs float64 reference: max diff "
+                              f"{v['max_diff']:.2e} ({v['param']}), loss diff {v['loss_diff']:.1e}",
+                              file=sys.stderr)
+
+            loop["elapsed"] = elapsed0 + time.perf_counter() - t_start
+            over = bool(cfg.time_budget) and loop["elapsed"] >= cfg.time_budget
+            stop_req, over = _any([flag.set, over], d)     # every rank decides the same
 
             evaluated = False
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == cfg.steps or over:
                 vl, vm = evaluate(model, task, "val", device)
                 vl, vm = _broadcast([vl, vm], d)
                 evaluated = True
                 last_val = vm
                 now = time.perf_counter()
+                since = loop["train_losses"][loop["history"][-1]["step"] if loop["history"] else 0:]
                 row = {"step": step, "epoch": round(sampler.epoch(step, cfg.batch), 4),
                        "train_loss": float(np.mean(since)) if since else math.nan, "val_loss": vl,
                        "val_metric": vm, "lr": opt.param_groups[0]["lr"],
@@ -719,7 +822,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
                        "steps_per_s": round(seg_steps / max(now - seg_t0, 1e-9), 3),
                        "grad_check": loop["validations"][-1]["max_diff"] if loop["validations"] else ""}
                 loop["history"].append(row)
-                since, seg_t0, seg_steps = [], now, 0
+                seg_t0, seg_steps = now, 0
                 if task.better(vm, loop["best_metric"]):
                     loop["best_metric"], loop["best_step"], loop["bad_evals"] = vm, step, 0
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -727,17 +830,14 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
                     loop["bad_evals"] += 1
                 if sched is not None and not per_step:
                     sched.step(vm)
-                if cfg.patience and loop["bad_evals"] >= cfg.patience:
-                    loop["stopped_early"] = True
-            if d.world > 1:
-                stop_req = bool(_all_mean(float(flag.set), d) > 0)
-            else:
-                stop_req = flag.set
+                loop["stop_reason"] = stop_reason(vm)
+                if over and not loop["stop_reason"]:
+                    loop["stop_reason"] = f"time budget of {cfg.time_budget:g} s used"
             at_stop = cfg.stop_at is not None and step >= cfg.stop_at
             if stop_req or at_stop:
-                interrupted = True
+                interrupted = "signal" if stop_req else f"stop-at {cfg.stop_at}"
             ckpt_due = out is not None and (step % cfg.checkpoint_every == 0 or interrupted
-                                            or loop["stopped_early"] or step == cfg.steps)
+                                            or loop["stop_reason"] or step == cfg.steps)
             loop["elapsed"] = elapsed0 + time.perf_counter() - t_start
             if ckpt_due:
                 checkpoint()
@@ -750,17 +850,19 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
                     if last_val is not None:
                         post[f"val_{task.metric}"] = f"{last_val:.4f}"
                     bar.set_postfix(post, refresh=False)
-            if interrupted or loop["stopped_early"]:
+            if interrupted or loop["stop_reason"]:
                 break
     bar.close()
     loop["elapsed"] = elapsed0 + time.perf_counter() - t_start
 
     if interrupted:
-        res = result(interrupted=True)
+        res = result(interrupted=interrupted)
         if write:
             write_outputs(out, res)
             print(f"stopped at step {loop['step']}; checkpoint {ckpt_path} (continue with --resume)",
                   file=sys.stderr)
+        if interrupted == "signal":
+            raise TrainingInterrupted(res)
         return res
 
     if best_state is not None:
@@ -770,7 +872,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     test = tuple(_broadcast(list(test), d))
     res = result(test=test)
     if write:
-        atomic_write(out / "model.pt", lambda f: torch.save({"config": asdict(cfg), "model": model.state_dict(),
+        atomic_write(out / "model.pt", lambda f: torch.save({"config": config_dict(cfg), "model": model.state_dict(),
                                                             "step": loop["best_step"]}, f))
         write_outputs(out, res)
     if best_state is not None:
@@ -789,7 +891,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cell", default="lstm", help="built-in cell name or path to a .cell file (default lstm)")
     p.add_argument("--task", default="adding", choices=list(TASKS))
     p.add_argument("--length", type=int, default=None,
-                   help="adding: sequence length T (50); copy: delay T (20); charlm: window (100); sunspots: window (20)")
+                   help="adding: sequence length T (50); copy: delay T (20); charlm: window (100); "
+                        "sunspots: window (20)")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (task default)")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
@@ -818,7 +921,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after STEP as if interrupted (writes the checkpoint)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and BLAS threads per process (default for a compiled cell on CPU: torch 1, "
+                        "BLAS half the cores per process)")
+    p.add_argument("--target", type=float, default=None,
+                   help="stop once the validation metric reaches this value (e.g. 0.01 for adding's MSE)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop after this much wall time (steps then vary from run to run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON (without per-step losses)")
     p.set_defaults(fn=cli_main)
@@ -833,8 +942,12 @@ def config_from_args(args) -> TrainConfig:
 
 
 def cli_main(args) -> int:
-    """`lstmc train`: run, print a summary (rank 0), exit 0 (also when interrupted with a checkpoint)."""
-    res = train(config_from_args(args))
+    """`lstmc train`: run and print a summary (rank 0). Exit status 0, also after --stop-at; 130 when
+    a signal (Ctrl-C, SIGTERM) stopped it (the checkpoint is written: continue with --resume)."""
+    try:
+        res = train(config_from_args(args))
+    except TrainingInterrupted as e:
+        res = e.result
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         if getattr(args, "json", False):
@@ -846,7 +959,23 @@ def cli_main(args) -> int:
             if res.out:
                 print(f"outputs in {res.out}: metrics.csv metrics.json curves.png checkpoint.pt"
                       + ("" if res.interrupted else " model.pt"))
-    return 0
+    return 130 if res.stop_reason == "signal" else 0
+
+
+def demo_run(cell: str = "peephole_lstm", quick: bool = False) -> int:
+    """The demo's training part: `cell` on the adding problem (T=50) with the progress bar and a
+    gradient check against the float64 reference, until the validation MSE is below 0.01 (the
+    trivial baseline scores 0.167). 0 when the test MSE clearly beats the baseline (< 0.05)."""
+    cfg = TrainConfig(cell=cell, task="adding", length=50, hidden=32, lr=2e-2, batch=64,
+                      steps=1000 if quick else 2000, eval_every=50, target=0.01, validate=250)
+    print(f"training {cell} on the adding problem (T=50): stops once the validation MSE is below 0.01; "
+          f"predicting the mean scores 0.167", flush=True)
+    res = train(cfg)
+    print(res.summary())
+    ok = res.test_metric < 0.05
+    print(f"  {'beats' if ok else 'does NOT clearly beat'} the trivial baseline: test MSE {res.test_metric:.4f} vs "
+          f"{res.baseline:.4f} ({res.baseline / max(res.test_metric, 1e-12):.0f}x lower)\n", flush=True)
+    return 0 if ok else 1
 
 
 def main(argv=None) -> int:
