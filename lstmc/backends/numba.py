@@ -53,12 +53,13 @@ class NumbaCell(CompiledCell):
         """A scratch array reused across calls (per thread): large fresh arrays cost page faults that
         BLAS threads writing them concurrently turn into a 2x slower GEMM (measured)."""
         ws = self._local.__dict__.setdefault("ws", {})
+        size = int(np.prod(shape))
         a = ws.get(name)
-        if a is None or a.shape != shape:
-            a = ws[name] = np.zeros(shape, self.np_dtype)
+        if a is None or a.size != size:
+            a = ws[name] = np.zeros(size, self.np_dtype)
         elif zero:
             a.fill(0)
-        return a
+        return a.reshape(shape)
 
     def warm(self) -> None:
         """Compile both kernels now (from Numba's cache when it has them) on a tiny problem."""
@@ -87,7 +88,8 @@ class NumbaCell(CompiledCell):
             x = x[rev_idx, np.arange(B)[None, :]]
         nx = len(prog.input_mats)
         Wcat = np.concatenate([params[m] for m in prog.input_mats]) if nx else np.zeros((0, I), dt)
-        XP = (matmul(x.reshape(T * B, I), Wcat.T, self._workspace("XP", (T * B, nx * H))).reshape(T, B, nx * H)
+        # XP is dead once the kernel returns: backward reuses its memory for dRP0 (same size for LSTM/GRU)
+        XP = (matmul(x.reshape(T * B, I), Wcat.T, self._workspace("big", (T * B, nx * H))).reshape(T, B, nx * H)
               if nx else np.zeros((T, B, 0), dt))
         Ucat = [np.concatenate([params[m] for m in g.mats]) for g in prog.groups]    # [k*H, H] each
         vecs = [params[p] for p in prog.vector_params]
@@ -125,7 +127,8 @@ class NumbaCell(CompiledCell):
         nx = len(prog.input_mats)
         # every element of dXP/dRP is written unless some row is shorter than T (then zeros stay)
         zero = not bool(np.all(tape.lengths == T))
-        dRP = [self._workspace(f"dRP{g.index}", (T, B, len(g.mats) * H), zero) for g in prog.groups]
+        dRP = [self._workspace("big" if g.index == 0 else f"dRP{g.index}", (T, B, len(g.mats) * H), zero)
+               for g in prog.groups]
         alias = self.dxp_alias
         # with an alias the input products' adjoints are dRP[alias]: no dXP at all
         dXP = self._workspace("dXP", (T, B, nx * H), zero) if alias is None else np.zeros((0, 0, 0), dt)
