@@ -23,22 +23,11 @@ import platform
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 # user-written cell for the "custom cell" row: a multiplicative LSTM (Krause et al. 2016), whose
 # gates read U @ m with m = (W_m x) * (U_m h), a second GEMM phase per step
-MLSTM = """
-cell mlstm
-state h, c
-output h
-
-m  = (W_m @ x) * (U_m @ h)
-i  = sigmoid(W_i @ x + U_i @ m + b_i)
-f  = sigmoid(W_f @ x + U_f @ m + b_f)
-o  = sigmoid(W_o @ x + U_o @ m + b_o)
-g  = tanh(W_g @ x + U_g @ m + b_g)
-c' = f * c + i * g
-h' = o * tanh(c')
-"""
+MLSTM = (Path(__file__).resolve().parents[1] / "examples" / "mlstm.cell").read_text()
 
 # (case, cell, T, B, H, baseline, target): target is on lstmc/baseline time (cuDNN rows) or
 # baseline/lstmc speed-up (torch-backend rows), or lstmc/baseline peak memory ("memory" rows)

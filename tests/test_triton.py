@@ -15,6 +15,7 @@ The reference gets the same storage-rounded inputs, so the tolerances measure th
 """
 
 import os
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -44,20 +45,7 @@ STEP16 = Schedule("step", block_b=16, block_h=16, block_k=16)   # small tiles: s
 SCHEDULES = {"persistent": Schedule("persistent"), "step": STEP16}
 
 # a user-written cell: the gates read U @ m with m = (W_m x) * (U_m h), a staged (second-phase) GEMM
-MLSTM = """
-# multiplicative LSTM (Krause et al. 2016)
-cell mlstm
-state h, c
-output h
-
-m  = (W_m @ x) * (U_m @ h)
-i  = sigmoid(W_i @ x + U_i @ m + b_i)
-f  = sigmoid(W_f @ x + U_f @ m + b_f)
-o  = sigmoid(W_o @ x + U_o @ m + b_o)
-g  = tanh(W_g @ x + U_g @ m + b_g)
-c' = f * c + i * g
-h' = o * tanh(c')
-"""
+MLSTM = (Path(__file__).resolve().parents[1] / "examples" / "mlstm.cell").read_text()
 
 # two GEMM groups in one phase (U @ h, V @ c), a staged GEMM, every primitive, parameter-only values,
 # constants float32 cannot hold exactly, and an output that is not the first state
