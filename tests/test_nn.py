@@ -460,7 +460,14 @@ y, (h, c) = ddp(xl, (h0[:, rows], torch.zeros_like(h0[:, rows])), lengths=length
 loss_fn(y, h, c).backward()
 if rank == 0:
     torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+dist.barrier()
 dist.destroy_process_group()
+# Leave without running C++ static destructors: at interpreter teardown gloo's and the BLAS/Numba
+# thread pools' destructors can race ("terminate called without an active exception", seen once
+# in a cold-cache run); the work above is complete and saved.
+sys.stdout.flush()
+import os
+os._exit(0)
 """
 
 
