@@ -21,13 +21,13 @@ Value names (`var` keys) used in blocks:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import ir
 from .grad import differentiate
 from .ir import Node, var, walk
 from .ops import TRANSCENDENTAL
-from .simplify import simplify, simplify_all
+from .simplify import simplify
 from .spec import Cell
 
 __all__ = ["Program", "Block", "Gemm", "Let", "lower"]
@@ -77,7 +77,6 @@ class Program:
     bwd: tuple
     saved: tuple[tuple[str, Node], ...]   # (name, forward node) kept in the tape at every step
     vector_params: tuple[str, ...]
-    notes: list[str] = field(default_factory=list)
 
     @property
     def states(self):
@@ -150,7 +149,8 @@ def lower(cell: Cell) -> Program:
 
 
 class _Products:
-    pass
+    """The product plan, filled by _plan_products: input_mats, groups, new (lowered s'), phase,
+    memo (spec IR -> lowered IR), names (lowered node -> spec name), fwd_nodes."""
 
 
 def _plan_products(cell: Cell) -> _Products:
@@ -411,6 +411,3 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
             stages.append(g)
     return stages
 
-
-# keep simplify_all importable from here for backends that post-process expressions
-_ = simplify_all

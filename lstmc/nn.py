@@ -429,7 +429,7 @@ class Recurrent(nn.Module):
                 if unbatched:
                     lengths = [lengths] if np.ndim(lengths) == 0 else lengths
                 lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]))
-        T, B = int(x.shape[0]), int(x.shape[1])
+        B = int(x.shape[1])
         states = self._check_state(state, B, dtype, x.device, unbatched)
         if states is not None and sorted_idx is not None:
             states = [s.index_select(1, sorted_idx) for s in states]
