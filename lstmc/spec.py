@@ -128,13 +128,11 @@ _CHAR_HINTS = {
     "[": ("subscripts are not part of the cell language", "give each vector its own name"),
     "]": ("subscripts are not part of the cell language", "give each vector its own name"),
     '"': ("strings are not part of the cell language", "remove the quotes"),
-    "'": ("a prime (') must follow a state name, as in c'", "write the new state as NAME' directly after the name"),
     ":": ("lambdas, slices and annotations are not part of the cell language", "write the expression directly"),
     "{": ("dicts and sets are not part of the cell language", "write the expression directly"),
     "}": ("dicts and sets are not part of the cell language", "write the expression directly"),
     "%": ("the % operator is not part of the cell language", "use + - * / @ and the functions"),
     "^": ("the ^ operator is not part of the cell language", "write powers as products, e.g. v * v"),
-    "=": ("unexpected '='", "each line holds one assignment NAME = EXPR"),
     ";": ("';' is not part of the cell language", "put each statement on its own line"),
     "\\": ("line continuations are not part of the cell language", "write each statement on one line"),
 }

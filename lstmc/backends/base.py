@@ -47,9 +47,6 @@ class NumpyOps:
     def zeros(self, shape, like=None):
         return np.zeros(shape, dtype=self.dtype)
 
-    def asarray(self, a):
-        return np.asarray(a)
-
     def where(self, m, a, b):
         return np.where(m, a, b)
 
@@ -58,9 +55,6 @@ class NumpyOps:
 
     def stack(self, arrays):
         return np.stack(arrays)
-
-    def copy(self, a):
-        return np.array(a, copy=True)
 
     def take_rows(self, a, idx):
         """a[idx[t, b], b] for a [T, B, ...] array and an index [T, B]."""
@@ -156,7 +150,7 @@ class CompiledCell:
             I = -1
         return I, H
 
-    def _check_array(self, name, a, shape, lib="numpy"):
+    def _check_array(self, name, a, shape):
         dt = getattr(a, "dtype", None)
         if dt is None:
             raise ValueError(f"{name} must be an array, got {type(a).__name__}")
@@ -193,6 +187,21 @@ class CompiledCell:
                 self._check_array(f"state['{s}']", v, (B, H))
         lengths = check_lengths(lengths, T, B)
         return T, B, I, H, lengths
+
+
+    def check_backward(self, tape, dy, dstate) -> None:
+        """Validate backward's arguments against the tape of the forward call."""
+        if not isinstance(tape, Tape):
+            raise ValueError("tape must be the third value returned by forward(..., need_tape=True)")
+        T, B, I, H = tape.shapes
+        self._check_array("dy", dy, (T, B, H))
+        if dstate is not None:
+            if not isinstance(dstate, dict):
+                raise ValueError("dstate must be a dict {state name: [B, H] array}")
+            for s, v in dstate.items():
+                if s not in self.cell.states:
+                    raise ValueError(f"dstate has unknown entry '{s}'; the states are {', '.join(self.cell.states)}")
+                self._check_array(f"dstate['{s}']", v, (B, H))
 
 
 def check_lengths(lengths, T: int, B: int) -> np.ndarray:

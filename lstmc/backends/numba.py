@@ -21,7 +21,6 @@ from .base import CompiledCell, Tape, reverse_index
 from .cache import build_module
 from .numba_blas import matmul
 from .numba_render import dxp_alias, render
-from .reference import check_backward_args
 
 TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
@@ -114,7 +113,7 @@ class NumbaCell(CompiledCell):
 
     def backward(self, tape, dy, dstate=None):
         """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
-        check_backward_args(self, tape, dy, dstate)
+        self.check_backward(tape, dy, dstate)
         _require_c("dy", dy)
         prog = self.program
         T, B, I, H = tape.shapes

@@ -143,16 +143,6 @@ class _Names:
                       "dxp": "dxp_", "xp": "xp_"}[kind], rest[0])
 
 
-def _defined_in(stages) -> dict[tuple, int]:
-    """key -> index of the block that defines it."""
-    out = {}
-    for i, st in enumerate(stages):
-        if isinstance(st, Block):
-            for let in st.lets:
-                out[let.key] = i
-    return out
-
-
 class _BlockRenderer:
     """Renders one Block as a fused loop nest, given how each leaf is loaded and each key stored."""
 
@@ -163,12 +153,10 @@ class _BlockRenderer:
         self.const = _const(dtype)
         self.xslot = {m: j for j, m in enumerate(program.input_mats)}
         self.gslot = {(g.index, m): j for g in program.groups for j, m in enumerate(g.mats)}
-        stages = program.fwd if direction == "fwd" else program.bwd
-        self.defined = _defined_in(stages)
         self.dxp_alias = dxp_alias(program)
 
     # loads ----------------------------------------------------------------------------------
-    def load(self, node: Node, block_index: int, local: set) -> str:
+    def load(self, node: Node, local: set) -> str:
         if node.op == "param":
             return f"{ident('p_', node.attr)}[j]"
         if node.op == "state":
@@ -223,16 +211,16 @@ class _BlockRenderer:
             out.append(f"{ident('DP_', key[1])}[j] += {name}")
         return out
 
-    def render(self, block: Block, index: int) -> list[str]:
+    def render(self, block: Block) -> list[str]:
         local: set = set()
         body: list[str] = []
         # incoming adjoints of the new states (dy added for the output state), read once per element
         seeds = sorted({n.attr for let in block.lets for n in walk([let.expr]) if n.op == "var" and n.attr[0] == "ds1"})
         for key in seeds:
-            body.append(f"{_Names.local(key)} = {self.load(var(*key), index, local)}")
+            body.append(f"{_Names.local(key)} = {self.load(var(*key), local)}")
             local.add(key)
         for let in block.lets:
-            rhs = render_expr(let.expr, SPELL, leaf=lambda n, _i=index, _l=local: self.load(n, _i, _l),
+            rhs = render_expr(let.expr, SPELL, leaf=lambda n, _l=local: self.load(n, _l),
                               const=self.const)
             if let.expr.op == "const":
                 rhs = self.const(let.expr.attr)
@@ -313,9 +301,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     fwd_body = []
     for s in states:
         fwd_body += [f"{ident('cur_', s)} = {ident('Sq_', s)}[ci]", f"{ident('nxt_', s)} = {ident('Sq_', s)}[ni]"]
-    for i, st in enumerate(program.fwd):
+    for st in program.fwd:
         if isinstance(st, Block):
-            fwd_body += fr.render(st, i)
+            fwd_body += fr.render(st)
         else:
             a = st.a[0]
             operand = (ident("cur_", a.attr) if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti]")
@@ -331,9 +319,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
     bwd_body = []
-    for i, st in enumerate(program.bwd):
+    for st in program.bwd:
         if isinstance(st, Block):
-            bwd_body += br.render(st, i)
+            bwd_body += br.render(st)
         else:
             bwd_body.append(f"np.dot(dRP{st.group}[t], U{st.group}, DV{st.group})  # [{'; '.join(st.mats)}]")
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)

@@ -98,21 +98,5 @@ class ReferenceCell(CompiledCell):
 
     def backward(self, tape, dy, dstate=None):
         """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
-        check_backward_args(self, tape, dy, dstate)
+        self.check_backward(tape, dy, dstate)
         return self.driver.backward(tape, dy, dstate)
-
-
-def check_backward_args(cc: CompiledCell, tape, dy, dstate):
-    from .base import Tape
-
-    if not isinstance(tape, Tape):
-        raise ValueError("tape must be the third value returned by forward(..., need_tape=True)")
-    T, B, I, H = tape.shapes
-    cc._check_array("dy", dy, (T, B, H))
-    if dstate is not None:
-        if not isinstance(dstate, dict):
-            raise ValueError("dstate must be a dict {state name: [B, H] array}")
-        for s, v in dstate.items():
-            if s not in cc.cell.states:
-                raise ValueError(f"dstate has unknown entry '{s}'; the states are {', '.join(cc.cell.states)}")
-            cc._check_array(f"dstate['{s}']", v, (B, H))

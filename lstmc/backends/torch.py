@@ -15,7 +15,6 @@ import torch
 from ..ir import Node, state, var
 from ..lower import Block, Gemm, Program
 from .base import CompiledCell, SequenceDriver
-from .reference import check_backward_args
 from .render import check_spelling, is_batched, key_name, render_expr, render_template, value_name
 
 SPELL = {
@@ -62,7 +61,7 @@ class TorchOps:
         return torch.as_tensor(m, device=like.device if like is not None else None)
 
 
-def _block_lines(stages, H_name="H") -> list[str]:
+def _block_lines(stages) -> list[str]:
     lines = []
     for st in stages:
         if isinstance(st, Block):
@@ -160,7 +159,7 @@ class TorchCell(CompiledCell):
     def backward(self, tape, dy, dstate=None):
         dy = self._to_torch(dy)
         dstate = {k: self._to_torch(v) for k, v in dstate.items()} if isinstance(dstate, dict) else dstate
-        check_backward_args(self, tape, dy, dstate)
+        self.check_backward(tape, dy, dstate)
         dx, ds, dp = self.driver.backward(tape, dy, dstate)
         if tape.extra.get("numpy"):
             dx = dx.detach().numpy()

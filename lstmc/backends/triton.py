@@ -36,7 +36,6 @@ from .. import __version__
 from ..lower import Program
 from .base import CompiledCell, Tape, reverse_index
 from .cache import build_module
-from .reference import check_backward_args
 from .triton_render import render
 
 TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
@@ -569,7 +568,7 @@ class TritonCell(CompiledCell):
         dy = self._tensor("dy", dy)
         if isinstance(dstate, dict):
             dstate = {k: self._tensor(f"dstate['{k}']", v) for k, v in dstate.items()}
-        check_backward_args(self, tape, dy, dstate)
+        self.check_backward(tape, dy, dstate)
         if "schedule" not in tape.extra:
             raise ValueError("tape must come from this triton program's forward(..., need_tape=True)")
         self._check_device([("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()])

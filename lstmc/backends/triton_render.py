@@ -421,7 +421,7 @@ def _persistent_kernel(program: Program, direction: str, alias, vec_index) -> Ke
             st = Node("state", (), s)
             meta.prologue.append(f"{value_name(st)} = {kb.tile(ident('SQ_', s))}")
             kb.local.add(st)
-            meta.epilogue.append(f"if not STORE_TAPE:  # the final state goes to row 1 of the 2-row buffer")
+            meta.epilogue.append("if not STORE_TAPE:  # the final state goes to row 1 of the 2-row buffer")
             meta.epilogue.append(f"    tl.store({ident('SQ_', s)} + BHs + obh, {value_name(st)}, mask=m2)")
     else:
         for s in cell.states:   # adjoints of the states, carried backwards in time
