@@ -7,8 +7,9 @@
 Every figure is compared in the same run against:
   - cuDNN through torch.nn.LSTM / torch.nn.GRU (same sizes, same dtype, fwd+bwd with autograd);
   - the `torch` backend (the same cell rendered as eager PyTorch ops) for cells cuDNN lacks.
-fp32 rows run cuDNN with TF32 off (torch.backends.cudnn.allow_tf32 = False) so both sides do IEEE
-float32 products, as the triton backend does by default; --tf32 turns TF32 on for both.
+fp32 rows run cuDNN with TF32 off (lstmc.oracles.torch_fp32_precision: since PyTorch 2.9 the legacy
+allow_tf32 flag alone leaves cuDNN RNNs on TF32) so both sides do IEEE float32 products, as the
+triton backend does by default; --tf32 turns TF32 on for both.
 lstmc runs its autotuned schedule for each shape (TritonCell.autotune on T=min(T, 128)), shown in
 the table. Memory is torch.cuda.max_memory_allocated during fwd+bwd, above what the inputs and
 parameters already held. Without a CUDA device the script prints why and exits with status 0.
@@ -156,8 +157,9 @@ def main(argv=None) -> int:
         return 0
     import triton
 
-    torch.backends.cudnn.allow_tf32 = bool(args.tf32)
-    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+    from lstmc.oracles import torch_fp32_precision
+
+    torch_fp32_precision(bool(args.tf32)).__enter__()      # for the whole run
     reps = 5 if args.quick else args.reps
     rows = []
     for name, cell, T, B, H, base, (kind, target) in CASES:
@@ -191,6 +193,9 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - one failing row must not hide the others
                 rows.append((name, storage, T, "error", "", "", float("nan"), kind, target, "",
                              f"{type(e).__name__}: {str(e)[:120]}"))
+            r = rows[-1]
+            print(f"    {r[3]} vs {r[4]} {r[5]}: ratio {r[6]:.3f} ({r[7]} {r[8]}) schedule {r[9]} {r[10]}",
+                  file=sys.stderr, flush=True)     # each row as it lands: a run cut short keeps its figures
             torch.cuda.empty_cache()
 
     def met(r):

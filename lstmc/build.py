@@ -29,17 +29,19 @@ def builtin_cells() -> list[str]:
 
 
 def load(cell: str | os.PathLike | Cell) -> Cell:
-    """A built-in cell by name (`"lstm"`), or a path to a .cell file."""
+    """A built-in cell by name (`"lstm"`), a path to a .cell file, or cell text (it contains a newline)."""
     if isinstance(cell, Cell):
         return cell
     if not isinstance(cell, (str, os.PathLike)):
-        raise TypeError(f"load() takes a built-in cell name or a path, got {type(cell).__name__}")
+        raise TypeError(f"load() takes a built-in cell name, a path or cell text, got {type(cell).__name__}")
+    if isinstance(cell, str) and "\n" in cell:
+        return parse(cell)
     name = os.fspath(cell)
     builtin = importlib.resources.files("lstmc.cells") / f"{name}.cell"
-    if "/" not in name and not name.endswith(".cell") and builtin.is_file():
+    if "/" not in name and not name.endswith(".cell") and _is_file(builtin):
         return parse(builtin.read_text(), filename=f"<builtin {name}.cell>")
     path = Path(name)
-    if not path.is_file():
+    if not _is_file(path):
         raise FileNotFoundError(f"no built-in cell or file named '{name}'; built-in cells: "
                                 f"{', '.join(builtin_cells())}")
     try:
@@ -48,6 +50,13 @@ def load(cell: str | os.PathLike | Cell) -> Cell:
         raise SpecError(f"the file is not UTF-8 text ({e.reason})", filename=str(path), line=1, col=1,
                         fix="save the cell file as UTF-8 text") from None
     return parse(text, filename=str(path))
+
+
+def _is_file(path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:          # a name too long for the file system (ENAMETOOLONG) is no file either
+        return False
 
 
 def cache_key(program: Program, backend: str, dtype: str, extra: str = "") -> str:
@@ -60,8 +69,6 @@ def cache_key(program: Program, backend: str, dtype: str, extra: str = "") -> st
 
 def compile(cell, backend: str = "reference", dtype: str = "float64", **options):
     """Compile `cell` (name, path, text containing a newline, or Cell) for `backend`."""
-    if isinstance(cell, str) and "\n" in cell:
-        cell = parse(cell)
     cell = load(cell)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

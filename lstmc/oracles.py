@@ -13,6 +13,8 @@ optional (test extras): without them those comparisons are reported as skipped.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .check import Result, max_rel, problem
@@ -31,6 +33,33 @@ def _cat(params, names):
 
 
 # ------------------------------------------------------------------------------------------- torch
+
+@contextlib.contextmanager
+def torch_fp32_precision(tf32: bool = False):
+    """Make cuDNN RNNs and cuBLAS matmuls do float32 products as `tf32` says, and restore on exit.
+
+    Since PyTorch 2.9 the per-backend `fp32_precision` settings govern, and cudnn.rnn's default is
+    "tf32": `torch.backends.cudnn.allow_tf32 = False` alone leaves nn.LSTM on TF32 tensor cores (seen
+    on an H100 with torch 2.11: a 2e-4 relative gradient difference against IEEE float32). Comparing
+    against cuDNN or timing it fairly needs both APIs set; older PyTorch has only the legacy flags.
+    """
+    import torch
+
+    b = torch.backends
+    mode = "tf32" if tf32 else "ieee"
+    new = [(b, "fp32_precision"), (b.cuda.matmul, "fp32_precision"), (b.cudnn, "fp32_precision"),
+           (b.cudnn.conv, "fp32_precision"), (b.cudnn.rnn, "fp32_precision")] \
+        if hasattr(b, "fp32_precision") else []
+    legacy = [(b.cudnn, "allow_tf32"), (b.cuda.matmul, "allow_tf32")]
+    saved = [(o, a, getattr(o, a)) for o, a in (new or legacy)]
+    try:
+        for o, a in (new or legacy):
+            setattr(o, a, mode if new else tf32)
+        yield
+    finally:
+        for o, a, v in reversed(saved):
+            setattr(o, a, v)
+
 
 def torch_module(cell_name: str, params: dict, I: int, H: int):
     """torch.nn.LSTM/GRU (float64) holding lstmc `params` of the built-in `lstm`/`gru` cell."""

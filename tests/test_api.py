@@ -1,5 +1,6 @@
 """Bad arguments get a ValueError that names the argument (every backend)."""
 
+from pathlib import Path
 import subprocess
 import sys
 
@@ -67,6 +68,17 @@ def test_bad_compile_arguments():
         lstmc.load("no_such_cell")
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         lstmc.compile("lstm").init_params(3, 0)
+
+
+def test_load_takes_names_paths_and_text_alike(tmp_path):
+    text = (Path(lstmc.__file__).parent / "cells" / "gru.cell").read_text()
+    f = tmp_path / "mine.cell"
+    f.write_text(text)
+    for how in ("gru", str(f), f, text):
+        assert lstmc.load(how).name == "gru"
+    # a name longer than the file system allows is "not found", not an OSError from stat()
+    with pytest.raises(FileNotFoundError, match="no built-in cell or file named"):
+        lstmc.load("x" * 300)
 
 
 def _cli(*args):

@@ -356,9 +356,18 @@ def _gpu_cell(cell, storage):
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cell", CELLS + [MLSTM])
 def test_gpu_realistic_sizes(cell, storage):
+    # float32: elementwise max_rel as everywhere else. bfloat16: normwise error per tensor,
+    # |a - b| / |b|. Elementwise error is the wrong yardstick at T=64 with 8-bit storage: a gradient
+    # entry that is a small sum of large terms of both signs keeps the absolute error of its terms
+    # (measured on an H100: indrnn dW elementwise 3.3 but normwise 1.1e-2; with float16 storage
+    # 1.3 / 3.0e-3, float32 7e-6 / 1.2e-7 -- the error follows the unit roundoff, 2^-8 / 2^-11 /
+    # 2^-24, and both schedules agree to the last digit). Worst normwise over indrnn, janet and
+    # lstm: 2.3e-3 forward, 1.5e-2 backward (indrnn); the other cells passed elementwise 5e-2/2e-1.
     cc = _gpu_cell(cell, storage)
     assert cc.device == "cuda" and not cc.interpret
-    tol = {"float32": (1e-4, 2e-3), "bfloat16": (5e-2, 2e-1)}[storage]   # T=64 sums more terms
+    tol = {"float32": (1e-4, 2e-3), "bfloat16": (2e-2, 5e-2)}[storage]   # T=64 sums more terms
+    err = max_rel if storage == "float32" else (
+        lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)))
     T, B, I, H = 64, 16, 128, 256
     for sched in [cc.default_schedule(B, H), Schedule("step", block_b=16, block_h=64, block_k=32),
                   Schedule("persistent", num_warps=8)]:
@@ -375,8 +384,8 @@ def test_gpu_realistic_sizes(cell, storage):
             y1, f1, t1 = cc.forward(dev(x), {k: dev(v) for k, v in params.items()},
                                     state={k: dev(v) for k, v in st.items()}, lengths=L, reverse=rev, schedule=sched)
             g1 = cc.backward(t1, dev(dy), {k: dev(v) for k, v in ds.items()})
-            fwd = max([max_rel(back(y1), y0)] + [max_rel(back(f1[s]), f0[s]) for s in f0])
-            bwd = max([max_rel(back(g1[0]), g0[0])] + [max_rel(back(g1[2][p]), g0[2][p]) for p in g0[2]])
+            fwd = max([err(back(y1), y0)] + [err(back(f1[s]), f0[s]) for s in f0])
+            bwd = max([err(back(g1[0]), g0[0])] + [err(back(g1[2][p]), g0[2][p]) for p in g0[2]])
             assert fwd < tol[0] and bwd < tol[1], (sched, rev, fwd, bwd)
 
 

@@ -216,8 +216,11 @@ def _install_slp_guard() -> None:
         return
 
     def optimize_module(*args, **kwargs):
-        if getattr(_slp, "off", False):
-            kwargs["disable_slp_vectorizer"] = True
+        if getattr(_slp, "off", False) and not getattr(optimize_module, "_no_kwarg", False):
+            try:
+                return orig(*args, **{**kwargs, "disable_slp_vectorizer": True})
+            except TypeError:            # an older Triton without the flag: compile as it would
+                optimize_module._no_kwarg = True
         return orig(*args, **kwargs)
 
     optimize_module._lstmc_guard = True
