@@ -76,6 +76,45 @@ def test_bitwise_deterministic(name):
         assert all(np.array_equal(dp[k], runs[0][1][2][k]) for k in dp)
 
 
+PLANS = ["1,1", "2,1", "3,2", "64,1"]   # one thread; row chunks, incl. uneven ones and more chunks than rows
+
+
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "janet"])
+def test_thread_plans_match_the_reference(name, plan, monkeypatch):
+    """Every thread plan computes the same function: row chunks run the time loops on disjoint rows
+    at once, each with its own bias-gradient sums (lengths incl. 0, reverse, initial state)."""
+    monkeypatch.setenv("LSTMC_NUMBA_PLAN", plan)
+    for dtype in ("float64", "float32"):
+        for reverse in (False, True):
+            for r in check.backend_vs_reference(name, "numba", dtype, T=6, B=5, I=3, H=11, reverse=reverse):
+                assert r.ok, (plan, r)
+
+
+def test_thread_plan_choice(monkeypatch):
+    nb = lstmc.compile("lstm", "numba", "float32")
+    monkeypatch.setenv("LSTMC_NUMBA_PLAN", "default")
+    assert nb.plan(64, 32) == nbmod.Plan(1, lstmc.threads.budget())
+    monkeypatch.setenv("LSTMC_NUMBA_PLAN", "4,1")
+    assert nb.plan(64, 32) == nbmod.Plan(4, 1) and nb.plan(3, 32) == nbmod.Plan(3, 1)
+    monkeypatch.setenv("LSTMC_NUMBA_PLAN", "auto")
+    monkeypatch.setattr(lstmc.threads, "_n", 2)          # a budget of 2 whatever this machine has
+    chosen = nb.plan(32, 16)
+    assert chosen in (nbmod.Plan(1, 2), nbmod.Plan(1, 1), nbmod.Plan(2, 1))
+    assert nb.plans[(32, 16, 2)] == chosen                # measured once, then reused
+    monkeypatch.setenv("LSTMC_NUMBA_PLAN", "two")
+    with pytest.raises(ValueError, match="LSTMC_NUMBA_PLAN='two': use 'default', 'auto' or 'CHUNKS,BLAS_THREADS'"):
+        nb.plan(8, 8)
+
+
+def test_row_chunks_cover_every_row_once():
+    for B in (1, 2, 7, 64):
+        for c in (1, 2, 3, 5):
+            ranges = nbmod.row_ranges(B, min(c, B))
+            assert [b for lo, hi in ranges for b in range(lo, hi)] == list(range(B))
+            assert all(hi > lo for lo, hi in ranges)
+
+
 BAD = [
     ("dtype", lambda x, p: dict(x=x.astype(np.float64), params=p), "x has dtype float64"),
     ("non-contiguous x", lambda x, p: dict(x=np.asfortranarray(x), params=p), "x is not C-contiguous"),
@@ -239,7 +278,7 @@ def test_cli_compile_emit_numba(tmp_path):
                         str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     src = (tmp_path / "gru_v1_numba_float32.py").read_text()
-    assert "np.dot(SV_mul_r_h[ti], U1.T, RP1)" in src      # the staged GEMM of the second phase
+    assert "np.dot(SV_mul_r_h[ti, b0:b1], U1.T, RP1[b0:b1])" in src      # the staged GEMM of the second phase
     assert "def forward(" in src and "def backward(" in src
 
 

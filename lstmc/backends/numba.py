@@ -10,13 +10,18 @@ the reverse loop. The generated source is a real file in the cache directory (so
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 import hashlib
+import os
 import threading
+import time
 
 import numpy as np
 
 from .. import __version__
 from ..lower import Program
+from ..threads import blas_threads, budget
 from .base import CompiledCell, Tape, reverse_index
 from .cache import build_module
 from .numba_blas import matmul
@@ -24,6 +29,75 @@ from .numba_render import dxp_alias, render
 
 TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
+MIN_ROWS = 8             # fewest batch rows worth a thread of their own
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a call's time loops use the thread budget (DESIGN.md §7: one parallel scheme at a time).
+
+    chunks  disjoint batch-row ranges run at once, one thread each (rows never interact, so each
+            runs the whole time loop with its own step GEMMs: no synchronisation per step)
+    blas    BLAS threads of each step GEMM inside the time loop (the whole-sequence GEMMs outside
+            it always get the full budget)
+    """
+    chunks: int
+    blas: int
+
+    def text(self) -> str:
+        return f"{self.chunks} row chunk{'s' if self.chunks > 1 else ''} x {self.blas} BLAS thread{'s' if self.blas > 1 else ''}"
+
+
+def row_ranges(B: int, chunks: int) -> list[tuple[int, int]]:
+    edges = [B * c // chunks for c in range(chunks + 1)]
+    return [(edges[c], edges[c + 1]) for c in range(chunks)]
+
+
+def parse_plan(text: str):
+    """LSTMC_NUMBA_PLAN: "default" (every step GEMM on the whole budget, one row range: bitwise
+    reproducible across processes), "auto" (measured once per shape, like cudnn.benchmark: the
+    fastest plan on this machine, but which one wins may differ between processes, and plans
+    differ in the last bits) or "CHUNKS,BLAS", e.g. "2,1"."""
+    t = text.strip().lower()
+    if t in ("", "default", "auto"):
+        return t or "default"
+    try:
+        c, k = (int(v) for v in t.split(","))
+        if c < 1 or k < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"LSTMC_NUMBA_PLAN={text!r}: use 'default', 'auto' or 'CHUNKS,BLAS_THREADS' with "
+                         f"positive integers, e.g. '2,1' (two batch-row chunks, one BLAS thread each)") from None
+    return Plan(c, k)
+
+
+_pool = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="lstmc")
+    return _pool
+
+
+def run_chunks(fn, plan: Plan, B: int, args_for) -> None:
+    """fn(*args_for(c), b0, b1) for every row chunk c, chunk 0 on this thread, the others on the
+    pool (the kernels release the GIL); waits for all of them before raising any error."""
+    ranges = row_ranges(B, min(plan.chunks, max(B, 1)))
+    with blas_threads(plan.blas):
+        if len(ranges) == 1:
+            fn(*args_for(0), 0, B)
+            return
+        futures = [_executor().submit(fn, *args_for(c), b0, b1) for c, (b0, b1) in enumerate(ranges) if c]
+        try:
+            fn(*args_for(0), *ranges[0])
+        finally:
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
 
 
 def _require_c(name: str, a) -> None:
@@ -42,6 +116,7 @@ class NumbaCell(CompiledCell):
         self.source = render(program, self.dtype, key)
         self.dxp_alias = dxp_alias(program)
         self._local = threading.local()
+        self.plans: dict[tuple, Plan] = {}     # (B, H, budget) -> the plan "auto" measured for it
         digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
         with _lock:
@@ -66,6 +141,48 @@ class NumbaCell(CompiledCell):
         x = np.zeros((2, 1, 2), dtype=self.np_dtype)
         y, _, tape = self.forward(x, p)
         self.backward(tape, np.zeros_like(y))
+
+    def plan(self, B: int, H: int) -> Plan:
+        """The thread plan for a batch of B rows, from LSTMC_NUMBA_PLAN (see parse_plan).
+
+        "auto" measures, once per (B, H, budget), a 12-step forward of this cell under each of:
+        every step GEMM on the whole budget, on one thread, and batch-row chunks of at least
+        MIN_ROWS rows on one thread each. Which wins depends on the machine: on the 2-vCPU VM of
+        benchmarks/RESULTS.md, whose vCPUs share one core's vector units, the default wins (lstm
+        T=100 B=64 H=256 fwd+bwd: 160 ms; one BLAS thread 193 ms; two row chunks 201 ms)."""
+        n = budget()
+        choice = parse_plan(os.environ.get("LSTMC_NUMBA_PLAN", "default"))
+        if isinstance(choice, Plan):
+            return Plan(min(choice.chunks, B), choice.blas)
+        if choice == "default" or n == 1:
+            return Plan(1, n)
+        key = (B, H, n)
+        if key not in self.plans:
+            cands = [Plan(1, n), Plan(1, 1)]
+            if B >= 2 * MIN_ROWS:
+                cands.append(Plan(min(n, B // MIN_ROWS), 1))
+            self.plans[key] = min(cands, key=lambda pl: self._time_plan(pl, B, H))
+        return self.plans[key]
+
+    def _time_plan(self, plan: Plan, B: int, H: int, T: int = 12) -> float:
+        prog, dt = self.program, self.np_dtype
+        rng = np.random.default_rng(0)
+        p = self.init_params(H, H, seed=0)
+        nx = len(prog.input_mats)
+        XP = (0.5 * rng.standard_normal((T, B, nx * H))).astype(dt)
+        Ucat = [np.concatenate([p[m] for m in g.mats]) for g in prog.groups]
+        vecs = [p[v] for v in prog.vector_params]
+        L = np.full(B, T, np.int64)
+        Sq = [np.zeros((T + 1, B, H), dt) for _ in prog.cell.states]
+        SV = [np.zeros((T, B, H), dt) for _ in prog.saved]
+        Y = np.empty((T, B, H), dt)
+        best = float("inf")
+        for rep in range(4):          # the first is a warm-up (pool threads, page faults)
+            t0 = time.perf_counter()
+            run_chunks(self.module.forward, plan, B, lambda c: (XP, *Ucat, *vecs, L, *Sq, *SV, Y, 1))
+            if rep:
+                best = min(best, time.perf_counter() - t0)
+        return best
 
     # ------------------------------------------------------------------------------------------
     def _check_numba_inputs(self, x, params, state):
@@ -99,7 +216,9 @@ class NumbaCell(CompiledCell):
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
         SV = {n: np.zeros((T if need_tape else 1, B, H), dt) for n, _ in prog.saved}
         Y = np.empty((T, B, H), dt)
-        self.module.forward(XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0)
+        plan = self.plan(B, H)
+        run_chunks(self.module.forward, plan, B,
+                   lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
         last = T if need_tape else T % 2
         final = {s: Sq[s][last].copy() for s in prog.cell.states}
         if reverse:
@@ -108,7 +227,7 @@ class NumbaCell(CompiledCell):
         if need_tape:
             tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
-                        shapes=(T, B, I, H))
+                        shapes=(T, B, I, H), extra={"plan": plan})
         return Y, final, tape
 
     def backward(self, tape, dy, dstate=None):
@@ -131,13 +250,18 @@ class NumbaCell(CompiledCell):
         alias = self.dxp_alias
         # with an alias the input products' adjoints are dRP[alias]: no dXP at all
         dXP = self._workspace("dXP", (T, B, nx * H), zero) if alias is None else np.zeros((0, 0, 0), dt)
-        dp = {p: np.zeros(H, np.float64) for p in prog.vector_params}
-        scratch = [np.zeros((B, H), dt) for g in prog.groups for _ in g.mats]
-        if alias is None:
-            scratch += [np.zeros((B, H), dt) for _ in prog.input_mats]
-        self.module.backward(dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
-                             *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dp.values(),
-                             *scratch)
+        plan = tape.extra.get("plan") or self.plan(B, H)
+        nch = len(row_ranges(B, min(plan.chunks, B)))
+        # per chunk: its own bias-gradient sums (float64) and slot scratch; everything else is
+        # shared, each chunk touching only its own rows
+        dps = [{p: np.zeros(H, np.float64) for p in prog.vector_params} for _ in range(nch)]
+        nscr = sum(len(g.mats) for g in prog.groups) + (len(prog.input_mats) if alias is None else 0)
+        scratch = [[np.zeros((B, H), dt) for _ in range(nscr)] for _ in range(nch)]
+        run_chunks(self.module.backward, plan, B,
+                   lambda c: (dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
+                              *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dps[c].values(),
+                              *scratch[c]))
+        dp = {p: sum(d[p] for d in dps) for p in prog.vector_params}
         if alias is not None:
             dXP = dRP[alias]
         ds0 = dS

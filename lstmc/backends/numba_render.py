@@ -1,7 +1,7 @@
 """The Numba renderer: the lowered Program -> a Python module of @njit kernels (templates/numba_cell.py.j2).
 
 It spells ops and places loads and stores; it makes no mathematical decisions. Per block it emits
-one loop nest `for b in range(B): for j in range(H):` whose body is the block's lets as scalar
+one loop nest `for b in range(b0, b1): for j in range(H):` whose body is the block's lets as scalar
 locals (so a block is fused: every intermediate lives in a register), with loads from the arrays
 that hold leaves (states, products, the tape) and stores for the values that outlive the block.
 
@@ -241,7 +241,7 @@ class _BlockRenderer:
                 skip.append(f"{ident('dSn_', s)}[b, j] = {ident('dS_', s)}[b, j]")
             if self.dir == "bwd" and (let.key[0] == "drp" or (let.key[0] == "dxp" and self.dxp_alias is None)):
                 skip.append(f"{self.stores(let.key, self.const(0.0), True)[0].split(' = ')[0]} = {self.const(0.0)}")
-        lines = [f"# block {block.phase}", "for b in range(B):", "    if t < L[b]:", "        for j in range(H):"]
+        lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", "        for j in range(H):"]
         lines += ["            " + ln for ln in body]
         if skip:
             lines += ["    else:", "        for j in range(H):"] + ["            " + ln for ln in skip]
@@ -258,11 +258,11 @@ class _BlockRenderer:
             k = let.key
             if k[0] == "drp":
                 g, slot = k[1], self.gslot[(k[1], k[2])]
-                out += [f"for b in range(B):  # {ir_name(k)} -> dRP{g}", "    for j in range(H):",
+                out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dRP{g}", "    for j in range(H):",
                         f"        dRP{g}[t, b, {slot} * H + j] = GR{g}_{slot}[b, j]"]
             elif k[0] == "dxp" and self.dxp_alias is None:
                 slot = self.xslot[k[1]]
-                out += [f"for b in range(B):  # {ir_name(k)} -> dXP", "    for j in range(H):",
+                out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dXP", "    for j in range(H):",
                         f"        dXP[t, b, {slot} * H + j] = GX{slot}[b, j]"]
         return out
 
@@ -294,7 +294,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
 
     # ---- forward
     fwd_args = (["XP"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
-                + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride"])
+                + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride", "b0", "b1"])
     fr = _BlockRenderer(program, dtype, "fwd")
     fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" for g in program.groups]
     fwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.fwd)]
@@ -306,15 +306,16 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             fwd_body += fr.render(st)
         else:
             a = st.a[0]
-            operand = (ident("cur_", a.attr) if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti]")
-            fwd_body.append(f"np.dot({operand}, U{st.group}.T, RP{st.group})  # [{', '.join(st.mats)}]^T")
+            operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
+            fwd_body.append(f"np.dot({operand}, U{st.group}.T, RP{st.group}[b0:b1])  # [{', '.join(st.mats)}]^T")
     # ---- backward
     bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]
                 + [ident("dS_", s) for s in states] + [ident("dSn_", s) for s in states]
                 + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in vec]
                 + [f"GR{g.index}_{k}" for g in program.groups for k in range(len(g.mats))]
-                + ([f"GX{k}" for k in range(len(program.input_mats))] if dxp_alias(program) is None else []))
+                + ([f"GX{k}" for k in range(len(program.input_mats))] if dxp_alias(program) is None else [])
+                + ["b0", "b1"])
     br = _BlockRenderer(program, dtype, "bwd")
     bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
@@ -323,9 +324,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         if isinstance(st, Block):
             bwd_body += br.render(st)
         else:
-            bwd_body.append(f"np.dot(dRP{st.group}[t], U{st.group}, DV{st.group})  # [{'; '.join(st.mats)}]")
+            bwd_body.append(f"np.dot(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])  # [{'; '.join(st.mats)}]")
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
-    bwd_swap = [f"{ident('dS_', s)}[:, :] = {ident('dSn_', s)}" for s in states]
+    bwd_swap = [f"{ident('dS_', s)}[b0:b1, :] = {ident('dSn_', s)}[b0:b1]" for s in states]
     return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype,
                            activations=activations(dtype), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,

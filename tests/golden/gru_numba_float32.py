@@ -7,6 +7,8 @@ forward():  the time loop of the forward pass. The input products XP = x @ W^T o
 backward(): the reverse-time loop. It writes dXP and dRP (the products' adjoints) for every step;
             the weight and input gradients are whole-sequence GEMMs done by the caller afterwards.
 Rows past their length skip the step: their state is copied, their output and adjoints stay zero.
+Both kernels work on batch rows b0:b1 only (rows never interact), so the caller may run disjoint
+row ranges on several threads at once (the kernels release the GIL).
 """
 
 import math
@@ -76,7 +78,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, Y, stride):
+def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, Y, stride, b0, b1):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -87,9 +89,9 @@ def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0.T, RP0)  # [U_r, U_z, U_n]^T
+        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_r, U_z, U_n]^T
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     sv_z = _sigmoid(XP[t, b, 1 * H + j] + p_b_iz[j] + RP0[b, 1 * H + j] + p_b_hz[j])
@@ -110,14 +112,14 @@ def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_
 
 
 @njit(**_JIT)
-def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, dS_h, dSn_h, dXP, dRP0, DP_b_ir, DP_b_hr, DP_b_iz, DP_b_hz, DP_b_in, DP_b_hn, GR0_0, GR0_1, GR0_2, GX0, GX1, GX2):
+def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_r, SV_add, SV_n, SV_z, dS_h, dSn_h, dXP, dRP0, DP_b_ir, DP_b_hr, DP_b_iz, DP_b_hz, DP_b_in, DP_b_hn, GR0_0, GR0_1, GR0_2, GX0, GX1, GX2, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
     DV0 = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -154,27 +156,27 @@ def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV
                     GR0_2[b, j] = np.float32(0.0)
                     GX0[b, j] = np.float32(0.0)
                     GX1[b, j] = np.float32(0.0)
-        for b in range(B):  # dxp[W_n] -> dXP
+        for b in range(b0, b1):  # dxp[W_n] -> dXP
             for j in range(H):
                 dXP[t, b, 2 * H + j] = GX2[b, j]
-        for b in range(B):  # drp[0,U_r] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_r] -> dRP0
             for j in range(H):
                 dRP0[t, b, 0 * H + j] = GR0_0[b, j]
-        for b in range(B):  # drp[0,U_z] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_z] -> dRP0
             for j in range(H):
                 dRP0[t, b, 1 * H + j] = GR0_1[b, j]
-        for b in range(B):  # drp[0,U_n] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_n] -> dRP0
             for j in range(H):
                 dRP0[t, b, 2 * H + j] = GR0_2[b, j]
-        for b in range(B):  # dxp[W_r] -> dXP
+        for b in range(b0, b1):  # dxp[W_r] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
-        for b in range(B):  # dxp[W_z] -> dXP
+        for b in range(b0, b1):  # dxp[W_z] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
-        np.dot(dRP0[t], U0, DV0)  # [U_r; U_z; U_n]
+        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_r; U_z; U_n]
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -184,4 +186,4 @@ def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV
                 for j in range(H):
                     dSn_h[b, j] = dS_h[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
-        dS_h[:, :] = dSn_h
+        dS_h[b0:b1, :] = dSn_h[b0:b1]

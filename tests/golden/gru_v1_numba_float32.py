@@ -7,6 +7,8 @@ forward():  the time loop of the forward pass. The input products XP = x @ W^T o
 backward(): the reverse-time loop. It writes dXP and dRP (the products' adjoints) for every step;
             the weight and input gradients are whole-sequence GEMMs done by the caller afterwards.
 Rows past their length skip the step: their state is copied, their output and adjoints stay zero.
+Both kernels work on batch rows b0:b1 only (rows never interact), so the caller may run disjoint
+row ranges on several threads at once (the kernels release the GIL).
 """
 
 import math
@@ -76,7 +78,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, Y, stride):
+def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, Y, stride, b0, b1):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -88,9 +90,9 @@ def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0.T, RP0)  # [U_z, U_r]^T
+        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_z, U_r]^T
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     sv_z = _sigmoid(XP[t, b, 0 * H + j] + RP0[b, 0 * H + j] + p_b_z[j])
@@ -99,9 +101,9 @@ def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r
                     SV_r[ti, b, j] = sv_r
                     sv_mul_r_h = sv_r * cur_h[b, j]
                     SV_mul_r_h[ti, b, j] = sv_mul_r_h
-        np.dot(SV_mul_r_h[ti], U1.T, RP1)  # [U_n]^T
+        np.dot(SV_mul_r_h[ti, b0:b1], U1.T, RP1[b0:b1])  # [U_n]^T
         # block 2
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     sv_n = _tanh(XP[t, b, 2 * H + j] + RP1[b, 0 * H + j] + p_b_n[j])
@@ -116,7 +118,7 @@ def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r
 
 
 @njit(**_JIT)
-def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, dS_h, dSn_h, dXP, dRP0, dRP1, DP_b_z, DP_b_r, DP_b_n, GR0_0, GR0_1, GR1_0, GX0, GX1, GX2):
+def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r_h, dS_h, dSn_h, dXP, dRP0, dRP1, DP_b_z, DP_b_r, DP_b_n, GR0_0, GR0_1, GR1_0, GX0, GX1, GX2, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
@@ -124,7 +126,7 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
     DV1 = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -147,21 +149,21 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
                     GR1_0[b, j] = np.float32(0.0)
                     GX0[b, j] = np.float32(0.0)
                     GX2[b, j] = np.float32(0.0)
-        for b in range(B):  # drp[0,U_z] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_z] -> dRP0
             for j in range(H):
                 dRP0[t, b, 0 * H + j] = GR0_0[b, j]
-        for b in range(B):  # drp[1,U_n] -> dRP1
+        for b in range(b0, b1):  # drp[1,U_n] -> dRP1
             for j in range(H):
                 dRP1[t, b, 0 * H + j] = GR1_0[b, j]
-        for b in range(B):  # dxp[W_z] -> dXP
+        for b in range(b0, b1):  # dxp[W_z] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
-        for b in range(B):  # dxp[W_n] -> dXP
+        for b in range(b0, b1):  # dxp[W_n] -> dXP
             for j in range(H):
                 dXP[t, b, 2 * H + j] = GX2[b, j]
-        np.dot(dRP1[t], U1, DV1)  # [U_n]
+        np.dot(dRP1[t, b0:b1], U1, DV1[b0:b1])  # [U_n]
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     drp0_U_r = DV1[b, j] * Sq_h[t, b, j] * SV_r[t, b, j] * (np.float32(1.0) - SV_r[t, b, j])
@@ -174,15 +176,15 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
                 for j in range(H):
                     GR0_1[b, j] = np.float32(0.0)
                     GX1[b, j] = np.float32(0.0)
-        for b in range(B):  # drp[0,U_r] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_r] -> dRP0
             for j in range(H):
                 dRP0[t, b, 1 * H + j] = GR0_1[b, j]
-        for b in range(B):  # dxp[W_r] -> dXP
+        for b in range(b0, b1):  # dxp[W_r] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
-        np.dot(dRP0[t], U0, DV0)  # [U_z; U_r]
+        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_z; U_r]
         # block 2
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -192,4 +194,4 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
                 for j in range(H):
                     dSn_h[b, j] = dS_h[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
-        dS_h[:, :] = dSn_h
+        dS_h[b0:b1, :] = dSn_h[b0:b1]

@@ -7,6 +7,8 @@ forward():  the time loop of the forward pass. The input products XP = x @ W^T o
 backward(): the reverse-time loop. It writes dXP and dRP (the products' adjoints) for every step;
             the weight and input gradients are whole-sequence GEMMs done by the caller afterwards.
 Rows past their length skip the step: their state is copied, their output and adjoints stay zero.
+Both kernels work on batch rows b0:b1 only (rows never interact), so the caller may run disjoint
+row ranges on several threads at once (the kernels release the GIL).
 """
 
 import math
@@ -76,7 +78,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, p_u, p_b, L, Sq_h, Y, stride):
+def forward(XP, p_u, p_b, L, Sq_h, Y, stride, b0, b1):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -87,7 +89,7 @@ def forward(XP, p_u, p_b, L, Sq_h, Y, stride):
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     n_h = _relu(XP[t, b, 0 * H + j] + p_u[j] * cur_h[b, j] + p_b[j])
@@ -100,13 +102,13 @@ def forward(XP, p_u, p_b, L, Sq_h, Y, stride):
 
 
 @njit(**_JIT)
-def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0):
+def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
     for t in range(T - 1, -1, -1):
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -122,8 +124,8 @@ def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0):
                 for j in range(H):
                     GX0[b, j] = np.float32(0.0)
                     dSn_h[b, j] = dS_h[b, j]
-        for b in range(B):  # dxp[W] -> dXP
+        for b in range(b0, b1):  # dxp[W] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
-        dS_h[:, :] = dSn_h
+        dS_h[b0:b1, :] = dSn_h[b0:b1]

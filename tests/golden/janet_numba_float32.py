@@ -7,6 +7,8 @@ forward():  the time loop of the forward pass. The input products XP = x @ W^T o
 backward(): the reverse-time loop. It writes dXP and dRP (the products' adjoints) for every step;
             the weight and input gradients are whole-sequence GEMMs done by the caller afterwards.
 Rows past their length skip the step: their state is copied, their output and adjoints stay zero.
+Both kernels work on batch rows b0:b1 only (rows never interact), so the caller may run disjoint
+row ranges on several threads at once (the kernels release the GIL).
 """
 
 import math
@@ -76,7 +78,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, stride):
+def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, stride, b0, b1):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -87,9 +89,9 @@ def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, st
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h, U0.T, RP0)  # [U_f, U_g]^T
+        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_f, U_g]^T
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     t_s = XP[t, b, 0 * H + j] + RP0[b, 0 * H + j] + p_b_f[j]
@@ -109,14 +111,14 @@ def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, st
 
 
 @njit(**_JIT)
-def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h, dSn_h, dXP, dRP0, DP_b_f, DP_b_g, GR0_0, GR0_1):
+def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h, dSn_h, dXP, dRP0, DP_b_f, DP_b_g, GR0_0, GR0_1, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
     DV0 = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -135,15 +137,15 @@ def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h
                 for j in range(H):
                     GR0_0[b, j] = np.float32(0.0)
                     GR0_1[b, j] = np.float32(0.0)
-        for b in range(B):  # drp[0,U_f] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_f] -> dRP0
             for j in range(H):
                 dRP0[t, b, 0 * H + j] = GR0_0[b, j]
-        for b in range(B):  # drp[0,U_g] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_g] -> dRP0
             for j in range(H):
                 dRP0[t, b, 1 * H + j] = GR0_1[b, j]
-        np.dot(dRP0[t], U0, DV0)  # [U_f; U_g]
+        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_f; U_g]
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_h = dS_h[b, j] + dY[t, b, j]
@@ -153,4 +155,4 @@ def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h
                 for j in range(H):
                     dSn_h[b, j] = dS_h[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
-        dS_h[:, :] = dSn_h
+        dS_h[b0:b1, :] = dSn_h[b0:b1]

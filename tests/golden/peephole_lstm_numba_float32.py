@@ -7,6 +7,8 @@ forward():  the time loop of the forward pass. The input products XP = x @ W^T o
 backward(): the reverse-time loop. It writes dXP and dRP (the products' adjoints) for every step;
             the weight and input gradients are whole-sequence GEMMs done by the caller afterwards.
 Rows past their length skip the step: their state is copied, their output and adjoints stay zero.
+Both kernels work on batch rows b0:b1 only (rows never interact), so the caller may run disjoint
+row ranges on several threads at once (the kernels release the GIL).
 """
 
 import math
@@ -76,7 +78,7 @@ def _softplus(x):
 
 
 @njit(**_JIT)
-def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, Y, stride):
+def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, Y, stride, b0, b1):
     T = Y.shape[0]
     B = Y.shape[1]
     H = Y.shape[2]
@@ -89,9 +91,9 @@ def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq
         nxt_h = Sq_h[ni]
         cur_c = Sq_c[ci]
         nxt_c = Sq_c[ni]
-        np.dot(cur_h, U0.T, RP0)  # [U_i, U_f, U_g, U_o]^T
+        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_i, U_f, U_g, U_o]^T
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     sv_f = _sigmoid(XP[t, b, 1 * H + j] + RP0[b, 1 * H + j] + p_p_f[j] * cur_c[b, j] + p_b_f[j])
@@ -117,14 +119,14 @@ def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq
 
 
 @njit(**_JIT)
-def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, dS_h, dS_c, dSn_h, dSn_c, dXP, dRP0, DP_p_i, DP_b_i, DP_p_f, DP_b_f, DP_b_g, DP_p_o, DP_b_o, GR0_0, GR0_1, GR0_2, GR0_3):
+def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, dS_h, dS_c, dSn_h, dSn_c, dXP, dRP0, DP_p_i, DP_b_i, DP_p_f, DP_b_f, DP_b_g, DP_p_o, DP_b_o, GR0_0, GR0_1, GR0_2, GR0_3, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
     DV0 = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     dn_c = dS_c[b, j]
@@ -165,21 +167,21 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
                     GR0_1[b, j] = np.float32(0.0)
                     GR0_2[b, j] = np.float32(0.0)
                     dSn_c[b, j] = dS_c[b, j]
-        for b in range(B):  # drp[0,U_o] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_o] -> dRP0
             for j in range(H):
                 dRP0[t, b, 3 * H + j] = GR0_3[b, j]
-        for b in range(B):  # drp[0,U_i] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_i] -> dRP0
             for j in range(H):
                 dRP0[t, b, 0 * H + j] = GR0_0[b, j]
-        for b in range(B):  # drp[0,U_f] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_f] -> dRP0
             for j in range(H):
                 dRP0[t, b, 1 * H + j] = GR0_1[b, j]
-        for b in range(B):  # drp[0,U_g] -> dRP0
+        for b in range(b0, b1):  # drp[0,U_g] -> dRP0
             for j in range(H):
                 dRP0[t, b, 2 * H + j] = GR0_2[b, j]
-        np.dot(dRP0[t], U0, DV0)  # [U_i; U_f; U_g; U_o]
+        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_i; U_f; U_g; U_o]
         # block 1
-        for b in range(B):
+        for b in range(b0, b1):
             if t < L[b]:
                 for j in range(H):
                     ds_h = DV0[b, j]
@@ -188,5 +190,5 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
                 for j in range(H):
                     dSn_h[b, j] = dS_h[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
-        dS_h[:, :] = dSn_h
-        dS_c[:, :] = dSn_c
+        dS_h[b0:b1, :] = dSn_h[b0:b1]
+        dS_c[b0:b1, :] = dSn_c[b0:b1]
