@@ -24,6 +24,7 @@ SIZES = [  # T, B, I, H: B=1, T=1, H not a multiple of 8 or 16
     (1, 4, 3, 9),
     (12, 1, 2, 17),
     (5, 2, 4, 24),
+    (4, 9, 3, 10),      # more rows than numba_render.SMALL_ROWS: the step products go to BLAS
 ]
 
 
@@ -74,6 +75,29 @@ def test_bitwise_deterministic(name):
         assert np.array_equal(y, runs[0][0])
         assert np.array_equal(dx, runs[0][1][0])
         assert all(np.array_equal(dp[k], runs[0][1][2][k]) for k in dp)
+
+
+def test_recycled_memory_never_overwrites_live_results():
+    """Tapes, outputs and packed weights reuse memory only once nothing holds them: two forwards
+    before either backward, outputs kept across calls, and a tape whose arrays live on as views."""
+    nb = lstmc.compile("gru_v1", "numba", "float32")
+    ref = lstmc.compile("gru_v1", "reference", "float64")
+    runs = [check.problem("gru_v1", T=6, B=5, I=3, H=7, seed=s, dtype=np.float32) for s in (1, 2)]
+    kept = [nb.forward(x, p, state=st, lengths=L) for x, p, st, L, dy, ds in runs]   # both alive at once
+    ys = [y.copy() for y, _, _ in kept]
+    for (x, p, st, L, dy, ds), (y, fin, tape), y_copy in zip(runs, kept, ys):
+        for _ in range(3):                              # more calls that want the same sizes
+            nb.backward(nb.forward(x, p, state=st, lengths=L)[2], dy, ds)
+        assert np.array_equal(y, y_copy)
+        g = nb.backward(tape, dy, ds)
+        y0, _, t0 = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in p.items()},
+                                state={k: v.astype(np.float64) for k, v in st.items()}, lengths=L)
+        g0 = ref.backward(t0, dy.astype(np.float64), {k: v.astype(np.float64) for k, v in ds.items()})
+        assert check.max_rel(y, y0) < 2e-6 and check.max_rel(g[0], g0[0]) < 2e-4
+        assert all(check.max_rel(g[2][k], g0[2][k]) < 2e-4 for k in g0[2])
+    nb.empty_cache()
+    y, _, tape = nb.forward(*runs[0][:2])
+    assert np.isfinite(nb.backward(tape, runs[0][4])[0]).all()
 
 
 PLANS = ["1,1", "2,1", "3,2", "64,1"]   # one thread; row chunks, incl. uneven ones and more chunks than rows

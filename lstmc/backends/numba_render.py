@@ -123,6 +123,62 @@ def _sigmoid(x):
 {common}'''
 
 
+# Below this many rows a step's recurrent product is a loop in the kernel, not a BLAS call: at
+# batch 1 an sgemm call costs ~45 us of overhead for ~5 us of work (U read once from cache).
+SMALL_ROWS = 4
+
+
+def small_products(dtype: str) -> str:
+    """Source of the in-kernel products for steps of at most SMALL_ROWS rows."""
+    inl = "@njit(inline=\"always\", **_JIT)"
+    zero = _const(dtype)(0.0)
+    return f'''
+
+SMALL_ROWS = {SMALL_ROWS}   # steps with at most this many batch rows multiply here, not in BLAS
+
+
+{inl}
+def _mm_nt(a, W, out):
+    # out = a @ W.T: dot products over contiguous rows of W, four output units at a time (each
+    # load of a serves four products)
+    n = W.shape[0]
+    n4 = n - n % 4
+    for b in range(a.shape[0]):
+        for k in range(0, n4, 4):
+            s0 = {zero}
+            s1 = {zero}
+            s2 = {zero}
+            s3 = {zero}
+            for j in range(a.shape[1]):
+                v = a[b, j]
+                s0 += v * W[k, j]
+                s1 += v * W[k + 1, j]
+                s2 += v * W[k + 2, j]
+                s3 += v * W[k + 3, j]
+            out[b, k] = s0
+            out[b, k + 1] = s1
+            out[b, k + 2] = s2
+            out[b, k + 3] = s3
+        for k in range(n4, n):
+            acc = {zero}
+            for j in range(a.shape[1]):
+                acc += a[b, j] * W[k, j]
+            out[b, k] = acc
+
+
+{inl}
+def _mm_nn(a, W, out):
+    # out = a @ W: rows of W scaled and added, contiguous along the output
+    for b in range(a.shape[0]):
+        for j in range(W.shape[1]):
+            out[b, j] = {zero}
+        for k in range(W.shape[0]):
+            s = a[b, k]
+            for j in range(W.shape[1]):
+                out[b, j] += s * W[k, j]
+'''
+
+
 def _const(dtype):
     if dtype == "float32":
         return lambda v: f"np.float32({float(v)!r})"
@@ -307,7 +363,10 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         else:
             a = st.a[0]
             operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
-            fwd_body.append(f"np.dot({operand}, U{st.group}.T, RP{st.group}[b0:b1])  # [{', '.join(st.mats)}]^T")
+            fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
+                         f"    _mm_nt({operand}, U{st.group}, RP{st.group}[b0:b1])",
+                         "else:",
+                         f"    np.dot({operand}, U{st.group}.T, RP{st.group}[b0:b1])"]
     # ---- backward
     bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]
@@ -324,11 +383,14 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         if isinstance(st, Block):
             bwd_body += br.render(st)
         else:
-            bwd_body.append(f"np.dot(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])  # [{'; '.join(st.mats)}]")
+            bwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{'; '.join(st.mats)}]",
+                         f"    _mm_nn(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])",
+                         "else:",
+                         f"    np.dot(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])"]
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
     bwd_swap = [f"{ident('dS_', s)}[b0:b1, :] = {ident('dSn_', s)}[b0:b1]" for s in states]
     return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype,
-                           activations=activations(dtype), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
+                           activations=activations(dtype) + small_products(dtype), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,
                            bwd_body=bwd_body, bwd_swap=bwd_swap)
 

@@ -76,6 +76,50 @@ def _softplus(x):
     return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
 
 
+SMALL_ROWS = 4   # steps with at most this many batch rows multiply here, not in BLAS
+
+
+@njit(inline="always", **_JIT)
+def _mm_nt(a, W, out):
+    # out = a @ W.T: dot products over contiguous rows of W, four output units at a time (each
+    # load of a serves four products)
+    n = W.shape[0]
+    n4 = n - n % 4
+    for b in range(a.shape[0]):
+        for k in range(0, n4, 4):
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            s3 = np.float32(0.0)
+            for j in range(a.shape[1]):
+                v = a[b, j]
+                s0 += v * W[k, j]
+                s1 += v * W[k + 1, j]
+                s2 += v * W[k + 2, j]
+                s3 += v * W[k + 3, j]
+            out[b, k] = s0
+            out[b, k + 1] = s1
+            out[b, k + 2] = s2
+            out[b, k + 3] = s3
+        for k in range(n4, n):
+            acc = np.float32(0.0)
+            for j in range(a.shape[1]):
+                acc += a[b, j] * W[k, j]
+            out[b, k] = acc
+
+
+@njit(inline="always", **_JIT)
+def _mm_nn(a, W, out):
+    # out = a @ W: rows of W scaled and added, contiguous along the output
+    for b in range(a.shape[0]):
+        for j in range(W.shape[1]):
+            out[b, j] = np.float32(0.0)
+        for k in range(W.shape[0]):
+            s = a[b, k]
+            for j in range(W.shape[1]):
+                out[b, j] += s * W[k, j]
+
+
 
 @njit(**_JIT)
 def forward(XP, p_u, p_b, L, Sq_h, Y, stride, b0, b1):

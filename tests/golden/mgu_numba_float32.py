@@ -76,6 +76,50 @@ def _softplus(x):
     return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
 
 
+SMALL_ROWS = 4   # steps with at most this many batch rows multiply here, not in BLAS
+
+
+@njit(inline="always", **_JIT)
+def _mm_nt(a, W, out):
+    # out = a @ W.T: dot products over contiguous rows of W, four output units at a time (each
+    # load of a serves four products)
+    n = W.shape[0]
+    n4 = n - n % 4
+    for b in range(a.shape[0]):
+        for k in range(0, n4, 4):
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            s3 = np.float32(0.0)
+            for j in range(a.shape[1]):
+                v = a[b, j]
+                s0 += v * W[k, j]
+                s1 += v * W[k + 1, j]
+                s2 += v * W[k + 2, j]
+                s3 += v * W[k + 3, j]
+            out[b, k] = s0
+            out[b, k + 1] = s1
+            out[b, k + 2] = s2
+            out[b, k + 3] = s3
+        for k in range(n4, n):
+            acc = np.float32(0.0)
+            for j in range(a.shape[1]):
+                acc += a[b, j] * W[k, j]
+            out[b, k] = acc
+
+
+@njit(inline="always", **_JIT)
+def _mm_nn(a, W, out):
+    # out = a @ W: rows of W scaled and added, contiguous along the output
+    for b in range(a.shape[0]):
+        for j in range(W.shape[1]):
+            out[b, j] = np.float32(0.0)
+        for k in range(W.shape[0]):
+            s = a[b, k]
+            for j in range(W.shape[1]):
+                out[b, j] += s * W[k, j]
+
+
 
 @njit(**_JIT)
 def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride, b0, b1):
@@ -90,7 +134,10 @@ def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride
         ti = t * stride                                       # row of the tape for saved values
         cur_h = Sq_h[ci]
         nxt_h = Sq_h[ni]
-        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_f]^T
+        if b1 - b0 <= SMALL_ROWS:  # [U_f]^T
+            _mm_nt(cur_h[b0:b1], U0, RP0[b0:b1])
+        else:
+            np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])
         # block 1
         for b in range(b0, b1):
             if t < L[b]:
@@ -99,7 +146,10 @@ def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride
                     SV_f[ti, b, j] = sv_f
                     sv_mul_f_h = sv_f * cur_h[b, j]
                     SV_mul_f_h[ti, b, j] = sv_mul_f_h
-        np.dot(SV_mul_f_h[ti, b0:b1], U1.T, RP1[b0:b1])  # [U_n]^T
+        if b1 - b0 <= SMALL_ROWS:  # [U_n]^T
+            _mm_nt(SV_mul_f_h[ti, b0:b1], U1, RP1[b0:b1])
+        else:
+            np.dot(SV_mul_f_h[ti, b0:b1], U1.T, RP1[b0:b1])
         # block 2
         for b in range(b0, b1):
             if t < L[b]:
@@ -145,7 +195,10 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
         for b in range(b0, b1):  # dxp[W_n] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
-        np.dot(dRP1[t, b0:b1], U1, DV1[b0:b1])  # [U_n]
+        if b1 - b0 <= SMALL_ROWS:  # [U_n]
+            _mm_nn(dRP1[t, b0:b1], U1, DV1[b0:b1])
+        else:
+            np.dot(dRP1[t, b0:b1], U1, DV1[b0:b1])
         # block 1
         for b in range(b0, b1):
             if t < L[b]:
@@ -169,7 +222,10 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
         for b in range(b0, b1):  # dxp[W_f] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
-        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_f]
+        if b1 - b0 <= SMALL_ROWS:  # [U_f]
+            _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
+        else:
+            np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])
         # block 2
         for b in range(b0, b1):
             if t < L[b]:

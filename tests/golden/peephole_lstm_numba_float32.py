@@ -76,6 +76,50 @@ def _softplus(x):
     return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
 
 
+SMALL_ROWS = 4   # steps with at most this many batch rows multiply here, not in BLAS
+
+
+@njit(inline="always", **_JIT)
+def _mm_nt(a, W, out):
+    # out = a @ W.T: dot products over contiguous rows of W, four output units at a time (each
+    # load of a serves four products)
+    n = W.shape[0]
+    n4 = n - n % 4
+    for b in range(a.shape[0]):
+        for k in range(0, n4, 4):
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            s3 = np.float32(0.0)
+            for j in range(a.shape[1]):
+                v = a[b, j]
+                s0 += v * W[k, j]
+                s1 += v * W[k + 1, j]
+                s2 += v * W[k + 2, j]
+                s3 += v * W[k + 3, j]
+            out[b, k] = s0
+            out[b, k + 1] = s1
+            out[b, k + 2] = s2
+            out[b, k + 3] = s3
+        for k in range(n4, n):
+            acc = np.float32(0.0)
+            for j in range(a.shape[1]):
+                acc += a[b, j] * W[k, j]
+            out[b, k] = acc
+
+
+@njit(inline="always", **_JIT)
+def _mm_nn(a, W, out):
+    # out = a @ W: rows of W scaled and added, contiguous along the output
+    for b in range(a.shape[0]):
+        for j in range(W.shape[1]):
+            out[b, j] = np.float32(0.0)
+        for k in range(W.shape[0]):
+            s = a[b, k]
+            for j in range(W.shape[1]):
+                out[b, j] += s * W[k, j]
+
+
 
 @njit(**_JIT)
 def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq_c, SV_i, SV_g, SV_o, SV_tanh_c1, SV_f, Y, stride, b0, b1):
@@ -91,7 +135,10 @@ def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq
         nxt_h = Sq_h[ni]
         cur_c = Sq_c[ci]
         nxt_c = Sq_c[ni]
-        np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])  # [U_i, U_f, U_g, U_o]^T
+        if b1 - b0 <= SMALL_ROWS:  # [U_i, U_f, U_g, U_o]^T
+            _mm_nt(cur_h[b0:b1], U0, RP0[b0:b1])
+        else:
+            np.dot(cur_h[b0:b1], U0.T, RP0[b0:b1])
         # block 1
         for b in range(b0, b1):
             if t < L[b]:
@@ -179,7 +226,10 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
         for b in range(b0, b1):  # drp[0,U_g] -> dRP0
             for j in range(H):
                 dRP0[t, b, 2 * H + j] = GR0_2[b, j]
-        np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])  # [U_i; U_f; U_g; U_o]
+        if b1 - b0 <= SMALL_ROWS:  # [U_i; U_f; U_g; U_o]
+            _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
+        else:
+            np.dot(dRP0[t, b0:b1], U0, DV0[b0:b1])
         # block 1
         for b in range(b0, b1):
             if t < L[b]:
