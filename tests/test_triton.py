@@ -228,6 +228,104 @@ def test_schedule_validation():
         cc.forward(x, params, schedule="quick")
 
 
+# -------------------------------------------------------------------------------- CUDA graphs
+
+# real CUDA graphs on a GPU; on the interpreter the same static-workspace path with the launches re-run
+GRAPHS = "emulate" if tb.interpreting() else True
+
+
+def _graph_problem(cell, storage, cc, seeds=(1, 2, 3), T=5, B=3, I=4, H=7):
+    tdt = getattr(torch, storage)
+    dev = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(cc.device, tdt)  # noqa: E731
+    out = []
+    for seed in seeds:
+        x, params, st, L, dy, ds = problem(cell, T=T, B=B, I=I, H=H, seed=seed, dtype=np.float32)
+        out.append((dev(x), {k: dev(v) for k, v in params.items()}, {k: dev(v) for k, v in st.items()}, L,
+                    dev(dy), {k: dev(v) for k, v in ds.items()}))
+    return out
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell,storage", [("lstm", "float32"), ("gru_v1", "float32"), ("lstm", "bfloat16")])
+def test_graphs_match_eager_with_several_live_tapes(cell, storage):
+    # Two forwards of one shape before either backward (a bidirectional or 2-layer net does this), the
+    # backwards in the other order, then a loop that keeps the last tape alive after its backward (as
+    # a training loop's autograd graph does): every result equals the eager launches', bit for bit.
+    prog = lower(lstmc.load(cell))
+    gc = TritonCell(prog, storage, graphs=GRAPHS, schedule=STEP16)
+    ec = TritonCell(prog, storage, graphs=False, schedule=STEP16)
+    probs = _graph_problem(cell, storage, gc)
+
+    def fw(c, p, rev=False, need_tape=True):
+        return c.forward(p[0], p[1], state=p[2], lengths=p[3], reverse=rev, need_tape=need_tape)
+
+    def bw(c, tape, p):
+        return c.backward(tape, p[4], p[5])
+
+    for rev in (False, True):
+        ya, fa, ta = fw(gc, probs[0], rev)
+        yb, fb, tb2 = fw(gc, probs[1], rev)
+        assert ta.extra["graph"].ws is not tb2.extra["graph"].ws       # two live tapes: two workspaces
+        gb, ga = bw(gc, tb2, probs[1]), bw(gc, ta, probs[0])
+        e0, e1 = fw(ec, probs[0], rev), fw(ec, probs[1], rev)
+        assert _same((ya, fa), e0[:2]) and _same((yb, fb), e1[:2])
+        assert _same(ga, bw(ec, e0[2], probs[0])) and _same(gb, bw(ec, e1[2], probs[1]))
+        kept = []
+        for i in range(3):
+            p = probs[i]
+            y, f, t = fw(gc, p, rev)
+            g = bw(gc, t, p)
+            ey, ef, et = fw(ec, p, rev)
+            assert _same((y, f), (ey, ef)) and _same(g, bw(ec, et, p)), (rev, i)
+            kept.append(t)               # alive, but its backward ran: the workspace is reused
+        yn, fn, none = fw(gc, probs[2], rev, need_tape=False)
+        assert none is None and _same((yn, fn), fw(ec, probs[2], rev, need_tape=False)[:2])
+    assert gc.graph_stats["replays"] == 2 * (4 + 3 * 2 + 1) and gc.graph_stats["eager"] == 0
+    assert 2 <= len(gc._ws) <= 3 and gc.graph_bytes() > 0
+    assert not ec._ws and ec.graph_stats["replays"] == 0
+
+
+def test_graph_cache_bound_and_stale_tape():
+    prog = lower(lstmc.load("gru"))
+    gc = TritonCell(prog, "float32", graphs=GRAPHS, schedule=STEP16, graph_cache=1)
+    ec = TritonCell(prog, "float32", graphs=False, schedule=STEP16)
+    p0, p1 = _graph_problem("gru", "float32", gc, seeds=(4, 5))
+    _, _, t0 = gc.forward(p0[0], p0[1], state=p0[2], lengths=p0[3])
+    y1, _, t1 = gc.forward(p1[0], p1[1], state=p1[2], lengths=p1[3])   # the one workspace is taken: eager
+    assert gc.graph_stats["eager"] == 1 and "graph" not in t1.extra and len(gc._ws) == 1
+    ey, _, et = ec.forward(p1[0], p1[1], state=p1[2], lengths=p1[3])
+    assert _same(y1, ey) and _same(gc.backward(t1, p1[4]), ec.backward(et, p1[4]))
+    gc.backward(t0, p0[4])                                   # releases the workspace ...
+    _, _, t2 = gc.forward(p1[0], p1[1], state=p1[2], lengths=p1[3])    # ... which this call reuses
+    assert t2.extra["graph"].ws is t0.extra["graph"].ws
+    with pytest.raises(RuntimeError, match="reused"):
+        gc.backward(t0, p0[4])                               # t0's arrays were overwritten: refused
+    gc.clear_graphs()
+    assert gc.graph_bytes() == 0
+    gc.backward(t2, p1[4])                                   # a tape keeps its workspace alive
+
+
+def test_graphs_option():
+    prog = lower(lstmc.load("gru"))
+    with pytest.raises(ValueError, match="graphs must be"):
+        TritonCell(prog, "float32", graphs="yes")
+    with pytest.raises(ValueError, match="graph_cache"):
+        TritonCell(prog, "float32", graph_cache=-1)
+    if tb.interpreting():
+        assert TritonCell(prog, "float32").graphs is False
+        with pytest.raises(ValueError, match="graphs=True needs CUDA"):
+            TritonCell(prog, "float32", graphs=True)
+    else:
+        assert TritonCell(prog, "float32").graphs is True
+
+
 # ------------------------------------------------------------------------------------------ API
 
 def test_torch_tensors_in_and_out_without_copies():
@@ -387,6 +485,46 @@ def test_gpu_realistic_sizes(cell, storage):
             fwd = max([err(back(y1), y0)] + [err(back(f1[s]), f0[s]) for s in f0])
             bwd = max([err(back(g1[0]), g0[0])] + [err(back(g1[2][p]), g0[2][p]) for p in g0[2]])
             assert fwd < tol[0] and bwd < tol[1], (sched, rev, fwd, bwd)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_graphs_in_a_two_layer_bidirectional_net():
+    # lstmc.nn runs both directions of a layer with the same shapes before any backward, and a training
+    # loop keeps the last step's autograd graph (and its tapes) alive into the next forward. Gradients
+    # with CUDA graphs (step schedule forced) against the torch backend in float64 on the CPU.
+    from lstmc.nn import Recurrent
+
+    cc = lstmc.compile("lstm", "triton", "float32")       # the program lstmc.nn uses
+    assert cc.graphs is True
+    old, cc.schedule = cc.schedule, Schedule("step", block_b=16, block_h=32, block_k=32)
+    before = dict(cc.graph_stats)
+    try:
+        torch.manual_seed(0)
+        net = Recurrent("lstm", 24, 48, num_layers=2, bidirectional=True, backend="triton", device="cuda")
+        ref = Recurrent("lstm", 24, 48, num_layers=2, bidirectional=True, backend="torch", dtype=torch.float64)
+        ref.load_state_dict({k: v.detach().double().cpu() for k, v in net.state_dict().items()})
+        keep = []
+        for it in range(3):
+            x = torch.randn(20, 5, 24, device="cuda")
+            lengths = [20, 13, 1, 20, 7][it:] + [20, 13, 1, 20, 7][:it]
+            w = torch.randn(20, 5, 96, device="cuda")
+            outs = []
+            for m, xx, ww in ((net, x, w), (ref, x.double().cpu(), w.double().cpu())):
+                m.zero_grad()
+                xx = xx.clone().requires_grad_(True)
+                y, (h, c) = m(xx, lengths=lengths)
+                ((y * ww).sum() + (h * c).sum()).backward()
+                outs.append((y, xx.grad, {k: v.grad for k, v in m.named_parameters()}))
+            (y, dx, dp), (y0, dx0, dp0) = outs
+            n = lambda a: a.detach().double().cpu().numpy()  # noqa: E731
+            assert max_rel(n(y), n(y0)) < 1e-5 and max_rel(n(dx), n(dx0)) < 1e-4, it
+            assert max(max_rel(n(dp[k]), n(dp0[k])) for k in dp) < 1e-4, it
+            keep.append(y)      # the graph of this step stays alive into the next one
+        assert cc.graph_stats["replays"] - before["replays"] >= 3 * 4 * 2
+        assert cc.graph_stats["eager"] == before["eager"] and cc.graph_stats["capture_failed"] == 0
+    finally:
+        cc.schedule = old
 
 
 @pytest.mark.gpu

@@ -8,7 +8,9 @@ The recipe (DESIGN.md §7, docs/triton.md):
     one launch for the whole sequence (`persistent` kernels: one program per batch tile owning all
     H, recurrent weights loaded once into registers, state carried on chip);
   - backward mirrors it in reverse time; the weight and input gradients are whole-sequence GEMMs
-    after the loop with float32 accumulation, bias gradients are float32 partial sums per batch tile.
+    after the loop with float32 accumulation, bias gradients are float32 partial sums per batch tile;
+  - on CUDA the step design's time loops are captured once per shape into CUDA graphs over static
+    workspaces and replayed (`graphs`, docs/triton.md "CUDA graphs"): one launch per loop, not ~3T.
 
 Storage: `dtype` float32 or float64 (everything in that type), or bfloat16/float16 storage
 (`TritonCell(program, "bfloat16")`, or `compile(cell, "triton", "float32", storage="bfloat16")`):
@@ -28,6 +30,7 @@ import statistics
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,7 +239,76 @@ class _NoSLP:
         _slp.off = self.prev
 
 
-# ----------------------------------------------------------------------------------------- build
+# ------------------------------------------------------------------------------------ CUDA graphs
+
+GRAPH_CACHE = 8   # workspaces (static buffers + captured graphs) one cell keeps, least recently used first out
+
+
+def _env_graphs() -> bool:
+    """LSTMC_TRITON_GRAPHS=0 turns CUDA graphs off for cells built afterwards (default on)."""
+    return os.environ.get("LSTMC_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off", "n")
+
+
+class _Lease:
+    """Held by a tape whose arrays live in a graph workspace: while it is alive and its backward has
+    not run, no other forward call may reuse the workspace. `gen` tells a stale tape (its workspace
+    was reused after its backward) from a current one."""
+    __slots__ = ("ws", "gen", "__weakref__")
+
+    def __init__(self, ws, gen):
+        self.ws, self.gen = ws, gen
+
+
+class _Workspace:
+    """Static buffers of one step-design shape, and the CUDA graphs of its forward and backward time
+    loops (captured on first use; their kernels read and write these buffers and no others).
+
+    Memory: XP (forward) and dRP/dXP (backward) share one arena, Y (forward) and dY (backward) one
+    buffer; the states and saved values (the tape, T+1 and T rows) are handed to the caller's tape,
+    not copied."""
+
+    def __init__(self, key):
+        self.key = key
+        self.env: dict = {}
+        self.fwd = None          # _Graph of the forward loop
+        self.bwd = None          # _Graph of the backward loop
+        self.gen = 0
+        self.lease = None        # weakref to the _Lease of the tape that owns the buffers
+        self.released = True     # that tape's backward has run (the buffers may be reused)
+
+    def free(self) -> bool:
+        return self.released or self.lease is None or self.lease() is None
+
+    def nbytes(self) -> int:
+        seen, n = set(), 0
+        for t in self.env.values():
+            st = t.untyped_storage()
+            if st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                n += st.nbytes()
+        return n
+
+
+class _Graph:
+    """A captured torch.cuda.CUDAGraph, or (graphs="emulate", for tests on the interpreter) the launch
+    sequence itself, re-run eagerly on the same static buffers."""
+
+    def __init__(self, graph, run):
+        self.graph, self.run = graph, run
+
+    def replay(self):
+        if self.graph is None:
+            self.run()
+        else:
+            self.graph.replay()
+
+
+def _put(env, name, src):
+    """Copy `src` into the static buffer `name` (allocated on first use, before any capture)."""
+    buf = env.get(name)
+    if buf is None:
+        env[name] = buf = src.new_empty(src.shape)        # contiguous
+    buf.copy_(src)
 
 # ------------------------------------------------------------------------------------------ cell
 
@@ -244,7 +316,7 @@ class TritonCell(CompiledCell):
     backend = "triton"
 
     def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
-                 schedule=None, tf32: bool = False):
+                 schedule=None, tf32: bool = False, graphs=None, graph_cache: int = GRAPH_CACHE):
         torch, triton, device, interp = environment()
         if not interp:
             _install_slp_guard()
@@ -291,6 +363,22 @@ class TritonCell(CompiledCell):
         self._too_big: set = set()             # (direction, H, BB, warps) that ran out of resources
         self._tuned: dict[tuple, Schedule] = {}
         self.schedule = schedule               # default for forward(); None: heuristic, "auto": autotune
+        # CUDA graphs of the step design's time loops (docs/triton.md, "CUDA graphs"): None = on for CUDA
+        # unless LSTMC_TRITON_GRAPHS=0; "emulate" runs the same static-workspace path without graphs
+        # (the interpreter has none: tests use it there)
+        if graphs is None:
+            graphs = (not interp) and _env_graphs()
+        elif graphs not in (True, False, "emulate"):
+            raise ValueError(f"graphs must be None, True, False or 'emulate', got {graphs!r}")
+        elif graphs is True and interp:
+            raise ValueError("graphs=True needs CUDA, and Triton's interpreter runs on the CPU: use graphs=False, "
+                             "or graphs='emulate' to exercise the static-workspace path without CUDA graphs")
+        if not isinstance(graph_cache, int) or isinstance(graph_cache, bool) or graph_cache < 0:
+            raise ValueError(f"graph_cache must be a non-negative integer, got {graph_cache!r}")
+        self.graphs = graphs
+        self.graph_cache = graph_cache
+        self._ws: list[_Workspace] = []        # least recently used first
+        self.graph_stats = {"captures": 0, "replays": 0, "eager": 0, "capture_failed": 0}
 
     def __repr__(self):
         extra = f" compute={self.compute_dtype}" if self.compute_dtype != self.dtype else ""
@@ -322,8 +410,14 @@ class TritonCell(CompiledCell):
         """The heuristic choice: persistent where the weights fit on chip, else per-step kernels."""
         if self._fits(H):
             return Schedule("persistent", block_b=16, num_warps=persistent_warps(H))
-        bh = 32 if H <= 512 else 64
-        return Schedule("step", block_b=16 if B <= 16 else 32, block_h=bh, block_k=32, num_warps=4)
+        # step tiles from autotuning with CUDA graphs on an H100 (benchmarks/RESULTS.md): float32 at
+        # B <= 16 wants many small programs (BH=16: each step is latency-bound, not FLOP-bound); 16-bit
+        # storage and larger batches wanted BH=32 with 8 warps; BK=64 halves the K loop's round trips
+        if H > 512:
+            return Schedule("step", block_b=16 if B <= 16 else 32, block_h=64, block_k=32, num_warps=4)
+        if B <= 16 and self.dtype in ("float32", "float64"):
+            return Schedule("step", block_b=16, block_h=16, block_k=64, num_warps=4)
+        return Schedule("step", block_b=16 if B <= 16 else 32, block_h=32, block_k=64, num_warps=8)
 
     def candidates(self, B: int, H: int) -> list[Schedule]:
         """Schedules worth timing for batch B, hidden H (autotune)."""
@@ -379,14 +473,29 @@ class TritonCell(CompiledCell):
                  seed: int = 0) -> Schedule:
         """Time forward+backward of every candidate on random data of this shape (median of `reps`)
         and remember the fastest for (B, H). Meaningful on a GPU; under the interpreter it only
-        exercises the machinery."""
-        torch = self.torch
+        exercises the machinery. With CUDA graphs on, the step candidates are timed with graphs
+        (the first, warm-up call captures them); their workspaces are dropped afterwards."""
         rng = np.random.default_rng(seed)
         params = {k: self._tensor(f"params['{k}']", v) for k, v in self.init_params(I, H, seed=seed).items()}
         x = self._tensor("x", rng.normal(size=(T, B, I)).astype(self.np_dtype))
         dy = self._tensor("dy", rng.normal(size=(T, B, H)).astype(self.np_dtype))
         results = []
-        for sched in (candidates or self.candidates(B, H)):
+        before = {id(ws) for ws in self._ws}
+        try:
+            results = self._time_candidates(candidates or self.candidates(B, H), x, params, dy, B, H, reps, warmup)
+        finally:   # the graph workspaces of the timing runs are not kept
+            self._ws = [ws for ws in self._ws if id(ws) in before]
+        if not results:
+            raise RuntimeError("autotune: no candidate schedule ran")
+        best = min(results, key=lambda r: r[0])[1]
+        self._tuned[(B, H)] = best
+        self.tuning = sorted(results, key=lambda r: r[0])
+        return best
+
+    def _time_candidates(self, candidates, x, params, dy, B, H, reps, warmup):
+        torch = self.torch
+        results = []
+        for sched in candidates:
             sched = self.resolve(sched, B, H)
             times = []
             try:
@@ -402,15 +511,10 @@ class TritonCell(CompiledCell):
                         times.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - a schedule that fails to compile (resources) is skipped
                 warnings.warn(f"autotune: {sched.text()} failed ({type(e).__name__}: {e}); skipped",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
                 continue
             results.append((statistics.median(times), sched))
-        if not results:
-            raise RuntimeError("autotune: no candidate schedule ran")
-        best = min(results, key=lambda r: r[0])[1]
-        self._tuned[(B, H)] = best
-        self.tuning = sorted(results, key=lambda r: r[0])
-        return best
+        return results
 
     # --------------------------------------------------------------------------- conversion
     def _tensor(self, name, a):
@@ -490,6 +594,115 @@ class TritonCell(CompiledCell):
         for nm, slots in self.rendered.scratch.items():
             env[nm] = torch.empty((B, slots * H), dtype=self.t_compute, device=self.device)
 
+    # --------------------------------------------------------------------------- CUDA graphs
+    def _graphed(self, sched: Schedule, T: int, B: int) -> bool:
+        return bool(self.graphs) and sched.variant == "step" and T > 0 and B > 0
+
+    def _acquire(self, key) -> "_Workspace | None":
+        """A free workspace for `key` (most recently used last), a new one, or None (every cached one
+        is still owned by a live tape and the cache is full: the call runs without graphs)."""
+        for ws in self._ws:
+            if ws.key == key and ws.free():
+                self._ws.remove(ws)
+                self._ws.append(ws)
+                return ws
+        if len(self._ws) >= self.graph_cache:
+            victim = next((w for w in self._ws if w.free()), None)
+            if victim is None:
+                self.graph_stats["eager"] += 1
+                return None
+            self._ws.remove(victim)       # its memory goes when no tape refers to it any more
+        ws = _Workspace(key)
+        self._ws.append(ws)
+        return ws
+
+    def _new_buffers(self, ws, sched, T, B, H, need_tape):
+        torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        e = ws.env
+        nx = len(prog.input_mats)
+        al = lambda n: -(-n // 128) * 128          # noqa: E731 - sub-arrays start 128 elements apart (aligned)
+        parts = []
+        if need_tape:
+            parts = [(f"dRP{g.index}", len(g.mats) * H) for g in prog.groups]
+            if nx and self.rendered.alias is None:
+                parts.append(("dXP", nx * H))
+        size = max(al(T * B * nx * H), sum(al(T * B * w) for _, w in parts), 1)
+        arena = torch.empty(size, dtype=DT, device=dev)
+        if nx:
+            e["XP"] = arena[:T * B * nx * H].view(T, B, nx * H)
+        off = 0
+        for nm, w in parts:                         # backward: the forward's XP is dead by then
+            e[nm] = arena[off:off + T * B * w].view(T, B, w)
+            off += al(T * B * w)
+        e["Y"] = e["dY"] = torch.empty((T, B, H), dtype=DT, device=dev)   # Y is copied out before backward
+        rows = T + 1 if need_tape else 2
+        for s in prog.cell.states:
+            e[f"SQ_{_mangle(s)}"] = torch.empty((rows, B, H), dtype=CT, device=dev)
+        for n, _ in prog.saved:
+            e[f"SV_{_mangle(n)}"] = torch.empty((T if need_tape else 1, B, H), dtype=DT, device=dev)
+        e["L"] = torch.empty((B,), dtype=torch.int32, device=dev)
+        self._scratch(B, H, e)
+        if need_tape:
+            for s in prog.cell.states:
+                e[f"DS_{_mangle(s)}"] = torch.empty((B, H), dtype=CT, device=dev)
+                e[f"DSN_{_mangle(s)}"] = torch.empty((B, H), dtype=CT, device=dev)
+            e["DP"] = torch.empty((triton_cdiv(B, sched.block_b), max(len(prog.vector_params), 1), H), dtype=CT,
+                                  device=dev)
+
+    def _capture(self, run) -> "_Graph | None":
+        """Capture `run` (a time loop over static buffers, which has just run eagerly, so every kernel is
+        compiled) into a CUDA graph. None when capture fails: graphs are then off for this cell, with a
+        warning, and the eager result already in the buffers stands."""
+        if self.graphs == "emulate":
+            return _Graph(None, run)
+        torch = self.torch
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                run()
+        except Exception as e:  # noqa: BLE001 - e.g. a Triton/driver combination that cannot be captured
+            self.graphs = False
+            self.graph_stats["capture_failed"] += 1
+            warnings.warn(f"lstmc triton: CUDA graph capture failed ({type(e).__name__}: {e}); this cell runs "
+                          f"without graphs from now on", RuntimeWarning, stacklevel=3)
+            return None
+        self.graph_stats["captures"] += 1
+        return _Graph(g, run)
+
+    def _replay(self, graph):
+        graph.replay()
+        self.graph_stats["replays"] += 1
+
+    def graph_bytes(self) -> int:
+        """Device memory held by this cell's cached graph workspaces (docs/triton.md, "CUDA graphs")."""
+        return sum(ws.nbytes() for ws in self._ws)
+
+    def clear_graphs(self) -> None:
+        """Drop the cached workspaces and graphs (memory goes once no tape refers to it)."""
+        self._ws.clear()
+
+    def _fwd_loop(self, steps, T, B, H, need_tape):
+        for t in range(T):
+            ci, ni, ti = (t, t + 1, t) if need_tape else (t % 2, (t + 1) % 2, 0)
+            for launch in steps:
+                launch(t=t, ci=ci, ni=ni, ti=ti, B=B, H=H)
+
+    def _bwd_phases(self, env, sched, grid, DS, DSN):
+        phases = []
+        for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
+            e = dict(env)
+            for s in self.program.cell.states:
+                e[f"DS_{_mangle(s)}"] = cur[s]
+                e[f"DSN_{_mangle(s)}"] = nxt[s]
+            phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.bwd_steps])
+        return phases
+
+    @staticmethod
+    def _bwd_loop(phases, T, B, H):
+        for i, t in enumerate(range(T - 1, -1, -1)):
+            for launch in phases[i % 2]:
+                launch(t=t, B=B, H=H)
+
     # ------------------------------------------------------------------------------- forward
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, schedule=None):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
@@ -505,64 +718,126 @@ class TritonCell(CompiledCell):
         self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
                            + [(f"state['{k}']", v) for k, v in (state or {}).items()])
         sched = self.resolve(schedule, B, H)
-        prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
+        prog, dev, DT = self.program, self.device, self.t_storage
+        lease = None
         with torch.no_grad():
             rev_idx = None
             if reverse:
                 rev_idx = torch.as_tensor(reverse_index(T, L), device=dev)
                 x = self._take_rows(x, rev_idx)
             nx = len(prog.input_mats)
-            env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
             Wcat = torch.cat([params[m] for m in prog.input_mats]) if nx else None
-            if nx:
-                env["XP"] = (x.reshape(T * B, I) @ Wcat.t()).reshape(T, B, nx * H)
             Ucat = {g.index: torch.cat([params[m] for m in g.mats]).contiguous() for g in prog.groups}
-            for g in prog.groups:
-                env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
-            persistent = sched.variant == "persistent"
-            rows = T + 1 if need_tape else 2
-            Sq, SV = {}, {}
-            for s in prog.cell.states:
-                Sq[s] = torch.empty((rows, B, H), dtype=CT, device=dev)
-                if state is not None and s in state:
-                    Sq[s][0] = state[s]
-                else:
-                    Sq[s][0] = 0.0
-                env[f"SQ_{_mangle(s)}"] = Sq[s]
-            for n, _ in prog.saved:
-                shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
-                SV[n] = torch.empty(shape, dtype=DT, device=dev)
-                env[f"SV_{_mangle(n)}"] = SV[n]
-            Y = torch.empty((T, B, H), dtype=DT, device=dev)
-            env["Y"] = Y
-            Lt = torch.as_tensor(L, dtype=torch.int32).to(dev)
-            env["L"] = Lt
-            if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape)):
-                persistent, sched = False, self._step_for(sched, H)
-                if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
-                    for n, _ in prog.saved:
-                        SV[n] = env[f"SV_{_mangle(n)}"] = torch.empty((1, B, H), dtype=DT, device=dev)
-            if persistent:
-                last = T if need_tape else 1
-            else:
-                self._scratch(B, H, env)
-                grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
-                steps = [self._launcher(k, env, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
-                for t in range(T):
-                    ci, ni, ti = (t, t + 1, t) if need_tape else (t % 2, (t + 1) % 2, 0)
-                    for launch in steps:
-                        launch(t=t, ci=ci, ni=ni, ti=ti, B=B, H=H)
+            Lcpu = torch.as_tensor(L, dtype=torch.int32)
+            ws = None
+            if self._graphed(sched, T, B):
+                ws = self._acquire(("step", sched, T, B, I, H, bool(need_tape)))
+            if ws is not None:
+                Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H,
+                                                    need_tape)
                 last = T if need_tape else T % 2
+                if need_tape:
+                    ws.gen += 1
+                    lease = _Lease(ws, ws.gen)
+                    ws.lease, ws.released = weakref.ref(lease), False
+            else:
+                Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
+                                                                 T, B, I, H, need_tape)
             final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
             if reverse:
                 Y = self._take_rows(Y, rev_idx)
+            elif ws is not None:
+                Y = Y.clone()            # the static buffer is overwritten by the next call
         tape = None
         if need_tape:
+            extra = {"numpy": numpy_in, "schedule": sched}
+            if lease is not None:
+                extra["graph"] = lease
             tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
                                 "vecs": {p: params[p] for p in prog.vector_params}},
-                        shapes=(T, B, I, H), extra={"numpy": numpy_in, "schedule": sched})
+                        shapes=(T, B, I, H), extra=extra)
         return self._out(Y, numpy_in), {s: self._out(v, numpy_in) for s, v in final.items()}, tape
+
+    def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
+        """The step design on a workspace's static buffers: inputs are copied in, the captured time
+        loop replays. The tape's states and saved values are the workspace's own arrays."""
+        torch, prog = self.torch, self.program
+        e = ws.env
+        if not e:
+            self._new_buffers(ws, sched, T, B, H, need_tape)
+        nx = len(prog.input_mats)
+        if nx:
+            torch.mm(x.reshape(T * B, I), Wcat.t(), out=e["XP"].view(T * B, nx * H))
+        for g in prog.groups:
+            _put(e, f"UT{g.index}", Ucat[g.index].t())
+        for p, a in _param_args(prog):
+            _put(e, a, params[p])
+        e["L"].copy_(Lcpu)
+
+        def initial_state():
+            for s in prog.cell.states:
+                row = e[f"SQ_{_mangle(s)}"][0]
+                if state is not None and s in state:
+                    row.copy_(state[s])
+                else:
+                    row.zero_()
+        initial_state()
+        if ws.fwd is None:
+            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
+            steps = [self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+
+            def run():
+                self._fwd_loop(steps, T, B, H, need_tape)
+            run()                                   # compiles the kernels; the result is this call's
+            ws.fwd = self._capture(run)
+            if ws.fwd is not None and not need_tape:
+                initial_state()                     # the ring of two state rows overwrote row 0
+        if ws.fwd is not None:
+            self._replay(ws.fwd)                    # (on first use too: every result comes from the graph)
+        return (e["Y"], {s: e[f"SQ_{_mangle(s)}"] for s in prog.cell.states},
+                {n: e[f"SV_{_mangle(n)}"] for n, _ in prog.saved}, e["L"])
+
+    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
+        torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        nx = len(prog.input_mats)
+        env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
+        if nx:
+            env["XP"] = (x.reshape(T * B, I) @ Wcat.t()).reshape(T, B, nx * H)
+        for g in prog.groups:
+            env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
+        persistent = sched.variant == "persistent"
+        rows = T + 1 if need_tape else 2
+        Sq, SV = {}, {}
+        for s in prog.cell.states:
+            Sq[s] = torch.empty((rows, B, H), dtype=CT, device=dev)
+            if state is not None and s in state:
+                Sq[s][0] = state[s]
+            else:
+                Sq[s][0] = 0.0
+            env[f"SQ_{_mangle(s)}"] = Sq[s]
+        for n, _ in prog.saved:
+            shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
+            SV[n] = torch.empty(shape, dtype=DT, device=dev)
+            env[f"SV_{_mangle(n)}"] = SV[n]
+        Y = torch.empty((T, B, H), dtype=DT, device=dev)
+        env["Y"] = Y
+        Lt = Lcpu.to(dev)
+        env["L"] = Lt
+        if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape)):
+            persistent, sched = False, self._step_for(sched, H)
+            if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
+                for n, _ in prog.saved:
+                    SV[n] = env[f"SV_{_mangle(n)}"] = torch.empty((1, B, H), dtype=DT, device=dev)
+        if persistent:
+            last = T if need_tape else 1
+        else:
+            self._scratch(B, H, env)
+            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
+            steps = [self._launcher(k, env, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+            self._fwd_loop(steps, T, B, H, need_tape)
+            last = T if need_tape else T % 2
+        return Y, Sq, SV, Lt, last, sched
 
     # ------------------------------------------------------------------------------ backward
     def backward(self, tape, dy, dstate=None):
@@ -575,6 +850,11 @@ class TritonCell(CompiledCell):
         if "schedule" not in tape.extra:
             raise ValueError("tape must come from this triton program's forward(..., need_tape=True)")
         self._check_device([("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()])
+        lease = tape.extra.get("graph")
+        if lease is not None and lease.gen != lease.ws.gen:
+            raise RuntimeError("this tape's arrays live in a CUDA-graph workspace that a later forward call has "
+                               "reused (its backward had already run once); a second backward of an old tape "
+                               "needs graphs off: TritonCell(..., graphs=False) or LSTMC_TRITON_GRAPHS=0")
         prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
         T, B, I, H = tape.shapes
         sched = tape.extra["schedule"]
@@ -582,63 +862,18 @@ class TritonCell(CompiledCell):
         with torch.no_grad():
             if tape.reverse:
                 dy = self._take_rows(dy, tape.rev_idx)
-            env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
-            env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
-            for g in prog.groups:
-                env[f"U{g.index}"] = tape.packed["U"][g.index]
-            for s in prog.cell.states:
-                env[f"SQ_{_mangle(s)}"] = tape.states[s]
-            for n, _ in prog.saved:
-                env[f"SV_{_mangle(n)}"] = tape.saved[n]
-            DS = {}
-            for s in prog.cell.states:
-                if dstate is not None and s in dstate:
-                    DS[s] = dstate[s].to(CT, copy=True).contiguous()
-                else:
-                    DS[s] = torch.zeros((B, H), dtype=CT, device=dev)
-            nx = len(prog.input_mats)
-            nbt = triton_cdiv(B, sched.block_b)
-            nvec = len(prog.vector_params)
-            DP = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
-            env["DP"] = DP
-            if nx and r.alias is None:
-                env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
-            dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
-            for g, a in dRP.items():
-                env[f"dRP{g}"] = a
-            persistent = sched.variant == "persistent" and self._fits(H, sched)
-            if persistent:
-                for s in prog.cell.states:
-                    env[f"DS_{_mangle(s)}"] = DS[s]
-                persistent = self._run_persistent("bwd", env, sched, T, B, H)
-            if not persistent:
-                sched = self._step_for(sched, H) if sched.variant == "persistent" else sched
-                nbt = triton_cdiv(B, sched.block_b)
-                if DP.shape[0] != nbt:
-                    DP = env["DP"] = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
-                self._scratch(B, H, env)
-                grid = (nbt, triton_cdiv(H, sched.block_h))
-                DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
-                phases = []
-                for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
-                    e = dict(env)
-                    for s in prog.cell.states:
-                        e[f"DS_{_mangle(s)}"] = cur[s]
-                        e[f"DSN_{_mangle(s)}"] = nxt[s]
-                    phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in r.bwd_steps])
-                for i, t in enumerate(range(T - 1, -1, -1)):
-                    for launch in phases[i % 2]:
-                        launch(t=t, B=B, H=H)
-                if T % 2:
-                    DS = DSN
+            if lease is not None and self.graphs:
+                DS, DP, dRP, dXP = self._backward_graph(lease.ws, tape, dy, dstate, sched, T, B, H)
+            else:
+                DS, DP, dRP, dXP = self._backward_eager(tape, dy, dstate, sched, T, B, H)
             grads = {}
             dps = DP.sum(0)
             for p, i in r.vec_index.items():
                 grads[p] = dps[i].to(DT)
             x2 = tape.x.reshape(T * B, I)
             dx = torch.zeros((T, B, I), dtype=DT, device=dev)
+            nx = len(prog.input_mats)
             if nx:
-                dXP = env["dXP"] if r.alias is None else dRP[r.alias]
                 dXP2 = dXP.reshape(T * B, nx * H)
                 dW = _mm_acc(torch, dXP2.t(), x2, CT)
                 for j, m in enumerate(prog.input_mats):
@@ -654,10 +889,97 @@ class TritonCell(CompiledCell):
                 dx = self._take_rows(dx, tape.rev_idx)
             dparams = {p: grads[p] if p in grads else torch.zeros(self.cell.param_shape(p, I, H), dtype=DT, device=dev)
                        for p in self.cell.params}
-            dS0 = {s: DS[s].to(DT) for s in prog.cell.states}
+            dS0 = {s: DS[s].to(DT, copy=True) for s in prog.cell.states}   # a copy: DS may be a static buffer
+        if lease is not None:
+            lease.ws.released = True      # the workspace may serve the next forward call
         numpy_out = bool(tape.extra.get("numpy"))
         return (self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
                 {p: self._out(v, numpy_out) for p, v in dparams.items()})
+
+    def _backward_graph(self, ws, tape, dy, dstate, sched, T, B, H):
+        """The backward time loop of a graph tape, on its workspace (the tape's arrays are its buffers)."""
+        prog = self.program
+        e = ws.env
+        states = prog.cell.states
+        DS = {s: e[f"DS_{_mangle(s)}"] for s in states}
+        DSN = {s: e[f"DSN_{_mangle(s)}"] for s in states}
+        for g in prog.groups:
+            _put(e, f"U{g.index}", tape.packed["U"][g.index])
+
+        def prepare():
+            e["dY"].copy_(dy)
+            for s in states:
+                if dstate is not None and s in dstate:
+                    DS[s].copy_(dstate[s])
+                else:
+                    DS[s].zero_()
+            e["DP"].zero_()
+        prepare()
+        if ws.bwd is None:
+            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
+            phases = self._bwd_phases(e, sched, grid, DS, DSN)
+
+            def run():
+                self._bwd_loop(phases, T, B, H)
+            run()                              # compiles the kernels; the result is this call's
+            ws.bwd = self._capture(run)
+            if ws.bwd is not None:
+                prepare()                      # the eager run consumed DS and accumulated into DP
+        if ws.bwd is not None:
+            self._replay(ws.bwd)
+        dRP = {g.index: e[f"dRP{g.index}"] for g in prog.groups}
+        dXP = None
+        if prog.input_mats:
+            dXP = e["dXP"] if self.rendered.alias is None else dRP[self.rendered.alias]
+        return (DSN if T % 2 else DS), e["DP"], dRP, dXP
+
+    def _backward_eager(self, tape, dy, dstate, sched, T, B, H):
+        torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        r = self.rendered
+        env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
+        env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
+        for g in prog.groups:
+            env[f"U{g.index}"] = tape.packed["U"][g.index]
+        for s in prog.cell.states:
+            env[f"SQ_{_mangle(s)}"] = tape.states[s]
+        for n, _ in prog.saved:
+            env[f"SV_{_mangle(n)}"] = tape.saved[n]
+        DS = {}
+        for s in prog.cell.states:
+            if dstate is not None and s in dstate:
+                DS[s] = dstate[s].to(CT, copy=True).contiguous()
+            else:
+                DS[s] = torch.zeros((B, H), dtype=CT, device=dev)
+        nx = len(prog.input_mats)
+        nbt = triton_cdiv(B, sched.block_b)
+        nvec = len(prog.vector_params)
+        DP = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+        env["DP"] = DP
+        if nx and r.alias is None:
+            env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
+        dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
+        for g, a in dRP.items():
+            env[f"dRP{g}"] = a
+        persistent = sched.variant == "persistent" and self._fits(H, sched)
+        if persistent:
+            for s in prog.cell.states:
+                env[f"DS_{_mangle(s)}"] = DS[s]
+            persistent = self._run_persistent("bwd", env, sched, T, B, H)
+        if not persistent:
+            sched = self._step_for(sched, H) if sched.variant == "persistent" else sched
+            nbt = triton_cdiv(B, sched.block_b)
+            if DP.shape[0] != nbt:
+                DP = env["DP"] = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+            self._scratch(B, H, env)
+            grid = (nbt, triton_cdiv(H, sched.block_h))
+            DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
+            self._bwd_loop(self._bwd_phases(env, sched, grid, DS, DSN), T, B, H)
+            if T % 2:
+                DS = DSN
+        dXP = None
+        if nx:
+            dXP = env["dXP"] if r.alias is None else dRP[r.alias]
+        return DS, DP, dRP, dXP
 
 
 def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capability: int = 90,
