@@ -11,8 +11,11 @@ fp32 rows run cuDNN with TF32 off (lstmc.oracles.torch_fp32_precision: since PyT
 allow_tf32 flag alone leaves cuDNN RNNs on TF32) so both sides do IEEE float32 products, as the
 triton backend does by default; --tf32 turns TF32 on for both.
 lstmc runs its autotuned schedule for each shape (TritonCell.autotune on T=min(T, 128)), shown in
-the table. Memory is torch.cuda.max_memory_allocated during fwd+bwd, above what the inputs and
-parameters already held. Without a CUDA device the script prints why and exits with status 0.
+the table; step schedules replay CUDA graphs of their time loops (the default on CUDA; --no-graphs
+turns them off). Memory is torch.cuda.max_memory_allocated over two fwd+bwd calls, above what the
+inputs and parameters held before the first: so it counts what a call keeps allocated afterwards
+(lstmc's cached graph workspace), which the note column shows as "resident". Without a CUDA device
+the script prints why and exits with status 0.
 """
 
 from __future__ import annotations
@@ -73,24 +76,28 @@ def median_ms(torch, fn, reps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def peak_bytes(torch, fn) -> int:
-    fn()                       # warm: compile, autotune, cuDNN plans
+def peak_bytes(torch, fn) -> tuple[int, int]:
+    """(peak, resident) bytes above what was allocated before the first call: the first call compiles,
+    builds lstmc's graph workspace (kept: it is resident) and cuDNN's plans, the second is a steady one."""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     fn()
+    fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
 
 
-def lstmc_step(torch, cell, storage, T, B, H, autotune: bool, tf32: bool):
-    """A closure running lstmc forward+backward on CUDA tensors, and the schedule it runs."""
+def lstmc_step(torch, cell, storage, T, B, H, autotune: bool, tf32: bool, graphs: bool = True):
+    """A closure running lstmc forward+backward on CUDA tensors, its schedule, and the compiled cell."""
     import lstmc
 
     tdt = getattr(torch, storage)
     opts = {"storage": storage} if storage != "float32" else {}
     if tf32:
         opts["tf32"] = True
+    if not graphs:
+        opts["graphs"] = False
     prog = lstmc.compile(cell, "triton", "float32", **opts)
     I = H
     params = {k: torch.from_numpy(v).to("cuda", tdt) for k, v in prog.init_params(I, H, seed=0).items()}
@@ -101,7 +108,7 @@ def lstmc_step(torch, cell, storage, T, B, H, autotune: bool, tf32: bool):
     def run():
         _, _, tape = prog.forward(x, params, schedule=sched)
         prog.backward(tape, dy)
-    return run, sched
+    return run, sched, prog
 
 
 def torch_backend_step(torch, cell, T, B, H):
@@ -121,12 +128,16 @@ def torch_backend_step(torch, cell, T, B, H):
 def cudnn_step(torch, cell, T, B, H, storage):
     tdt = getattr(torch, storage)
     mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H).to("cuda", tdt)
+    mod.flatten_parameters()       # after a dtype change cuDNN would otherwise re-pack the weights every call
     x = torch.randn(T, B, H, device="cuda", dtype=tdt, requires_grad=True)
     dy = torch.randn(T, B, H, device="cuda", dtype=tdt)
 
     def run():
         y, _ = mod(x)
         y.backward(dy)
+        x.grad = None                  # like lstmc's run, keep no gradient between calls
+        for p in mod.parameters():
+            p.grad = None
     return run
 
 
@@ -139,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names to run")
     ap.add_argument("--no-autotune", action="store_true", help="use the heuristic schedule")
     ap.add_argument("--tf32", action="store_true", help="TF32 products in fp32 rows, for cuDNN and lstmc")
+    ap.add_argument("--no-graphs", action="store_true", help="step schedules without CUDA graphs")
     ap.add_argument("--out", default=None, help="also append the Markdown report to this file")
     args = ap.parse_args(argv)
 
@@ -171,13 +183,19 @@ def main(argv=None) -> int:
             print(f"  {name} {storage} ...", file=sys.stderr, flush=True)
             note = ""
             try:
-                ours, sched = lstmc_step(torch, cell, storage, T, B, H, not args.no_autotune,
-                                         args.tf32 and storage == "float32")
+                ours, sched, prog = lstmc_step(torch, cell, storage, T, B, H, not args.no_autotune,
+                                               args.tf32 and storage == "float32", not args.no_graphs)
+                graphed = bool(prog.graphs) and sched.variant == "step"
+                note = "CUDA graphs" if graphed else ""
                 if base == "cudnn-memory":
                     cudnn = cudnn_step(torch, cell, T, B, H, storage)
-                    a, b = peak_bytes(torch, ours) / 2**20, peak_bytes(torch, cudnn) / 2**20
+                    (a, ra), (b, rb) = peak_bytes(torch, ours), peak_bytes(torch, cudnn)
+                    a, b = a / 2**20, b / 2**20
+                    note = (f"{note + '; ' if note else ''}resident after the calls: lstmc {ra / 2**20:.0f} MiB "
+                            f"(graph workspace {prog.graph_bytes() / 2**20:.0f} MiB), cuDNN {rb / 2**20:.0f} MiB")
                     rows.append((name, storage, T, f"{a:.0f} MiB", "cuDNN", f"{b:.0f} MiB", a / b, kind, target,
                                  sched.text(), note))
+                    prog.clear_graphs()
                     continue
                 a = median_ms(torch, ours, reps, args.warmup)
                 if base == "cudnn":
@@ -185,11 +203,13 @@ def main(argv=None) -> int:
                     ratio, label = a / b, "cuDNN"
                 else:
                     if storage != "float32":
-                        note = "torch backend compiles float32/float64 only: baseline is its float32 run"
+                        note += ("; " if note else "") + ("torch backend compiles float32/float64 only: baseline "
+                                                          "is its float32 run")
                     b = median_ms(torch, torch_backend_step(torch, cell, T, B, H), max(3, reps // 4), 1)
                     ratio, label = b / a, "torch backend"
                 rows.append((name, storage, T, f"{a:.3f} ms", label, f"{b:.3f} ms", ratio, kind, target,
                              sched.text(), note))
+                prog.clear_graphs()        # the next rows' memory is theirs
             except Exception as e:  # noqa: BLE001 - one failing row must not hide the others
                 rows.append((name, storage, T, "error", "", "", float("nan"), kind, target, "",
                              f"{type(e).__name__}: {str(e)[:120]}"))
@@ -205,7 +225,8 @@ def main(argv=None) -> int:
         return "yes" if (ratio >= target if kind.startswith("speed") else ratio <= target) else "**no**"
 
     out = ["## triton backend vs cuDNN / eager PyTorch (forward+backward, median)", ""] + machine(torch, triton)
-    out += [f"- TF32: {'on' if args.tf32 else 'off'} for fp32 rows; {reps} repetitions after {args.warmup} warm-ups"
+    out += [f"- TF32: {'on' if args.tf32 else 'off'} for fp32 rows; CUDA graphs "
+            f"{'off' if args.no_graphs else 'on'} for step schedules; {reps} repetitions after {args.warmup} warm-ups"
             f"{'; --quick (short sequences: not the issue table)' if args.quick else ''}", "",
             "| case | dtype | T | lstmc | baseline | baseline figure | ratio | target | met | lstmc schedule | note |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
