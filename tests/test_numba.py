@@ -131,6 +131,63 @@ def test_thread_plan_choice(monkeypatch):
         nb.plan(8, 8)
 
 
+def _pool_sizes():
+    return [c.num_threads for c in lstmc.threads._blas().lib_controllers]
+
+
+def test_thread_budget_holds_across_python_threads():
+    """A plan that lowers BLAS threads in a worker thread restores them, and set_num_threads from
+    another thread still takes effect afterwards (threadpoolctl >= 3.8 lets only one thread resize
+    OpenBLAS unless that role is given up, which lstmc.threads does)."""
+    import threading
+
+    before = _pool_sizes()
+    seen = []
+
+    def worker():
+        with lstmc.threads.blas_threads(1):
+            seen.append(_pool_sizes())
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [[1] * len(before)] and _pool_sizes() == before
+    try:
+        lstmc.set_num_threads(1)
+        assert _pool_sizes() == [1] * len(before) and lstmc.threads.budget() == 1
+        # contexts opened by two threads at once: the last to close restores the first's sizes
+        a, b = lstmc.threads.blas_threads(2), lstmc.threads.blas_threads(3)
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+        assert _pool_sizes() == [1] * len(before)
+    finally:
+        lstmc.set_num_threads(max(before))
+
+
+_FORK = """
+import os, signal, sys, numpy as np
+os.environ["LSTMC_NUMBA_PLAN"] = "2,1"
+import lstmc
+nb = lstmc.compile("lstm", "numba", "float32")
+x, p = np.ones((3, 16, 4), np.float32), nb.init_params(4, 5)
+y0 = nb.forward(x, p)[0]
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    ok = np.array_equal(nb.forward(x, p)[0], y0)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_row_chunks_work_in_a_forked_child():
+    """The chunk threads of the parent do not exist after fork(): the child makes its own pool."""
+    r = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "0", r.stdout + r.stderr
+
+
 def test_row_chunks_cover_every_row_once():
     for B in (1, 2, 7, 64):
         for c in (1, 2, 3, 5):

@@ -253,6 +253,30 @@ def _same(a, b):
     return torch.equal(a, b)
 
 
+def test_a_workspace_is_never_handed_out_twice_at_once():
+    # two calls of one shape in flight (two Python threads): the second gets its own workspace; a
+    # forward that fails after taking one releases it, and an older tape of it reads as stale
+    gc = TritonCell(lower(lstmc.load("gru")), "float32", graphs=GRAPHS, schedule=STEP16)
+    key = ("step", STEP16, 5, 3, 4, 7, False)
+    a = gc._acquire(key)
+    b = gc._acquire(key)
+    assert a is not b and a.busy and b.busy and not a.free()
+    a.busy = False
+    assert gc._acquire(key) is a
+    (x, p, st, L, dy, ds), = _graph_problem("gru", "float32", gc, seeds=(1,))
+    y, _, tape = gc.forward(x, p, state=st, lengths=L)
+    gc.backward(tape, dy, ds)                      # its workspace is released for the next forward
+    assert tape.extra.get("graph") is not None
+    real = gc._forward_graph
+    gc._forward_graph = lambda *a, **k: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        gc.forward(x, p, state=st, lengths=L)      # takes the released workspace, then fails
+    gc._forward_graph = real
+    with pytest.raises(RuntimeError, match="reused"):
+        gc.backward(tape, dy, ds)
+    assert all(w.free() for w in gc._ws if w is not a and w is not b)
+
+
 @pytest.mark.parametrize("cell,storage", [("lstm", "float32"), ("gru_v1", "float32"), ("lstm", "bfloat16")])
 def test_graphs_match_eager_with_several_live_tapes(cell, storage):
     # Two forwards of one shape before either backward (a bidirectional or 2-layer net does this), the

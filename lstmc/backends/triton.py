@@ -275,9 +275,10 @@ class _Workspace:
         self.gen = 0
         self.lease = None        # weakref to the _Lease of the tape that owns the buffers
         self.released = True     # that tape's backward has run (the buffers may be reused)
+        self.busy = False        # a forward call is filling it (set by _acquire, under the cell's lock)
 
     def free(self) -> bool:
-        return self.released or self.lease is None or self.lease() is None
+        return not self.busy and (self.released or self.lease is None or self.lease() is None)
 
     def nbytes(self) -> int:
         seen, n = set(), 0
@@ -378,6 +379,7 @@ class TritonCell(CompiledCell):
         self.graphs = graphs
         self.graph_cache = graph_cache
         self._ws: list[_Workspace] = []        # least recently used first
+        self._ws_lock = threading.Lock()       # two threads never take the same workspace
         self.graph_stats = {"captures": 0, "replays": 0, "eager": 0, "capture_failed": 0}
 
     def __repr__(self):
@@ -600,25 +602,29 @@ class TritonCell(CompiledCell):
 
     def _acquire(self, key) -> "_Workspace | None":
         """A free workspace for `key` (most recently used last), a new one, or None (every cached one
-        is still owned by a live tape and the cache is full: the call runs without graphs)."""
-        for ws in self._ws:
-            if ws.key == key and ws.free():
+        is still owned by a live tape and the cache is full: the call runs without graphs). The one
+        returned is busy until the caller's forward is done with it, and its generation moves on at
+        once, so an older tape of it is stale even if this forward fails half-way."""
+        with self._ws_lock:
+            ws = next((w for w in self._ws if w.key == key and w.free()), None)
+            if ws is not None:
                 self._ws.remove(ws)
-                self._ws.append(ws)
-                return ws
-        if len(self._ws) >= self.graph_cache:
-            victim = next((w for w in self._ws if w.free()), None)
-            if victim is None:
-                self.graph_stats["eager"] += 1
-                return None
-            self._ws.remove(victim)       # its memory goes when no tape refers to it any more
-        ws = _Workspace(key)
-        self._ws.append(ws)
-        return ws
+            else:
+                if len(self._ws) >= self.graph_cache:
+                    victim = next((w for w in self._ws if w.free()), None)
+                    if victim is None:
+                        self.graph_stats["eager"] += 1
+                        return None
+                    self._ws.remove(victim)       # its memory goes when no tape refers to it any more
+                ws = _Workspace(key)
+            self._ws.append(ws)
+            ws.busy = True
+            ws.gen += 1
+            return ws
 
     def _new_buffers(self, ws, sched, T, B, H, need_tape):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
-        e = ws.env
+        e = {}                  # filled completely before it becomes ws.env (an allocation may fail)
         nx = len(prog.input_mats)
         al = lambda n: -(-n // 128) * 128          # noqa: E731 - sub-arrays start 128 elements apart (aligned)
         parts = []
@@ -648,6 +654,7 @@ class TritonCell(CompiledCell):
                 e[f"DSN_{_mangle(s)}"] = torch.empty((B, H), dtype=CT, device=dev)
             e["DP"] = torch.empty((triton_cdiv(B, sched.block_b), max(len(prog.vector_params), 1), H), dtype=CT,
                                   device=dev)
+        ws.env = e
 
     def _capture(self, run) -> "_Graph | None":
         """Capture `run` (a time loop over static buffers, which has just run eagerly, so every kernel is
@@ -658,7 +665,7 @@ class TritonCell(CompiledCell):
         torch = self.torch
         try:
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with torch.cuda.graph(g, capture_error_mode="thread_local"):   # other threads may use CUDA meanwhile
                 run()
         except Exception as e:  # noqa: BLE001 - e.g. a Triton/driver combination that cannot be captured
             self.graphs = False
@@ -732,22 +739,25 @@ class TritonCell(CompiledCell):
             ws = None
             if self._graphed(sched, T, B):
                 ws = self._acquire(("step", sched, T, B, I, H, bool(need_tape)))
-            if ws is not None:
-                Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H,
-                                                    need_tape)
-                last = T if need_tape else T % 2
-                if need_tape:
-                    ws.gen += 1
-                    lease = _Lease(ws, ws.gen)
-                    ws.lease, ws.released = weakref.ref(lease), False
-            else:
-                Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
-                                                                 T, B, I, H, need_tape)
-            final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
-            if reverse:
-                Y = self._take_rows(Y, rev_idx)
-            elif ws is not None:
-                Y = Y.clone()            # the static buffer is overwritten by the next call
+            try:
+                if ws is not None:
+                    Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I,
+                                                        H, need_tape)
+                    last = T if need_tape else T % 2
+                    if need_tape:
+                        lease = _Lease(ws, ws.gen)
+                        ws.lease, ws.released = weakref.ref(lease), False
+                else:
+                    Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
+                                                                     T, B, I, H, need_tape)
+                final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
+                if reverse:
+                    Y = self._take_rows(Y, rev_idx)
+                elif ws is not None:
+                    Y = Y.clone()            # the static buffer is overwritten by the next call
+            finally:
+                if ws is not None:
+                    ws.busy = False          # y and the final state are copied out; the tape holds a lease
         tape = None
         if need_tape:
             extra = {"numpy": numpy_in, "schedule": sched}
@@ -766,6 +776,7 @@ class TritonCell(CompiledCell):
         e = ws.env
         if not e:
             self._new_buffers(ws, sched, T, B, H, need_tape)
+            e = ws.env
         nx = len(prog.input_mats)
         if nx:
             torch.mm(x.reshape(T * B, I), Wcat.t(), out=e["XP"].view(T * B, nx * H))
