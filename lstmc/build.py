@@ -34,9 +34,9 @@ def load(cell: str | os.PathLike | Cell) -> Cell:
         return cell
     if not isinstance(cell, (str, os.PathLike)):
         raise TypeError(f"load() takes a built-in cell name, a path or cell text, got {type(cell).__name__}")
-    if isinstance(cell, str) and "\n" in cell:
+    if isinstance(cell, str) and "\n" in cell.strip():
         return parse(cell)
-    name = os.fspath(cell)
+    name = os.fspath(cell).strip() if isinstance(cell, str) else os.fspath(cell)
     builtin = importlib.resources.files("lstmc.cells") / f"{name}.cell"
     if "/" not in name and not name.endswith(".cell") and _is_file(builtin):
         return parse(builtin.read_text(), filename=f"<builtin {name}.cell>")

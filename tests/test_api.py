@@ -74,7 +74,7 @@ def test_load_takes_names_paths_and_text_alike(tmp_path):
     text = (Path(lstmc.__file__).parent / "cells" / "gru.cell").read_text()
     f = tmp_path / "mine.cell"
     f.write_text(text)
-    for how in ("gru", str(f), f, text):
+    for how in ("gru", "gru\n", str(f), f, text):
         assert lstmc.load(how).name == "gru"
     # a name longer than the file system allows is "not found", not an OSError from stat()
     with pytest.raises(FileNotFoundError, match="no built-in cell or file named"):

@@ -52,9 +52,6 @@ class Plan:
     chunks: int
     blas: int
 
-    def text(self) -> str:
-        return f"{self.chunks} row chunk{'s' if self.chunks > 1 else ''} x {self.blas} BLAS thread{'s' if self.blas > 1 else ''}"
-
 
 def row_ranges(B: int, chunks: int) -> list[tuple[int, int]]:
     edges = [B * c // chunks for c in range(chunks + 1)]

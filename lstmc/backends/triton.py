@@ -222,7 +222,9 @@ def _install_slp_guard() -> None:
         if getattr(_slp, "off", False) and not getattr(optimize_module, "_no_kwarg", False):
             try:
                 return orig(*args, **{**kwargs, "disable_slp_vectorizer": True})
-            except TypeError:            # an older Triton without the flag: compile as it would
+            except TypeError as e:       # an older Triton without the flag: compile as it would
+                if "disable_slp_vectorizer" not in str(e) and "keyword" not in str(e):
+                    raise
                 optimize_module._no_kwarg = True
         return orig(*args, **kwargs)
 
