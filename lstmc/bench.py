@@ -78,26 +78,14 @@ def machine_description() -> dict:
 
 
 def _median_iqr(fn, reps: int) -> tuple[float, float]:
-    return _interleaved([fn], reps)[0]
-
-
-def _interleaved(fns, reps: int) -> list[tuple[float, float]]:
-    """(median, IQR) in ms of each of `fns`, timed in turns (a, b, c, a, b, c, ...) after one warm-up
-    call each: a shared machine's slow phases last seconds to minutes, and in turns they fall on
-    every contender alike instead of on whichever ran during them."""
-    for fn in fns:
-        fn()
-    ts = [[] for _ in fns]
+    fn()  # warm-up
+    ts = []
     for _ in range(reps):
-        for fn, t_list in zip(fns, ts):
-            t = time.perf_counter()
-            fn()
-            t_list.append(time.perf_counter() - t)
-    out = []
-    for t_list in ts:
-        q1, med, q3 = np.percentile(t_list, [25, 50, 75])
-        out.append((float(med) * 1e3, float(q3 - q1) * 1e3))
-    return out
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    q1, med, q3 = np.percentile(ts, [25, 50, 75])
+    return float(med) * 1e3, float(q3 - q1) * 1e3
 
 
 def sgemm_rate(n: int = 1024, reps: int = 5) -> float:
@@ -172,25 +160,25 @@ def run(cells, backends, T, Bs, Hs, dtype="float32", reps=5, I=None, progress=Tr
 
     device = "cuda" if "triton" in backends else "cpu"
     result = BenchResult(machine=machine_description(), sgemm_gflops=sgemm_rate())
-    groups = []   # contenders of one (cell, B, H) are timed in turns against each other
+    jobs = []
     for cell in cells:
         extra = ["torch.nn"] if _native_equivalent(cell) else []
         for B in Bs:
             for H in Hs:
-                groups.append((cell, B, H, list(backends) + extra))
-    bar = tqdm(groups, disable=not progress, desc="lstmc bench", unit="case")
-    for cell, B, H, contenders in bar:
+                for backend in list(backends) + extra:
+                    jobs.append((cell, backend, B, H))
+    bar = tqdm(jobs, disable=not progress, desc="lstmc bench", unit="case")
+    for cell, backend, B, H in bar:
         name = load(cell).name
-        bar.set_postfix_str(f"{name} B={B} H={H}")
-        runners = [_runner(cell, backend, T, B, I or H, H, dtype, device) for backend in contenders]
-        fwds = _interleaved([f for f, _ in runners], reps)
-        trains = _interleaved([t for _, t in runners], reps)
+        bar.set_postfix_str(f"{name} {backend} B={B} H={H}")
+        fwd, train = _runner(cell, backend, T, B, I or H, H, dtype, device)
+        f_med, f_iqr = _median_iqr(fwd, reps)
+        t_med, t_iqr = _median_iqr(train, reps)
         flops = forward_flops(cell, T, B, I or H, H)
-        for backend, (f_med, f_iqr), (t_med, t_iqr) in zip(contenders, fwds, trains):
-            m = Measurement(name, backend, T, B, I or H, H, dtype, f_med, f_iqr, t_med, t_iqr,
-                            flops / (f_med * 1e-3) / 1e9, 3 * flops / (t_med * 1e-3) / 1e9)
-            m.pct_sgemm = 100 * m.train_gflops / result.sgemm_gflops
-            result.measurements.append(m)
+        m = Measurement(name, backend, T, B, I or H, H, dtype, f_med, f_iqr, t_med, t_iqr,
+                        flops / (f_med * 1e-3) / 1e9, 3 * flops / (t_med * 1e-3) / 1e9)
+        m.pct_sgemm = 100 * m.train_gflops / result.sgemm_gflops
+        result.measurements.append(m)
     # ratios against the baselines of the same run
     index = {(m.cell, m.backend, m.B, m.H): m for m in result.measurements}
     for m in result.measurements:

@@ -15,13 +15,6 @@ def test_flop_count_follows_the_gemm_plan():
     assert bench.forward_flops("indrnn", 10, 2, 3, 5) == 10 * 2 * 2 * 5 * 3
 
 
-def test_contenders_are_timed_in_turns():
-    calls = []
-    out = bench._interleaved([lambda: calls.append("a"), lambda: calls.append("b")], reps=3)
-    assert calls == ["a", "b"] + ["a", "b"] * 3          # one warm-up each, then a, b, a, b, ...
-    assert len(out) == 2 and all(med >= 0 and iqr >= 0 for med, iqr in out)
-
-
 def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     cell = tmp_path / "mine.cell"
     cell.write_text("cell mine\nstate h\nh' = tanh(W @ x + U @ h + b) * sigmoid(V @ h)\n")
