@@ -221,24 +221,15 @@ class NumbaCell(CompiledCell):
         return self.plans[key]
 
     def _time_plan(self, plan: Plan, B: int, H: int, T: int = 12) -> float:
-        prog, dt = self.program, self.np_dtype
-        rng = np.random.default_rng(0)
-        p = self.init_params(H, H, seed=0)
-        nx = len(prog.input_mats)
-        XP = (0.5 * rng.standard_normal((T, B, nx * H))).astype(dt)
-        Ucat = [np.concatenate([p[m] for m in g.mats]) for g in prog.groups]
-        vecs = [p[v] for v in prog.vector_params]
-        L = np.full(B, T, np.int64)
-        Sq = [np.zeros((T + 1, B, H), dt) for _ in prog.cell.states]
-        SV = [np.zeros((T, B, H), dt) for _ in prog.saved]
-        Y = np.empty((T, B, H), dt)
-        best = float("inf")
-        for rep in range(4):          # the first is a warm-up (pool threads, page faults)
+        """Best of 3 forward calls (after a warm-up: pool threads, page faults) under `plan`."""
+        x = np.random.default_rng(0).standard_normal((T, B, H)).astype(self.np_dtype)
+        params = self.init_params(H, H, seed=0)
+        times = []
+        for _ in range(4):
             t0 = time.perf_counter()
-            run_chunks(self.module.forward, plan, B, lambda c: (XP, *Ucat, *vecs, L, *Sq, *SV, Y, 1))
-            if rep:
-                best = min(best, time.perf_counter() - t0)
-        return best
+            self.forward(x, params, _plan=plan)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
 
     # ------------------------------------------------------------------------------------------
     def _check_numba_inputs(self, x, params, state):
@@ -248,8 +239,9 @@ class NumbaCell(CompiledCell):
         for k, v in (state or {}).items():
             _require_c(f"state['{k}']", v)
 
-    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
-        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, _plan=None):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
+        `_plan` (internal: plan measurement) overrides the thread plan."""
         T, B, I, H, L = self.check_inputs(x, params, state, lengths)
         self._check_numba_inputs(x, params, state)
         prog = self.program
@@ -274,7 +266,7 @@ class NumbaCell(CompiledCell):
         short = not bool(np.all(L == T))
         SV = {n: self._recycled((T if need_tape else 1, B, H), zero=short) for n, _ in prog.saved}
         Y = self._recycled((T, B, H))
-        plan = self.plan(B, H)
+        plan = _plan or self.plan(B, H)
         run_chunks(self.module.forward, plan, B,
                    lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
         last = T if need_tape else T % 2
