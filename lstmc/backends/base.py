@@ -90,6 +90,7 @@ class Tape:
     packed: dict           # packed weights used by forward (Wcat, Ucat_g, vectors)
     shapes: tuple          # (T, B, I, H)
     extra: dict = field(default_factory=dict)
+    owner: object = None   # the CompiledCell whose forward made this tape (backward refuses others')
 
 
 class CompiledCell:

@@ -275,7 +275,7 @@ class NumbaCell(CompiledCell):
             Y = Y[rev_idx, np.arange(B)[None, :]]
         tape = None
         if need_tape:
-            tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
+            tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
                         shapes=(T, B, I, H), extra={"plan": plan})
         return Y, final, tape

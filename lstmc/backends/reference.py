@@ -94,7 +94,10 @@ class ReferenceCell(CompiledCell):
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
         T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
-        return self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+        if tape is not None:
+            tape.owner = self
+        return y, st, tape
 
     def backward(self, tape, dy, dstate=None):
         """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""

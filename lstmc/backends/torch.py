@@ -150,6 +150,8 @@ class TorchCell(CompiledCell):
                 raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device")
         y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
         if tape is not None:
+            tape.owner = self
+        if tape is not None:
             tape.extra["numpy"] = numpy_in
         if numpy_in:
             y = y.detach().numpy()

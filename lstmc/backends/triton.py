@@ -765,7 +765,7 @@ class TritonCell(CompiledCell):
             extra = {"numpy": numpy_in, "schedule": sched}
             if lease is not None:
                 extra["graph"] = lease
-            tape = Tape(x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
+            tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
                                 "vecs": {p: params[p] for p in prog.vector_params}},
                         shapes=(T, B, I, H), extra=extra)
