@@ -10,7 +10,12 @@ it, and tests/test_numba.py::test_float32_pointwise_loops_are_vectorised reports
 
 from __future__ import annotations
 
-JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=True)
+# LLVM fast-math flags: the ones that let fused blocks vectorise (contraction into FMA,
+# reassociation, reciprocal and approximate functions, signless zeros), but not `nnan`/`ninf`:
+# with those LLVM may assume no value is NaN or infinite, and an overflowing exp (1 / (1 + exp(100)))
+# or a NaN in the data then turned into NaN or garbage where IEEE arithmetic gives 0 or an honest NaN.
+FASTMATH = frozenset({"contract", "reassoc", "arcp", "afn", "nsz"})
+JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 
 try:  # pragma: no branch
     from numba.core import cpu, options

@@ -6,8 +6,10 @@ locals (so a block is fused: every intermediate lives in a register), with loads
 that hold leaves (states, products, the tape) and stores for the values that outlive the block.
 
 float32 kernels use arithmetic-only tanh/sigmoid (a rational approximation, |error| < 4e-7 and
-< 3e-7 respectively, tested) so the j-loop vectorises; every literal is `np.float32(...)` so nothing
-silently promotes to float64. float64 kernels use libm and match the reference to rounding.
+< 3e-7 respectively, tested) so the j-loop vectorises; past the point where float32 rounds the true
+value to +-1 they return exactly +-1 (as libm does), so a saturated gate's slope is exactly 0 and
+float32 gradients do not grow with |x|. Every literal is `np.float32(...)` so nothing silently
+promotes to float64. float64 kernels use libm and match the reference to rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.
           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
 TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
 TANH_CLAMP = 7.90531110763549805
+# The smallest float32 x whose correctly rounded tanh(x) / sigmoid(x) is 1.0 (tests/test_numerics.py
+# recomputes both). The approximations alone top out at 1 - 2.4e-7 / 1 - 1.2e-7, whose "slope"
+# 1 - t^2 (or s(1 - s)) never reaches 0: weight gradients then grow with |x| at saturated gates.
+TANH_ONE = 9.010913848876953
+SIGMOID_ONE = 17.32868003845215
 TANH_MAX_ERROR = 4e-7       # measured 3.4e-7 over a 2M-point grid of [-12, 12]; tests/test_numba.py
 SIGMOID_MAX_ERROR = 3e-7    # measured 2.3e-7
 
@@ -92,17 +99,21 @@ def activations(dtype: str) -> str:
 {inl}
 def _tanh(x):
     # |error| < {TANH_MAX_ERROR:g} over all float32 inputs (rational approximation, Eigen's coefficients)
-    x = min(max(x, {f(-TANH_CLAMP)}), {f(TANH_CLAMP)})
-    x2 = x * x
-    p = {_horner(TANH_P, "x2", f)}
-    q = {_horner(TANH_Q, "x2", f)}
-    return x * p / q
+    a = min(max(x, {f(-TANH_CLAMP)}), {f(TANH_CLAMP)})
+    a2 = a * a
+    p = {_horner(TANH_P, "a2", f)}
+    q = {_horner(TANH_Q, "a2", f)}
+    r = a * p / q
+    # exactly +-1 where float32 tanh rounds there (selects: the loop stays vectorised)
+    r = {f(1.0)} if x >= {f(TANH_ONE)} else r
+    return {f(-1.0)} if x <= {f(-TANH_ONE)} else r
 
 
 {inl}
 def _sigmoid(x):
-    # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < {SIGMOID_MAX_ERROR:g}
-    return {f(0.5)} * _tanh({f(0.5)} * x) + {f(0.5)}
+    # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < {SIGMOID_MAX_ERROR:g}; exactly 1 where float32 rounds there
+    s = {f(0.5)} * _tanh({f(0.5)} * x) + {f(0.5)}
+    return {f(1.0)} if x >= {f(SIGMOID_ONE)} else s
 
 {common}'''
     return f'''

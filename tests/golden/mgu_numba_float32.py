@@ -23,17 +23,21 @@ from lstmc.backends.numba_options import JIT as _JIT  # cache, error_model="nump
 @njit(inline="always", **_JIT)
 def _tanh(x):
     # |error| < 4e-07 over all float32 inputs (rational approximation, Eigen's coefficients)
-    x = min(max(x, np.float32(-7.905311107635498)), np.float32(7.905311107635498))
-    x2 = x * x
-    p = ((((((np.float32(-2.76076847742355e-16)) * x2 + np.float32(2.00018790482477e-13)) * x2 + np.float32(-8.60467152213735e-11)) * x2 + np.float32(5.12229709037114e-08)) * x2 + np.float32(1.48572235717979e-05)) * x2 + np.float32(0.000637261928875436)) * x2 + np.float32(0.00489352455891786)
-    q = (((np.float32(1.19825839466702e-06)) * x2 + np.float32(0.000118534705686654)) * x2 + np.float32(0.002268434632439)) * x2 + np.float32(0.00489352518554385)
-    return x * p / q
+    a = min(max(x, np.float32(-7.905311107635498)), np.float32(7.905311107635498))
+    a2 = a * a
+    p = ((((((np.float32(-2.76076847742355e-16)) * a2 + np.float32(2.00018790482477e-13)) * a2 + np.float32(-8.60467152213735e-11)) * a2 + np.float32(5.12229709037114e-08)) * a2 + np.float32(1.48572235717979e-05)) * a2 + np.float32(0.000637261928875436)) * a2 + np.float32(0.00489352455891786)
+    q = (((np.float32(1.19825839466702e-06)) * a2 + np.float32(0.000118534705686654)) * a2 + np.float32(0.002268434632439)) * a2 + np.float32(0.00489352518554385)
+    r = a * p / q
+    # exactly +-1 where float32 tanh rounds there (selects: the loop stays vectorised)
+    r = np.float32(1.0) if x >= np.float32(9.010913848876953) else r
+    return np.float32(-1.0) if x <= np.float32(-9.010913848876953) else r
 
 
 @njit(inline="always", **_JIT)
 def _sigmoid(x):
-    # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < 3e-07
-    return np.float32(0.5) * _tanh(np.float32(0.5) * x) + np.float32(0.5)
+    # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < 3e-07; exactly 1 where float32 rounds there
+    s = np.float32(0.5) * _tanh(np.float32(0.5) * x) + np.float32(0.5)
+    return np.float32(1.0) if x >= np.float32(17.32868003845215) else s
 
 
 @njit(inline="always", **_JIT)
