@@ -13,7 +13,9 @@ per-step schedule. Every `eval_every` steps: evaluate the validation split, log,
 plateau schedule, checkpoint. A checkpoint holds everything the next step depends on (model,
 optimizer, scheduler, every RNG state of every rank, the step counter, the loop's bookkeeping), and
 is written to a temporary file then renamed, so a killed run resumed with `resume=True` continues
-with bit-identical losses.
+with bit-identical losses. It holds only tensors and plain data, and is read with
+torch.load(weights_only=True), so a crafted file cannot run code (load_checkpoint, CheckpointError).
+A training loss that becomes NaN or infinite stops the run at that step (TrainResult.diverged).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
 from .tasks import TASKS, Task, get_task
 
 # torch is imported inside the functions that use it, so that `lstmc --help` and the other
@@ -42,11 +45,11 @@ from .tasks import TASKS, Task, get_task
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "SeqModel", "NativeRecurrent", "evaluate",
            "validate_gradients", "init_distributed", "shard", "load_checkpoint", "add_parser", "cli_main", "demo_run",
-           "TrainingInterrupted"]
+           "TrainingInterrupted", "CheckpointError", "NonFiniteLossWarning", "atomic_write"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine", "plateau")
-CKPT_VERSION = 1
+CKPT_VERSION = 2   # 2: RNG states as tensors and plain lists, loadable with weights_only=True
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -159,8 +162,9 @@ class TrainResult:
     train_losses: list = field(default_factory=list)   # the loss of every step
     validations: list = field(default_factory=list)    # --validate reports
     stopped_early: bool = False     # by patience or target (stop_reason says which)
-    stop_reason: str = ""           # patience / target / "signal" / "stop-at N"
+    stop_reason: str = ""           # patience / target / "signal" / "stop-at N" / non-finite loss
     interrupted: bool = False
+    diverged: bool = False          # stopped because the training loss became NaN or infinite
     world_size: int = 1
     backend: str = ""
     out: str | None = None
@@ -169,6 +173,10 @@ class TrainResult:
         arrow = "higher" if self.higher_is_better else "lower"
         speed = (f"{self.steps} steps in {self.wall_time:.1f} s ({self.steps_per_s:.1f} steps/s, backend "
                  f"{self.backend}); {self.params} parameters")
+        if self.diverged:
+            tested = (f"test {self.metric} {self.test_metric:.4f} with the weights of the best validation (step "
+                      f"{self.best_step})" if not math.isnan(self.test_metric) else "no validation before it: not tested")
+            return f"{self.task}/{self.cell}: {self.stop_reason}; {tested}; {speed}"
         if self.interrupted:
             return (f"{self.task}/{self.cell}: interrupted at step {self.steps} (continue with --resume); best "
                     f"validation {self.metric} {self.val_metric:.4f} at step {self.best_step} vs "
@@ -387,9 +395,12 @@ def _broadcast(vals: list[float], d: Dist) -> list[float]:
 # ------------------------------------------------------------------------------------ RNG and files
 
 def rng_state() -> dict:
+    """Every RNG state as tensors and plain Python data (what torch.load(weights_only=True) reads)."""
     import torch
 
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    s = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+         "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -399,7 +410,8 @@ def set_rng_state(s: dict) -> None:
     import torch
 
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    name, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -413,37 +425,79 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def atomic_write(path: Path, write) -> None:
-    """write(file) into a temporary file beside `path`, flush it to disk, then rename it over
-    `path`: a reader (or a resumed run) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+class CheckpointError(ValueError):
+    """A checkpoint file lstmc cannot or will not load (truncated, corrupted, not lstmc's, or
+    holding objects that unpickling would have to run code for). The message is one line: which
+    file, what is wrong, what to do."""
 
 
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
+_CKPT_KEYS = ("version", "config", "world_size", "model", "optimizer", "scheduler", "rng", "sampler", "loop",
+              "best_model")
 
 
 def load_checkpoint(path) -> dict:
-    """A checkpoint.pt as a dict (it holds NumPy and Python RNG states, so not weights_only)."""
+    """A checkpoint.pt as a dict, loaded with torch.load(weights_only=True): tensors and plain
+    Python data only, so a crafted file cannot run code while it is read. Anything else, and any
+    file that is not a complete checkpoint of this format, raises CheckpointError."""
+    import pickle
+    import re
+    import zipfile
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    path = Path(path)
+    not_ours = f"{path} is not a readable lstmc checkpoint"
+    fresh = "delete it (or choose another --out) to start afresh"
+    try:
+        size = path.stat().st_size
+        complete = zipfile.is_zipfile(path)     # torch.save writes a zip archive; its directory comes last
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{not_ours} ({_first_line(e)}); check its permissions") from None
+    if not complete:
+        what = "an empty file" if size == 0 else f"{size} bytes, not a complete PyTorch file"
+        raise CheckpointError(f"{not_ours} ({what}): it is truncated or corrupted; {fresh}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(f"{not_ours}: it holds Python objects other than tensors and plain data "
+                                  f"({', '.join(sorted(set(found)))}), which could run code when loaded, so lstmc "
+                                  f"refuses it. Load only checkpoints you wrote; one from an older lstmc cannot be "
+                                  f"resumed: {fresh}") from None
+        raise CheckpointError(f"{not_ours} ({_first_line(e)}): it is truncated or corrupted; {fresh}") from None
+    except Exception as e:      # torch's zip reader, EOFError, KeyError...: a damaged or foreign file
+        raise CheckpointError(f"{not_ours} ({_first_line(e)}): it is truncated or corrupted; {fresh}") from None
+    if not isinstance(ck, dict) or "version" not in ck:
+        raise CheckpointError(f"{not_ours}: it is a PyTorch file, but not one lstmc train wrote; {fresh}")
+    if ck["version"] != CKPT_VERSION:
+        raise CheckpointError(f"{not_ours}: it has format version {ck['version']!r}, this lstmc reads version "
+                              f"{CKPT_VERSION}; {fresh}")
+    missing = [k for k in _CKPT_KEYS if k not in ck]
+    if missing:
+        raise CheckpointError(f"{not_ours}: it lacks {', '.join(missing)}; {fresh}")
+    return ck
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as a short phrase: its type and the first sentence of its message."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0][:160]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _plain(obj):
+    """`obj` with NumPy scalars and arrays turned into Python numbers and lists (exactly), so that a
+    checkpoint holds nothing torch.load(weights_only=True) would refuse."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -557,7 +611,8 @@ def plot_curves(path: Path, res: TrainResult) -> None:
     a2.set_title(f"validation {res.metric}")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-        a.legend()
+        if a.get_legend_handles_labels()[0]:    # a run stopped before its first step has no curve
+            a.legend()
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
@@ -706,20 +761,25 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     best_state = None
     ckpt_path = out / "checkpoint.pt" if out else None
     if cfg.resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        if ck.get("version") != CKPT_VERSION:
-            raise ValueError(f"{ckpt_path}: checkpoint version {ck.get('version')}, expected {CKPT_VERSION}")
+        ck = load_checkpoint(ckpt_path)      # CheckpointError (one line) for anything but a good checkpoint
         _check_resume(ck["config"], cfg)
         if ck["world_size"] != d.world:
             raise ValueError(f"{ckpt_path} was written by {ck['world_size']} processes; resume with as many "
                              f"(now {d.world}) to continue exactly")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None and ck["scheduler"] is not None:
-            sched.load_state_dict(ck["scheduler"])
-        loop = ck["loop"]
-        best_state = ck["best_model"]
-        set_rng_state(ck["rng"][d.rank])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck["scheduler"] is not None:
+                sched.load_state_dict(ck["scheduler"])
+            loop = ck["loop"]
+            best_state = ck["best_model"]
+            set_rng_state(ck["rng"][d.rank])
+            if not isinstance(loop, dict) or not {"step", "history", "train_losses"} <= loop.keys():
+                raise KeyError("loop: the training loop's bookkeeping")
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{ckpt_path} is not a readable lstmc checkpoint: its contents do not fit this "
+                                  f"run ({_first_line(e)}); delete it (or choose another --out) to start "
+                                  f"afresh") from None
         if d.main and cfg.progress:
             print(f"resuming from {ckpt_path} at step {loop['step']}", file=sys.stderr)
     elif cfg.resume and d.main and cfg.progress:
@@ -750,7 +810,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             params=count_params(model), rnn_params=count_params(model.rnn), history=list(loop["history"]),
             train_losses=list(loop["train_losses"]), validations=list(loop["validations"]),
             stopped_early=loop["stop_reason"] is not None, stop_reason=interrupted or loop["stop_reason"] or "",
-            interrupted=bool(interrupted), world_size=d.world,
+            interrupted=bool(interrupted), diverged=bool(diverged), world_size=d.world,
             backend=str(getattr(model.rnn, "last_backend", None) or cfg.backend), out=str(out) if out else None)
 
     def checkpoint():
@@ -763,7 +823,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
         ck = {"version": CKPT_VERSION, "config": config_dict(cfg), "world_size": d.world,
               "model": model.state_dict(), "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict() if sched is not None else None,
-              "rng": rngs, "sampler": sampler.state_dict(), "loop": loop, "best_model": best_state}
+              "rng": rngs, "sampler": sampler.state_dict(), "loop": _plain(loop), "best_model": best_state}
         atomic_write(ckpt_path, lambda f: torch.save(ck, f))
 
     bar = tqdm(total=cfg.steps, initial=loop["step"], disable=not (d.main and cfg.progress), unit="step",
@@ -774,6 +834,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
     seg_steps = 0
     last_val = None
     interrupted = ""      # why the loop stopped before its end: "signal" or "stop-at N"
+    diverged = ""         # the message, once the training loss became NaN or infinite
     net.train()
     with _StopFlag(enabled=out is not None) as flag:
         while loop["step"] < cfg.steps and not loop["stop_reason"]:
@@ -782,6 +843,12 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             x, y = task.batch("train", sampler.indices(step, cfg.batch))
             x, y = shard(x, d.rank, d.world).to(device), shard(y, d.rank, d.world).to(device)
             loss = task.loss_fn(net(x), y)
+            step_loss = _all_mean(float(loss.detach()), d)     # the same on every rank
+            if not math.isfinite(step_loss):
+                # stop before this step's update (the weights stay the last finite ones), like Keras'
+                # TerminateOnNaN; no checkpoint of this step: the last one stays the last good state
+                loop["stop_reason"] = diverged = _diverged_message(step_loss, step + 1, cfg)
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
@@ -789,7 +856,7 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             opt.step()
             if sched is not None and per_step:
                 sched.step()
-            loop["train_losses"].append(_all_mean(float(loss.detach()), d))
+            loop["train_losses"].append(step_loss)
             loop["step"] = step = step + 1
             loop["train_time"] += time.perf_counter() - t0
             seg_steps += 1
@@ -865,6 +932,12 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
             raise TrainingInterrupted(res)
         return res
 
+    if diverged and best_state is None:     # no validated weights to test, nor to save as model.pt
+        res = result()
+        if write:
+            write_outputs(out, res)
+        warnings.warn(diverged, NonFiniteLossWarning, stacklevel=3)
+        return res
     if best_state is not None:
         final_state = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
@@ -877,7 +950,19 @@ def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
         write_outputs(out, res)
     if best_state is not None:
         model.load_state_dict(final_state)
+    if diverged:
+        warnings.warn(diverged, NonFiniteLossWarning, stacklevel=3)
     return res
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """Training stopped because the loss became NaN or infinite (TrainResult.diverged)."""
+
+
+def _diverged_message(loss: float, step: int, cfg: TrainConfig) -> str:
+    clip = f"clip gradients harder (--clip, now {cfg.clip:g})" if cfg.clip else "clip gradients (--clip 1.0; now off)"
+    return (f"training loss became {loss} at step {step}; stopped before its update. Lower the learning rate "
+            f"(--lr, now {cfg.lr:g}) or {clip}")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -943,9 +1028,13 @@ def config_from_args(args) -> TrainConfig:
 
 def cli_main(args) -> int:
     """`lstmc train`: run and print a summary (rank 0). Exit status 0, also after --stop-at; 130 when
-    a signal (Ctrl-C, SIGTERM) stopped it (the checkpoint is written: continue with --resume)."""
+    a signal (Ctrl-C, SIGTERM) stopped it (the checkpoint is written: continue with --resume); 1
+    when the training loss became NaN or infinite (the message says at which step, on stderr). A
+    checkpoint that cannot be loaded raises CheckpointError, which the CLI prints as one line."""
     try:
-        res = train(config_from_args(args))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteLossWarning)   # said below, as an error line
+            res = train(config_from_args(args))
     except TrainingInterrupted as e:
         res = e.result
     rank = int(os.environ.get("RANK", "0"))
@@ -958,7 +1047,11 @@ def cli_main(args) -> int:
             print(res.summary())
             if res.out:
                 print(f"outputs in {res.out}: metrics.csv metrics.json curves.png checkpoint.pt"
-                      + ("" if res.interrupted else " model.pt"))
+                      + ("" if res.interrupted or math.isnan(res.test_metric) else " model.pt"))
+    if res.diverged:
+        if rank == 0:
+            print(f"lstmc: error: {res.stop_reason}", file=sys.stderr)
+        return 1
     return 130 if res.stop_reason == "signal" else 0
 
 
