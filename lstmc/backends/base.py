@@ -28,10 +28,27 @@ DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 def check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    """The canonical name ('float32', 'float64') of a dtype lstmc compiles: given as a name, a NumPy
+    dtype or scalar type, or a torch dtype; anything else is a ValueError saying what is supported."""
+    name = None
+    if isinstance(dtype, str):
+        name = dtype
+        if dtype not in DTYPES:
+            try:
+                name = np.dtype(dtype).name    # NumPy's spellings of the same types: 'f4', 'double'
+            except TypeError:
+                pass
+    elif type(dtype).__module__ == "torch":
+        name = str(dtype).replace("torch.", "")
+    elif dtype is not None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (the triton backend also takes bfloat16 "
-                         f"and float16 storage), got {dtype!r}")
+                         f"and float16 storage), got {dtype!r}: lstmc compiles floating-point kernels only; "
+                         f"compile for float32 or float64 and convert the data to that dtype")
     return name
 
 
@@ -75,6 +92,23 @@ def reverse_index(T: int, lengths: np.ndarray) -> np.ndarray:
     t = np.arange(T)[:, None]
     L = lengths[None, :]
     return np.where(t < L, L - 1 - t, t)
+
+
+def clear_padding(x, lengths: np.ndarray, T: int):
+    """x [T, B, I] with every position past its row's length set to 0 (a copy; x is unchanged).
+
+    A row never reads those positions, but the whole-sequence GEMMs do: the hoisted input product,
+    and dW = dXP^T x after the loop, where 0 x NaN = NaN would poison every input-weight gradient.
+    So padding (NaN, inf, garbage) can never reach a result. Every backend calls this once, after
+    the reverse gather, before any product touches x."""
+    if bool(np.all(lengths == T)):
+        return x
+    live = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+    if isinstance(x, np.ndarray):
+        return np.where(live, x, x.dtype.type(0))
+    import torch
+
+    return torch.where(torch.as_tensor(live, device=x.device), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 @dataclass
@@ -126,9 +160,15 @@ class CompiledCell:
         return out
 
     # argument checking ----------------------------------------------------------------------
-    def _sizes(self, params) -> tuple[int, int]:
+    def _sizes(self, params, Ix: int | None = None) -> tuple[int | None, int | None]:
+        """(input_size, hidden_size) by majority over the parameters' shapes (each W votes its rows for H
+        and its columns for I, each U both dimensions for H, each b its length for H; x's feature count
+        `Ix` votes for I, after the W's, so a lone W it disagrees with wins the tie): one parameter of
+        the wrong shape is then the one blamed. H is None when no parameter has a usable shape; I is
+        Ix (or -1) for a cell without input weights."""
         if not isinstance(params, dict):
-            raise ValueError(f"params must be a dict of arrays (from init_params), got {type(params).__name__}")
+            raise ValueError(f"params must be a dict {{name: array}} (from init_params), got "
+                             f"{self._describe(params)}")
         missing = [p for p in self.cell.params if p not in params]
         extra = [p for p in params if p not in self.cell.params]
         if missing or extra:
@@ -139,87 +179,215 @@ class CompiledCell:
                 msg.append(f"unexpected {', '.join(map(str, extra))}")
             raise ValueError(f"params for cell '{self.cell.name}': {'; '.join(msg)} "
                              f"(expected: {', '.join(self.cell.params)})")
-        H = I = None
+        votes_h: dict[int, int] = {}
+        votes_i: dict[int, int] = {}
+
+        def vote(votes, n):
+            votes[n] = votes.get(n, 0) + 1
+
         for p, kind in self.cell.params.items():
-            shp = tuple(params[p].shape)
-            if not shp:
-                raise ValueError(f"params['{p}'] must be an array, got a scalar")
-            H = H or shp[0]
-            if kind == "W":
-                I = I or (shp[1] if len(shp) == 2 else None)
-        if I is None:  # a cell without input products still takes x; its size comes from x
-            I = -1
+            shp = self._shape_of(params[p])
+            if shp is None:
+                continue
+            if kind == "b" and len(shp) == 1:
+                vote(votes_h, shp[0])
+            elif kind == "U" and len(shp) == 2:
+                vote(votes_h, shp[0])
+                vote(votes_h, shp[1])
+            elif kind == "W" and len(shp) == 2:
+                vote(votes_h, shp[0])
+                vote(votes_i, shp[1])
+        has_w = "W" in self.cell.params.values()
+        if Ix is not None and votes_i:
+            vote(votes_i, Ix)
+        # max() keeps the first of equal counts: insertion order, i.e. the cell's parameter order
+        H = max(votes_h, key=votes_h.get) if votes_h else None
+        if votes_i:
+            I = max(votes_i, key=votes_i.get)
+        else:   # every input weight is malformed (each will say so), or a cell without input products
+            I = Ix if Ix is not None else (None if has_w else -1)   # still takes x: its size comes from x
         return I, H
 
-    def _check_array(self, name, a, shape):
-        dt = getattr(a, "dtype", None)
-        if dt is None:
-            raise ValueError(f"{name} must be an array, got {type(a).__name__}")
+    @staticmethod
+    def _describe(a) -> str:
+        """What a value is, for messages: 'None', 'a list', 'a torch.Tensor'."""
+        if a is None:
+            return "None"
+        t = type(a)
+        mod = t.__module__.split(".")[0]
+        nm = t.__name__ if mod == "builtins" else f"{'np' if mod == 'numpy' else mod}.{t.__name__}"
+        return f"{'an' if nm[0] in 'aeiouAEIOU' else 'a'} {nm}"
+
+    @staticmethod
+    def _shape_of(a):
+        """The shape of a NumPy array or tensor as a tuple of ints; None for anything else."""
+        if isinstance(a, np.ndarray):
+            return a.shape
+        import sys
+
+        torch = sys.modules.get("torch")     # a tensor can only exist once torch is imported
+        return tuple(a.shape) if torch is not None and isinstance(a, torch.Tensor) else None
+
+    def _check_array(self, name, a, shape, why=""):
+        """`a` must be an array this backend takes (NumPy for reference and numba; NumPy or torch for torch
+        and triton), of this program's dtype and, unless `shape` is None, of `shape` (`why`, a string or
+        a function making one: where that shape comes from, for the message). Every failure is a
+        ValueError naming `name` and the fix. The common case (a NumPy array of the right dtype and
+        shape) costs ~1 us: it runs for every argument of every call."""
+        is_np = isinstance(a, np.ndarray)
+        if is_np and a.dtype.type is DTYPES.get(self.dtype) and a.dtype.isnative:
+            if shape is None or a.shape == tuple(shape):
+                return
+        want = self.dtype
+        got = self._shape_of(a)
+        is_torch = not is_np and got is not None
+        of = "" if shape is None else f" of shape {tuple(shape)}"
+        if self.backend in ("reference", "numba"):
+            if not is_np:
+                fix = (f"pass {name}.detach().cpu().numpy(), or compile for backend='torch', which takes tensors"
+                       if is_torch else f"convert it with np.asarray({name}, dtype=np.{want})")
+                raise ValueError(f"{name} must be a NumPy array{of} ({want}) for the {self.backend} backend, "
+                                 f"got {self._describe(a)}: {fix}")
+        elif not (is_np or is_torch):
+            raise ValueError(f"{name} must be a torch.Tensor or NumPy array{of} ({want}), got {self._describe(a)}: "
+                             f"convert it with torch.as_tensor({name}, dtype=torch.{want})")
+        dt = a.dtype
         dname = str(dt).replace("torch.", "")
-        if dname != self.dtype:
-            raise ValueError(f"{name} has dtype {dname}, but this {self.backend} program was compiled for "
-                             f"{self.dtype}: convert it (e.g. .astype(np.{self.dtype})) or compile with "
-                             f"dtype='{dname}'")
-        if tuple(a.shape) != tuple(shape):
-            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if dname != want:
+            plain = dname
+            if is_np and not dt.isnative:
+                plain = dt.newbyteorder("=").name
+                dname = f"{dt.str} ({plain} in non-native byte order)"
+            if not is_np:
+                conv = f"{name}.to(torch.{want})"
+            elif want == "bfloat16":
+                conv = f"{name}.astype(np.float32) (float32 arrays are rounded to bfloat16 on the way in)"
+            else:
+                conv = f"{name}.astype(np.{want})"
+            supported = ("float32", "float64") + (("float16", "bfloat16") if self.backend == "triton" else ())
+            alt = ""
+            if plain in supported and plain != want and (not is_np or dt.isnative):
+                alt = f", or compile the cell for {plain}: lstmc.compile(cell, '{self.backend}', dtype='{plain}')"
+            raise ValueError(f"{name} has dtype {dname}, but this {self.backend} program was compiled for {want}: "
+                             f"convert it with {conv}{alt}")
+        if shape is not None and got != tuple(shape):
+            raise ValueError(f"{name} has shape {got}, expected {tuple(shape)}{why() if callable(why) else why}")
 
     def check_inputs(self, x, params, state, lengths):
-        """Validate every argument; return (T, B, I, H, lengths as int64 array)."""
-        if getattr(x, "ndim", None) != 3:
-            raise ValueError(f"x must be a 3-D array [T, B, I], got "
-                             f"{'shape ' + str(tuple(x.shape)) if hasattr(x, 'shape') else type(x).__name__}")
-        T, B, Ix = (int(s) for s in x.shape)
+        """Validate every argument; return (T, B, I, H, lengths as int64 array). Each error names the
+        argument, what was expected (shapes derived from the cell: `param_shapes`) and the fix."""
+        self._check_array("x", x, None)
+        xs = self._shape_of(x)
+        if len(xs) != 3:
+            hint = (": for one sequence [T, input_size] add a batch axis, x[:, None, :]" if len(xs) == 2 else "")
+            raise ValueError(f"x must be a 3-D array [T, B, input_size] (time, batch, features), got shape {xs}{hint}")
+        T, B, Ix = xs
         if T < 1 or B < 1:
-            raise ValueError(f"x has shape {tuple(x.shape)}: T and B must be at least 1")
-        I, H = self._sizes(params)
-        if I == -1:
-            I = Ix
-        self._check_array("x", x, (T, B, I))
+            raise ValueError(f"x has shape {xs}: T and B must be at least 1 (x is [T, B, input_size]: "
+                             f"{'an empty sequence' if T < 1 else 'an empty batch'} has nothing to run)")
+        I, H = self._sizes(params, Ix)
+        dims = {"W": "[hidden_size, input_size]", "U": "[hidden_size, hidden_size]", "b": "[hidden_size]"}
         for p, kind in self.cell.params.items():
-            self._check_array(f"params['{p}']", params[p], self.cell.param_shape(p, I, H))
+            name = f"params['{p}']"
+            if H is None or (kind == "W" and I is None):
+                self._check_array(name, params[p], None)
+                raise ValueError(f"{name} has shape {self._shape_of(params[p])}, expected {dims[kind]}, and no "
+                                 f"other parameter has the shape its kind needs to tell the sizes: make the "
+                                 f"parameters with init_params(input_size, hidden_size) (shapes: "
+                                 f"param_shapes(input_size, hidden_size))")
+            self._check_array(name, params[p], self.cell.param_shape(p, I, H), lambda p=p, kind=kind: (
+                f": {p} is {dims[kind]}, and " + (f"x and the other parameters give hidden_size={H}, input_size={I}"
+                                                  if kind == "W" else f"the other parameters give hidden_size={H}")))
+        if I != Ix:
+            w = next(p for p, k in self.cell.params.items() if k == "W" and self._shape_of(params[p])[1] == I)
+            raise ValueError(f"x has shape {xs}, expected {(T, B, I)}: its last dimension is input_size, and "
+                             f"params['{w}'] of shape {self._shape_of(params[w])} (the cell's W @ x) takes "
+                             f"input_size={I}; pass x with {I} features, or parameters for input_size={Ix} "
+                             f"(init_params({Ix}, {H}))")
         if state is not None:
             if not isinstance(state, dict):
                 raise ValueError(f"state must be a dict {{state name: [B, H] array}} for states "
-                                 f"{', '.join(self.cell.states)}, got {type(state).__name__}")
+                                 f"{', '.join(self.cell.states)}, got {self._describe(state)}")
             bad = [k for k in state if k not in self.cell.states]
             if bad:
-                raise ValueError(f"state has unknown entries {bad}; the states are {', '.join(self.cell.states)}")
+                raise ValueError(f"state has unknown entries {bad}; the states of cell '{self.cell.name}' are "
+                                 f"{', '.join(self.cell.states)} (leave one out for zeros)")
             for s, v in state.items():
-                self._check_array(f"state['{s}']", v, (B, H))
+                self._check_array(f"state['{s}']", v, (B, H),
+                                  f" = [batch, hidden_size]: B={B} from x, hidden_size={H} from params")
         lengths = check_lengths(lengths, T, B)
         return T, B, I, H, lengths
 
-
     def check_backward(self, tape, dy, dstate) -> None:
         """Validate backward's arguments against the tape of the forward call."""
+        if tape is None:
+            raise ValueError("tape must be the third value returned by forward(..., need_tape=True), got None: "
+                             "forward(..., need_tape=False) keeps no tape; call forward with need_tape=True (the "
+                             "default) to run backward")
         if not isinstance(tape, Tape):
-            raise ValueError("tape must be the third value returned by forward(..., need_tape=True)")
+            raise ValueError(f"tape must be the third value returned by forward(..., need_tape=True), got "
+                             f"{self._describe(tape)}")
+        if tape.owner is not self:
+            made = "no recorded program" if tape.owner is None else repr(tape.owner)
+            same = (" (another compiled object of the same cell, backend and dtype: use the very object whose "
+                    "forward made the tape)" if tape.owner is not None and repr(tape.owner) == repr(self) else "")
+            raise ValueError(f"tape must come from this program's forward, but this tape was made by {made}"
+                             f"{same}: pass it to that program's backward (this program is {self!r})")
         T, B, I, H = tape.shapes
-        self._check_array("dy", dy, (T, B, H))
+        self._check_array("dy", dy, (T, B, H), " = [T, B, hidden_size], the shape of forward's y")
         if dstate is not None:
             if not isinstance(dstate, dict):
-                raise ValueError("dstate must be a dict {state name: [B, H] array}")
+                raise ValueError(f"dstate must be a dict {{state name: [B, H] array}} for states "
+                                 f"{', '.join(self.cell.states)}, got {self._describe(dstate)}")
             for s, v in dstate.items():
                 if s not in self.cell.states:
-                    raise ValueError(f"dstate has unknown entry '{s}'; the states are {', '.join(self.cell.states)}")
-                self._check_array(f"dstate['{s}']", v, (B, H))
+                    raise ValueError(f"dstate has unknown entry '{s}'; the states of cell '{self.cell.name}' are "
+                                     f"{', '.join(self.cell.states)}")
+                self._check_array(f"dstate['{s}']", v, (B, H),
+                                  f" = [batch, hidden_size], the shape of forward's final state['{s}']")
 
 
-def check_lengths(lengths, T: int, B: int) -> np.ndarray:
+def check_lengths(lengths, T: int, B: int, source: str = "x") -> np.ndarray:
+    """`lengths` as an int64 array [B] of values in [0, T] (None: every row has length T), or a
+    ValueError saying what is wrong with it. Takes sequences, NumPy arrays and tensors; whole floats
+    (3.0) pass, fractions, booleans and anything else do not. `source`: what T and B were read from."""
     if lengths is None:
         return np.full(B, T, dtype=np.int64)
+    want = f"a 1-D array of {B} integer{'s' if B != 1 else ''} in [0, T={T}], one per batch row"
+
+    def show(a) -> str:
+        v = a.ravel().tolist()
+        return str(v[:8])[:-1] + ", ...]" if len(v) > 8 else str(v)
+
     if hasattr(lengths, "detach"):
-        lengths = lengths.detach().cpu().numpy()
-    arr = np.asarray(lengths)
+        try:
+            lengths = lengths.detach().cpu().numpy()
+        except Exception as e:  # noqa: BLE001 - e.g. a meta tensor has no values to read
+            raise ValueError(f"lengths must be {want}, but the tensor given (on {lengths.device}) cannot be read "
+                             f"({type(e).__name__}: {e}): pass a CPU tensor or a list") from None
+    if isinstance(lengths, (str, bytes, dict, set)):
+        raise ValueError(f"lengths must be {want}, got {CompiledCell._describe(lengths)} {lengths!r:.60}")
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"lengths must be {want}, got {lengths!r:.80} ({e})") from None
+    if arr.ndim == 0:
+        raise ValueError(f"lengths must be {want}, got the scalar {lengths!r:.40}"
+                         + (f": pass [{lengths!r:.40}]" if B == 1 else ""))
     if arr.ndim != 1 or arr.shape[0] != B:
-        raise ValueError(f"lengths must be a 1-D array of {B} integers (one per batch row), got shape {arr.shape}")
+        raise ValueError(f"lengths must be {want} (B={B} from {source}), got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
+        elif arr.dtype.kind == "b":
+            raise ValueError(f"lengths must be integers (a count of steps per batch row), got booleans {show(arr)}: "
+                             f"for a [T, B] mask of valid steps pass mask.sum(0)")
         else:
-            raise ValueError(f"lengths must be integers, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got min {arr.min()} max {arr.max()}")
+            raise ValueError(f"lengths must be integers, got {show(arr)} (dtype {arr.dtype})")
+    bad = np.flatnonzero((arr < 0) | (arr > T))
+    if bad.size:
+        raise ValueError(f"lengths must lie in [0, T={T}] (T from {source}), got {arr[bad[0]].item()} for batch row "
+                         f"{bad[0]} (min {arr.min()}, max {arr.max()})")
     return arr.astype(np.int64)
 
 
@@ -273,6 +441,7 @@ class SequenceDriver:
         if reverse:
             rev_idx = reverse_index(T, lengths)
             x = ops.take_rows(x, rev_idx)
+        x = clear_padding(x, lengths, T)
         P = pack(prog, params, ops.cat, H)
         nx = len(prog.input_mats)
         XP = (x.reshape(T * B, I) @ P["Wcat"].T).reshape(T, B, nx * H) if nx else None

@@ -17,18 +17,18 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
-from .. import __version__
 from ..lower import Program
 from ..threads import blas_threads, budget
-from .base import CompiledCell, Tape, reverse_index
-from .cache import build_module
+from .base import CompiledCell, Tape, clear_padding, reverse_index
+from .cache import build_module, forget_numba_cache, generator_key, options_key
 from .numba_blas import matmul
+from .numba_options import JIT
 from .numba_render import dxp_alias, render
 
-TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
 MIN_ROWS = 8             # fewest batch rows worth a thread of their own
 
@@ -115,10 +115,13 @@ def run_chunks(fn, plan: Plan, B: int, args_for) -> None:
 
 def _require_c(name: str, a) -> None:
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name} must be a NumPy array for the numba backend, got {type(a).__name__}")
+        fix = (f"pass {name}.detach().cpu().numpy(), or compile for backend='torch', which takes tensors"
+               if hasattr(a, "detach") else f"convert it with np.asarray({name})")
+        raise ValueError(f"{name} must be a NumPy array for the numba backend, got {type(a).__name__}: {fix}")
     if not a.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous: pass np.ascontiguousarray({name.split('[')[0]}...) "
-                         f"(the numba backend reads arrays in place, without copies)")
+        how = "has negative strides (a reversed view)" if any(s < 0 for s in a.strides) else "is not C-contiguous"
+        raise ValueError(f"{name} {how}: pass np.ascontiguousarray({name}), a C-contiguous copy (the numba "
+                         f"backend reads arrays in place, without copies, in row-major order)")
 
 
 class NumbaCell(CompiledCell):
@@ -130,11 +133,28 @@ class NumbaCell(CompiledCell):
         self.dxp_alias = dxp_alias(program)
         self._local = threading.local()
         self.plans: dict[tuple, Plan] = {}     # (B, H, budget) -> the plan "auto" measured for it
-        digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__).encode()).hexdigest()[:16]
+        # the name covers what the source text does not: the generator's code and the @njit options
+        digest = hashlib.sha256((self.source + generator_key() + options_key(JIT)).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
+        name = f"{safe}_{self.dtype}_{digest}"
         with _lock:
-            self.module = build_module(self.source, f"{safe}_{self.dtype}_{digest}", "numba")
-        self.warm()
+            self.module = build_module(self.source, name, "numba")
+        try:
+            self.warm()
+        except Exception as e:
+            # A Numba cache entry that fails to load (truncated, garbage, empty) fails every compile
+            # of this module, the next save included: delete the module's cache files, import it
+            # afresh and compile again. Nothing to delete: a real error, raised as it is.
+            gone = forget_numba_cache(self.module)
+            if not gone:
+                raise
+            with _lock:
+                self.module = build_module(self.source, name, "numba", fresh=True)
+            self.warm()
+            why = f"{type(e).__name__}: {e}"
+            warnings.warn(f"lstmc: the Numba cache of cell {program.cell.name!r} ({self.dtype}) could not be loaded "
+                          f"({why[:200]}); deleted its {len(gone)} cache files in {gone[0].parent} and compiled it "
+                          f"again", RuntimeWarning, stacklevel=2)
 
     def _workspace(self, name: str, shape: tuple, zero: bool = False) -> np.ndarray:
         """A scratch array reused across calls (per thread): large fresh arrays cost page faults that
@@ -170,15 +190,28 @@ class NumbaCell(CompiledCell):
             ages[hit] = tick
         else:
             a = np.empty(size, self.np_dtype)
-            if len(pool) < self.POOL_BLOCKS:
+            if len(pool) < self.POOL_BLOCKS and a.nbytes <= self.POOL_BYTES:
                 pool.append(a)
                 ages.append(tick)
+            # memory nothing uses is kept up to POOL_BYTES, least recently used let go first (with a
+            # T that changes every call, blocks of stale sizes piled up: RSS 220 -> 635 MB in 100 calls)
+            free = sorted((ages[i], i) for i in range(len(pool)) if _refs(pool, i) == _UNSHARED)
+            excess = sum(pool[i].nbytes for _, i in free) - self.POOL_BYTES
+            drop = []
+            for _, i in free:
+                if excess <= 0:
+                    break
+                excess -= pool[i].nbytes
+                drop.append(i)
+            for i in sorted(drop, reverse=True):
+                del pool[i], ages[i]
         if zero:
             a.fill(0)
         return a[:].reshape(shape)               # a view: the caller's reference keeps `a` busy
 
     POOL_BLOCKS = 32
     POOL_AGE = 64
+    POOL_BYTES = 128 << 20
 
     def empty_cache(self) -> None:
         """Let go of this thread's recycled memory and workspaces (see _recycled)."""
@@ -246,17 +279,21 @@ class NumbaCell(CompiledCell):
         self._check_numba_inputs(x, params, state)
         prog = self.program
         dt = self.np_dtype
-        rev_idx = None
-        if reverse:
-            rev_idx = reverse_index(T, L)
-            x = x[rev_idx, np.arange(B)[None, :]]
+        rev_idx = reverse_index(T, L) if reverse else None
         nx = len(prog.input_mats)
         Wcat = self._packed(params, prog.input_mats) if nx else np.zeros((0, I), dt)
+        Ucat = [self._packed(params, g.mats) for g in prog.groups]    # [k*H, H] each
+        vecs = [params[p] for p in prog.vector_params]
+        plan = _plan or self.plan(B, H)
+        steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))
+        if not need_tape and steps < T:
+            return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H)
+        if reverse:
+            x = x[rev_idx, np.arange(B)[None, :]]
+        x = clear_padding(x, L, T)
         # XP is dead once the kernel returns: backward reuses its memory for dRP0 (same size for LSTM/GRU)
         XP = (matmul(x.reshape(T * B, I), Wcat.T, self._workspace("big", (T * B, nx * H))).reshape(T, B, nx * H)
               if nx else np.zeros((T, B, 0), dt))
-        Ucat = [self._packed(params, g.mats) for g in prog.groups]    # [k*H, H] each
-        vecs = [params[p] for p in prog.vector_params]
         rows = T + 1 if need_tape else 2
         Sq = {}
         for s in prog.cell.states:
@@ -266,7 +303,6 @@ class NumbaCell(CompiledCell):
         short = not bool(np.all(L == T))
         SV = {n: self._recycled((T if need_tape else 1, B, H), zero=short) for n, _ in prog.saved}
         Y = self._recycled((T, B, H))
-        plan = _plan or self.plan(B, H)
         run_chunks(self.module.forward, plan, B,
                    lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
         last = T if need_tape else T % 2
@@ -279,6 +315,40 @@ class NumbaCell(CompiledCell):
                         packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
                         shapes=(T, B, I, H), extra={"plan": plan})
         return Y, final, tape
+
+    # Without a tape, the input products are computed a time chunk at a time into a workspace of at
+    # most this many bytes (at least one step), so inference memory is the output plus a bounded
+    # workspace instead of a [T, B, nx*H] buffer (4x the output for an LSTM).
+    INFER_BYTES = 4 << 20
+
+    def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H):
+        """forward(need_tape=False) over time chunks of `steps` steps: each chunk's input products,
+        then the kernel on that chunk, its state carried to the next in the kernel's ring of two."""
+        prog = self.program
+        T, B, I = x.shape
+        nx = len(prog.input_mats)
+        Sq = {}
+        for s in prog.cell.states:
+            Sq[s] = self._recycled((2, B, H))
+            Sq[s][0] = state[s] if state is not None and s in state else 0.0
+        SV = {n: self._recycled((1, B, H), zero=True) for n, _ in prog.saved}
+        Y = self._recycled((T, B, H))
+        cols = np.arange(B)[None, :]
+        for t0 in range(0, T, steps):
+            n = min(steps, T - t0)
+            Lc = np.clip(L - t0, 0, n)                   # each row's remaining length within the chunk
+            xc = x[rev_idx[t0:t0 + n], cols] if rev_idx is not None else x[t0:t0 + n]
+            xc = clear_padding(xc, Lc, n)
+            XP = (matmul(xc.reshape(n * B, I), Wcat.T, self._workspace("xpc", (n * B, nx * H))).reshape(n, B, nx * H)
+                  if nx else np.zeros((n, B, 0), self.np_dtype))
+            Yc = self._workspace("yc", (n, B, H)) if rev_idx is not None else Y[t0:t0 + n]
+            run_chunks(self.module.forward, plan, B, lambda c: (XP, *Ucat, *vecs, Lc, *Sq.values(), *SV.values(), Yc, 0))
+            if n % 2:                                   # the chunk ended in ring row 1: the next starts from row 0
+                for s in prog.cell.states:
+                    Sq[s][0] = Sq[s][1]
+            if rev_idx is not None:
+                Y[rev_idx[t0:t0 + n], cols] = Yc         # back to the original time positions
+        return Y, {s: Sq[s][0].copy() for s in prog.cell.states}, None
 
     def backward(self, tape, dy, dstate=None):
         """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""

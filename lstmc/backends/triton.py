@@ -37,11 +37,10 @@ import numpy as np
 
 from .. import __version__
 from ..lower import Program
-from .base import CompiledCell, Tape, reverse_index
-from .cache import build_module
+from .base import CompiledCell, Tape, clear_padding, reverse_index
+from .cache import build_module, generator_key
 from .triton_render import render
 
-TEMPLATE_VERSION = "2"   # bump when generated files keep their names but change meaning
 _lock = threading.Lock()
 VARIANTS = ("persistent", "step")
 # storage dtype -> compute dtype
@@ -358,7 +357,7 @@ class TritonCell(CompiledCell):
         self.tf32 = bool(tf32)
         self.rendered = render(program, storage, name, key)
         self.source = self.rendered.source
-        digest = hashlib.sha256((self.source + TEMPLATE_VERSION + __version__ + str(interp)).encode()).hexdigest()[:16]
+        digest = hashlib.sha256((self.source + generator_key() + str(interp)).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
         with _lock, _InterpretEnv(interp):
             self.module = build_module(self.source, f"{safe}_{storage}_{'interp_' if interp else ''}{digest}", "triton")
@@ -522,10 +521,11 @@ class TritonCell(CompiledCell):
 
     # --------------------------------------------------------------------------- conversion
     def _tensor(self, name, a):
-        """NumPy -> torch on the kernels' device (bfloat16 cells round float32 arrays); tensors pass."""
+        """NumPy -> torch on the kernels' device (bfloat16 cells round float32 arrays); tensors pass, and
+        so does a NumPy array of any other dtype, for check_inputs to name (with the conversion to make)."""
         torch = self.torch
-        if isinstance(a, np.ndarray):
-            t = torch.from_numpy(np.ascontiguousarray(a))
+        if isinstance(a, np.ndarray) and a.dtype == self.np_dtype and a.dtype.isnative:
+            t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))   # 0-d stays 0-d
             if self.dtype == "bfloat16" and a.dtype == np.float32:
                 t = t.to(torch.bfloat16)
             return t.to(self.device)
@@ -734,6 +734,7 @@ class TritonCell(CompiledCell):
             if reverse:
                 rev_idx = torch.as_tensor(reverse_index(T, L), device=dev)
                 x = self._take_rows(x, rev_idx)
+            x = clear_padding(x, L, T)
             nx = len(prog.input_mats)
             Wcat = torch.cat([params[m] for m in prog.input_mats]) if nx else None
             Ucat = {g.index: torch.cat([params[m] for m in g.mats]).contiguous() for g in prog.groups}
@@ -1015,7 +1016,7 @@ def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capab
     _install_slp_guard()
     compute = STORAGE[storage]
     rendered = render(program, storage, compute, "ahead-of-time")
-    digest = hashlib.sha256(rendered.source.encode()).hexdigest()[:16]
+    digest = hashlib.sha256((rendered.source + generator_key()).encode()).hexdigest()[:16]
     safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
     with _lock, _InterpretEnv(False):
         mod = build_module(rendered.source, f"{safe}_{storage}_aot_{digest}", "triton")
