@@ -22,7 +22,7 @@ def main(path):
     groups = {}
     machine = None
     for b in data["benchmarks"]:
-        who = b["params"].get("who") if b.get("params") else None
+        who = (b["params"].get("who") or b["params"].get("variant")) if b.get("params") else None
         who = who or b["name"].split("[")[0].replace("test_", "")
         groups.setdefault(b["group"], {})[who] = b
         machine = machine or b["extra_info"].get("machine")
@@ -69,6 +69,21 @@ def main(path):
                    f"<= 1.0 | {'yes' if a <= b else 'no'} |")
         out.append(f"| tape size T=500 / T=1000 | {t5:.0f} / {t10:.0f} MiB | | | {t10 / t5:.2f} | linear (2.0) | "
                    f"{'yes' if abs(t10 / t5 - 2) < 0.01 else 'no'} |")
+    if "inference_memory" in extra:
+        m = extra["inference_memory"]
+        for T in (1000, 10000):
+            a, b, o = (m[f"{k}_T{T}"] / 2**20 for k in ("lstmc", "torch", "output"))
+            out.append(f"| peak RSS, lstm T={T} B=16 H=128 inference (no tape) | {a:.0f} MiB | torch nn.LSTM no_grad | "
+                       f"{b:.0f} MiB | {a / b:.2f} (output {o:.0f} MiB) | <= 1.0 | {'yes' if a <= b else 'no'} |")
+    blocks = {g: v for g, v in groups.items() if g.startswith("blocks-")}
+    if blocks:
+        out += ["", "float32 pointwise blocks alone (benchmarks/test_blocks.py): 'before' = LLVM fast-math with "
+                "nnan/ninf and activations that never reach +-1; 'after' = today's kernels.", "",
+                "| blocks | before (ms) | after (ms) | after / before |", "|---|---|---|---|"]
+        for g in sorted(blocks):
+            by = {b["params"]["variant"]: b["stats"]["median"] * 1e3 for b in data["benchmarks"] if b["group"] == g}
+            if {"before", "after"} <= set(by):
+                out.append(f"| {g} | {by['before']:.2f} | {by['after']:.2f} | {by['after'] / by['before']:.3f} |")
     out += ["", "All medians (ms):", "", "| group | contender | median | IQR |", "|---|---|---|---|"]
     for g in sorted(groups):
         for who, b in sorted(groups[g].items()):

@@ -226,4 +226,46 @@ def test_peak_memory():
     _record("memory", out)
 
 
+_INFER = r"""
+import sys
+import numpy as np
+import torch
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+T, B, I, H = int(sys.argv[2]), 16, 128, 128
+x = np.random.default_rng(0).normal(size=(T, B, I)).astype(np.float32)
+if sys.argv[1] == "lstmc":
+    import lstmc
+    nb = lstmc.compile("lstm", "numba", "float32"); p = nb.init_params(I, H)
+    nb.forward(x[:2], p, need_tape=False)
+    open("/proc/self/clear_refs", "w").write("5"); base = status("VmRSS")
+    y, _, _ = nb.forward(x, p, need_tape=False)
+else:
+    m = torch.nn.LSTM(I, H); xt = torch.from_numpy(x)
+    with torch.no_grad():
+        m(xt[:2])
+        open("/proc/self/clear_refs", "w").write("5"); base = status("VmRSS")
+        y, _ = m(xt)
+print(status("VmHWM") - base)
+"""
+
+
+def test_inference_peak_memory():
+    """Peak resident memory added by one inference call (no tape / no_grad), lstm B=16 I=H=128, at
+    T=1,000 and 10,000: lstmc computes input products in time chunks, so it is the output plus a
+    bounded workspace."""
+    out = {}
+    for who in ("lstmc", "torch"):
+        subprocess.run([sys.executable, "-c", _INFER, who, "2"], capture_output=True, check=True)
+        for T in (1000, 10000):
+            r = subprocess.run([sys.executable, "-c", _INFER, who, str(T)], capture_output=True, text=True, check=True)
+            out[f"{who}_T{T}"] = int(r.stdout.split()[-1])
+    out["output_T1000"], out["output_T10000"] = 1000 * 16 * 128 * 4, 10000 * 16 * 128 * 4
+    _record("inference_memory", out)
+
+
 _ = (resource, time)
