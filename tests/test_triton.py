@@ -603,3 +603,20 @@ def test_kernels_compile_for_sm90():
     assert all(v["spills"] == 0 for r in res.values() for v in r.values())
     assert gru["fwd_persistent"]["mma"] > 0 and gru["bwd_step2"]["mma"] > 0        # bf16 dots on tensor cores
     assert all(v["shared"] <= 227 * 1024 for r in res.values() for v in r.values())   # an H100 block's limit
+
+
+# -------------------------------------------------------------------------------------- golden
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_generated_triton_code_matches_golden_snapshot(name):
+    """A change to the Triton generator shows up here as a reviewable diff, as numba's does.
+    Regenerate with: LSTMC_UPDATE_GOLDEN=1 make test (then review `git diff tests/golden`)."""
+    src = lstmc.compile(name, "triton", "float32").rendered.source
+    path = GOLDEN / f"{name}_triton_float32.py"
+    if os.environ.get("LSTMC_UPDATE_GOLDEN"):
+        path.write_text(src)
+    assert path.exists(), f"no golden file {path}; run with LSTMC_UPDATE_GOLDEN=1"
+    assert src == path.read_text(), f"generated Triton code for {name} changed; review and update the golden file"
