@@ -7,8 +7,7 @@
     dx, dstate0, dparams = prog.backward(tape, dy)
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .spec import Cell, SpecError, parse  # noqa: E402
 from .build import builtin_cells, compile, load  # noqa: E402
 from .lower import Program, lower  # noqa: E402

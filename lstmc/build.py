@@ -12,7 +12,7 @@ import importlib.resources
 import os
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .lower import Program, lower
 from .spec import Cell, SpecError, parse
 

@@ -1,4 +1,4 @@
-"""The validation ladder (DESIGN.md §5) as a library: what `lstmc check` runs and prints.
+"""The validation ladder (docs/design.md, "Validation") as a library: what `lstmc check` runs and prints.
 
 Each check returns `Result(name, error, tolerance)`; a check passes when error <= tolerance.
   - finite differences: reference backward vs central differences in float64
@@ -9,51 +9,14 @@ Each check returns `Result(name, error, tolerance)`; a check passes when error <
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .build import compile as compile_cell
 from .build import load
+from .results import Result, max_rel, problem
 
-
-@dataclass
-class Result:
-    name: str
-    error: float
-    tolerance: float
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.isfinite(self.error)) and self.error <= self.tolerance
-
-
-def max_rel(a, b) -> float:
-    """max |a - b| / max(1, |b|): absolute for small values, relative for large ones."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
-
-
-def problem(cell, T=4, B=3, I=3, H=5, seed=0, lengths=True, dtype=np.float64):
-    """A random test problem: (x, params, state0, lengths, dy, dstate) for `cell`."""
-    rng = np.random.default_rng(seed)
-    ref = compile_cell(cell, "reference", "float64")
-    params = {k: v.astype(dtype) for k, v in ref.init_params(I, H, seed=seed).items()}
-    x = rng.normal(size=(T, B, I)).astype(dtype)
-    st = {s: (0.5 * rng.normal(size=(B, H))).astype(dtype) for s in ref.cell.states}
-    L = None
-    if lengths:
-        L = rng.integers(0, T + 1, size=B)
-        L[0] = T
-        if B > 2:
-            L[1] = 0
-    dy = rng.normal(size=(T, B, H)).astype(dtype)
-    ds = {s: rng.normal(size=(B, H)).astype(dtype) for s in ref.cell.states}
-    return x, params, st, L, dy, ds
+__all__ = ["Result", "max_rel", "problem", "finite_differences", "autograd", "backend_vs_reference", "run_checks",
+           "format_table"]
 
 
 def _loss(prog, x, params, st, L, rev, dy, ds):

@@ -1,4 +1,4 @@
-"""Independent implementations the built-in cells are checked against (DESIGN.md §5-6).
+"""Independent implementations the built-in cells are checked against (docs/design.md, "Validation" and "Interoperability").
 
   lstm           torch.nn.LSTM (forward + autograd), ONNX LSTM via onnx.reference
   gru            torch.nn.GRU (forward + autograd)
@@ -17,7 +17,7 @@ import contextlib
 
 import numpy as np
 
-from .check import Result, max_rel, problem
+from .results import Result, max_rel, problem
 from .build import compile as compile_cell
 from .build import load
 from .lower import lower

@@ -34,7 +34,7 @@ import types
 import warnings
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..files import atomic_write
 
 PRIVATE = 0o700     # the mode of the directories lstmc creates
