@@ -1,6 +1,6 @@
 """lstmc owns the CPU thread budget: BLAS pools (threadpoolctl) and Numba's pool together.
 
-On few cores, two thread pools that are both busy-waiting slow each other down (DESIGN.md §7), so
+On few cores, two thread pools that are both busy-waiting slow each other down (docs/design.md, "Performance notes"), so
 lstmc sets one budget for both: `lstmc.set_num_threads(n)`. The default is left to the libraries
 (all cores).
 """

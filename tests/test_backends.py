@@ -1,5 +1,5 @@
 """Every backend against the reference, and the reference against finite differences and autograd,
-for every built-in cell (DESIGN.md §5, rungs 2-3). One checker, a table of cases."""
+for every built-in cell (docs/design.md, "Validation", rungs 2-3). One checker, a table of cases."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The `reference` backend against independent oracles (DESIGN.md §5, rungs 1 and 2).
+"""The `reference` backend against independent oracles (docs/design.md, "Validation", rungs 1 and 2).
 
 Four tables, one checker each:
 

@@ -1,4 +1,4 @@
-"""The cell-language parser (lstmc/spec.py, DESIGN.md §2): bad specs fail with a located, helpful
+"""The cell-language parser (lstmc/spec.py; the language is documented in README.md): bad specs fail with a located, helpful
 `SpecError`; good specs (all built-ins and some edge cases) parse to the expected `Cell`."""
 
 from __future__ import annotations

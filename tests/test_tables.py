@@ -1,4 +1,4 @@
-"""Every rule table and every renderer covers every primitive (DESIGN.md §8.3)."""
+"""Every rule table and every renderer covers every primitive (docs/design.md, "Pipeline": one table per concern)."""
 
 import numpy as np
 import pytest
