@@ -428,7 +428,8 @@ class Recurrent(nn.Module):
             if lengths is not None:
                 if unbatched:
                     lengths = [lengths] if np.ndim(lengths) == 0 else lengths
-                lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]))
+                src = "input" + (" (unbatched)" if unbatched else ", batch_first" if self.batch_first else "")
+                lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]), source=src)
         B = int(x.shape[1])
         states = self._check_state(state, B, dtype, x.device, unbatched)
         if states is not None and sorted_idx is not None:
@@ -451,7 +452,14 @@ class Recurrent(nn.Module):
                 k = layer * num_dir + d
                 s0 = ([s[k] for s in states] if states is not None
                       else [torch.zeros(B, H, dtype=dtype, device=x.device) for _ in self.state_names])
-                y, fin = self._run(runner, layer_in, lengths, bool(d), s0, params)
+                try:
+                    y, fin = self._run(runner, layer_in, lengths, bool(d), s0, params)
+                except (ValueError, TypeError, RuntimeError):
+                    try:      # a parameter changed after construction? then name it (module.l0.W_i)
+                        self._check_parameters(dtype, pdevice)
+                    except (ValueError, RuntimeError) as named:
+                        raise named from None
+                    raise
                 outs.append(y)
                 for i, f in enumerate(fin):
                     finals[i].append(f)
@@ -481,10 +489,34 @@ class Recurrent(nn.Module):
         return y, fin
 
     # argument checks (errors name the argument, as nn.LSTM's do) -----------------------------
+    def _check_parameters(self, dtype, device):
+        """Every parameter must have the first one's dtype and device and its cell shape (they can be
+        swapped after construction: `module.l0.W_i.data = ...`); errors name the parameter. Run only
+        when a layer fails (it costs ~5 us a parameter), to turn the program's message into this one."""
+        if dtype not in _COMPILED_DTYPES:
+            return                        # select_backend refuses it, saying how to convert the module
+        for key, pd in self._directions():
+            in_size = self._in_size(key)
+            for p, param in pd.items():
+                nm = f"parameter {key}.{p}"
+                if param.dtype != dtype:
+                    raise ValueError(f"{nm} has dtype {param.dtype} but the module's other parameters are {dtype}: "
+                                     f"convert the whole module, module.to({dtype})")
+                if param.device != device:
+                    raise RuntimeError(f"{nm} is on {param.device} but the module's other parameters are on "
+                                       f"{device}: move the whole module, module.to('{device}')")
+                want = self.cell.param_shape(p, in_size, self.hidden_size)
+                if _shape(param) != want:
+                    raise RuntimeError(f"{nm} has shape {_shape(param)}, expected {want} (cell '{self.cell.name}', "
+                                       f"input size {in_size}, hidden_size {self.hidden_size})")
+
     def _check_input_tensor(self, t, dtype, pdevice):
         if t.dtype != dtype:
-            raise ValueError(f"input has dtype {t.dtype} but the module's parameters are {dtype}: convert the input "
-                             f"(input.to({dtype})) or the module (module.to({t.dtype}))")
+            # suggest only what runs: lstmc compiles float32 and float64 kernels
+            fix = (f"convert the input (input.to({dtype})) or the module (module.to({t.dtype}))"
+                   if t.dtype in _COMPILED_DTYPES else
+                   f"convert the input with input.to({dtype}) (lstmc runs float32 and float64 modules only)")
+            raise ValueError(f"input has dtype {t.dtype} but the module's parameters are {dtype}: {fix}")
         if t.device != pdevice:
             raise RuntimeError(f"input is on {t.device} but the module's parameters are on {pdevice}: move one "
                                f"of them (input.to('{pdevice}') or module.to('{t.device}'))")

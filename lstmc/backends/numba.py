@@ -1,6 +1,6 @@
 """The `numba` backend (CPU): generated @njit time loops with BLAS GEMMs and fused, vectorised blocks.
 
-The recipe (DESIGN.md §7): the input products of all T·B rows are one GEMM before the loop; per
+The recipe (docs/design.md, "Performance notes"): the input products of all T·B rows are one GEMM before the loop; per
 step, each recurrent GEMM is one BLAS call (`np.dot(a, b, out)`, SciPy's OpenBLAS) into a
 preallocated buffer, and each phase's pointwise work is one fused loop nest; backward writes the
 products' adjoints for every step, and the weight and input gradients are whole-sequence GEMMs after
@@ -42,7 +42,7 @@ _UNSHARED = _refs([np.empty(1)], 0)   # the count of a pool block nothing else h
 
 @dataclass(frozen=True)
 class Plan:
-    """How a call's time loops use the thread budget (DESIGN.md §7: one parallel scheme at a time).
+    """How a call's time loops use the thread budget (one parallel scheme at a time: docs/design.md).
 
     chunks  disjoint batch-row ranges run at once, one thread each (rows never interact, so each
             runs the whole time loop with its own step GEMMs: no synchronisation per step)

@@ -135,9 +135,12 @@ class TorchCell(CompiledCell):
         self.ops = TorchOps(self.torch_dtype)
         self.driver = SequenceDriver(program, self.ops, self.module.fwd_step, self.module.bwd_step)
 
-    @staticmethod
-    def _to_torch(a):
-        return torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+    def _to_torch(self, a):
+        """A NumPy array of this program's dtype as a tensor (zero-copy when it can be); anything else is
+        passed on as it is, for check_inputs to name what is wrong with it (dtype, type)."""
+        if not isinstance(a, np.ndarray) or a.dtype != self.np_dtype or not a.dtype.isnative:
+            return a
+        return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))   # 0-d stays 0-d
 
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
         numpy_in = isinstance(x, np.ndarray)
@@ -145,9 +148,11 @@ class TorchCell(CompiledCell):
         params = {k: self._to_torch(v) for k, v in params.items()} if isinstance(params, dict) else params
         state = {k: self._to_torch(v) for k, v in state.items()} if isinstance(state, dict) else state
         T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
-        for nm, t in [("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]:
+        for nm, t in ([(f"params['{k}']", v) for k, v in params.items()]
+                      + [(f"state['{k}']", v) for k, v in (state or {}).items()]):
             if t.device != x.device:
-                raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device")
+                raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device "
+                                 f"({nm}.to('{x.device}'))")
         y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
         if tape is not None:
             tape.owner = self
@@ -162,6 +167,10 @@ class TorchCell(CompiledCell):
         dy = self._to_torch(dy)
         dstate = {k: self._to_torch(v) for k, v in dstate.items()} if isinstance(dstate, dict) else dstate
         self.check_backward(tape, dy, dstate)
+        dev = tape.x.device
+        for nm, t in [("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()]:
+            if t.device != dev:
+                raise ValueError(f"{nm} is on {t.device} but forward ran on {dev}: move it there ({nm}.to('{dev}'))")
         dx, ds, dp = self.driver.backward(tape, dy, dstate)
         if tape.extra.get("numpy"):
             dx = dx.detach().numpy()

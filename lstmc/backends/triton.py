@@ -1,7 +1,7 @@
 """The `triton` backend (GPU): generated Triton kernels over the lowered Program, with a schedule
 object choosing among designs; tested on the CPU under Triton's interpreter (TRITON_INTERPRET=1).
 
-The recipe (DESIGN.md §7, docs/triton.md):
+The recipe (docs/design.md, "Performance notes"; docs/triton.md):
   - the input products of all T·B rows are one GEMM before the time loop (torch.matmul);
   - per step, either one launch per segment (`step` kernels: the recurrent GEMM tile with tl.dot
     and the pointwise block fused as its epilogue, all gate slots of a hidden tile per program), or
@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import __version__
 from ..lower import Program
 from .base import CompiledCell, Tape, clear_padding, reverse_index
 from .cache import build_module, generator_key
