@@ -317,3 +317,14 @@ NN_CASES = [
 @pytest.mark.parametrize("desc, call, exc, pattern", NN_CASES, ids=[c[0] for c in NN_CASES])
 def test_bad_recurrent_argument(backend, desc, call, exc, pattern):
     check(lambda: call(backend), exc, pattern)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("flag,value", [("reverse", "no"), ("need_tape", "yes"), ("reverse", None), ("reverse", 2)])
+def test_flags_must_be_booleans(backend, flag, value):
+    """reverse="no" is truthy: it ran reversed without a word."""
+    prog = lstmc.compile("gru", backend, "float32" if backend == "numba" else "float64")
+    params = prog.init_params(3, 4)
+    x = np.zeros((2, 1, 3), prog.np_dtype)
+    with pytest.raises(ValueError, match=f"{flag} must be True or False"):
+        prog.forward(x, params, **{flag: value})

@@ -347,6 +347,14 @@ class CompiledCell:
                                   f" = [batch, hidden_size], the shape of forward's final state['{s}']")
 
 
+def check_flags(**flags) -> None:
+    """reverse / need_tape must be booleans: a string such as "no" is truthy and would silently
+    run the other way."""
+    for name, v in flags.items():
+        if not isinstance(v, (bool, np.bool_)) and not (isinstance(v, (int, np.integer)) and v in (0, 1)):
+            raise ValueError(f"{name} must be True or False, got {v!r} ({type(v).__name__})")
+
+
 def check_lengths(lengths, T: int, B: int, source: str = "x") -> np.ndarray:
     """`lengths` as an int64 array [B] of values in [0, T] (None: every row has length T), or a
     ValueError saying what is wrong with it. Takes sequences, NumPy arrays and tensors; whole floats

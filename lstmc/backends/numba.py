@@ -23,7 +23,7 @@ import numpy as np
 
 from ..lower import Program
 from ..threads import blas_threads, budget
-from .base import CompiledCell, Tape, clear_padding, reverse_index
+from .base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
 from .cache import build_module, forget_numba_cache, generator_key, options_key
 from .numba_blas import matmul
 from .numba_options import JIT
@@ -276,6 +276,7 @@ class NumbaCell(CompiledCell):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
         `_plan` (internal: plan measurement) overrides the thread plan."""
         T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        check_flags(reverse=reverse, need_tape=need_tape)
         self._check_numba_inputs(x, params, state)
         prog = self.program
         dt = self.np_dtype

@@ -12,7 +12,7 @@ import numpy as np
 from ..ir import Node, state, var, walk
 from ..lower import Block, Gemm, Program
 from ..ops import EVAL
-from .base import CompiledCell, NumpyOps, SequenceDriver
+from .base import CompiledCell, NumpyOps, SequenceDriver, check_flags
 
 
 def evaluate(expr: Node, env: dict, P: dict):
@@ -94,6 +94,7 @@ class ReferenceCell(CompiledCell):
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
         T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+        check_flags(reverse=reverse, need_tape=need_tape)
         y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
         if tape is not None:
             tape.owner = self

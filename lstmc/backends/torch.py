@@ -14,7 +14,7 @@ import torch
 
 from ..ir import Node, state, var
 from ..lower import Block, Gemm, Program
-from .base import CompiledCell, SequenceDriver
+from .base import CompiledCell, SequenceDriver, check_flags
 from .render import check_spelling, is_batched, key_name, render_expr, render_template, value_name
 
 SPELL = {
@@ -148,6 +148,7 @@ class TorchCell(CompiledCell):
         params = {k: self._to_torch(v) for k, v in params.items()} if isinstance(params, dict) else params
         state = {k: self._to_torch(v) for k, v in state.items()} if isinstance(state, dict) else state
         T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+        check_flags(reverse=reverse, need_tape=need_tape)
         for nm, t in ([(f"params['{k}']", v) for k, v in params.items()]
                       + [(f"state['{k}']", v) for k, v in (state or {}).items()]):
             if t.device != x.device:

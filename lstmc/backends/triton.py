@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..lower import Program
-from .base import CompiledCell, Tape, clear_padding, reverse_index
+from .base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
 from .cache import build_module, generator_key
 from .triton_render import render
 
@@ -723,6 +723,7 @@ class TritonCell(CompiledCell):
         if isinstance(state, dict):
             state = {k: self._tensor(f"state['{k}']", v) for k, v in state.items()}
         T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        check_flags(reverse=reverse, need_tape=need_tape)
         self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
                            + [(f"state['{k}']", v) for k, v in (state or {}).items()])
         sched = self.resolve(schedule, B, H)
