@@ -19,6 +19,7 @@ import numpy as np
 
 from .build import compile as compile_cell
 from .build import load
+from .interop import torch_equivalent, torch_module_class
 from .lower import lower
 
 
@@ -100,11 +101,7 @@ def sgemm_rate(n: int = 1024, reps: int = 5) -> float:
 
 
 def _native_equivalent(cell) -> str | None:
-    c = load(cell)
-    for name in ("lstm", "gru"):
-        if lower(load(name)).text() == lower(c).text():
-            return name
-    return None
+    return torch_equivalent(cell)
 
 
 def _runner(cell, backend, T, B, I, H, dtype, device):
@@ -114,7 +111,7 @@ def _runner(cell, backend, T, B, I, H, dtype, device):
         import torch
 
         native = _native_equivalent(cell)
-        m = (torch.nn.LSTM if native == "lstm" else torch.nn.GRU)(I, H).to(device=device, dtype=getattr(torch, dtype))
+        m = torch_module_class(native)(I, H).to(device=device, dtype=getattr(torch, dtype))
         xt = torch.from_numpy(x).to(device)
 
         def fwd():

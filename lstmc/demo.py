@@ -39,11 +39,13 @@ def speed(T=100, B=64, I=256, H=256) -> None:
     import torch
 
     from .build import compile as compile_cell
+    from .interop import TORCH_MODULES, torch_module_class
 
     print(f"speed: one training step (forward + backward), T={T} B={B} I=H={H}, float32, "
           f"{torch.get_num_threads()} threads, median of 5")
     x = np.random.default_rng(0).normal(size=(T, B, I)).astype(np.float32)
-    for cell, module in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
+    for cell in TORCH_MODULES:
+        module = torch_module_class(cell)
         nb = compile_cell(cell, "numba", "float32")
         p = nb.init_params(I, H)
 

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .backends.base import check_lengths
 from .build import compile as _compile
 from .build import load
+from .interop import torch_cell_of, torch_param_names
 from .ir import walk
 from .spec import Cell
 
@@ -568,14 +569,11 @@ class Recurrent(nn.Module):
         weight_ih_l{k}[j*H:(j+1)*H] -> l{k}.W_<gate j>, weight_hh -> U_<gate>, bias_ih -> b_i<gate>,
         bias_hh -> b_h<gate>; the suffix _reverse maps to l{k}_reverse.
         """
-        if isinstance(module, nn.LSTM):
-            if getattr(module, "proj_size", 0):
-                raise NotImplementedError("from_torch: nn.LSTM with proj_size > 0 has no lstmc cell")
-            cell, gates = "lstm", ("i", "f", "g", "o")
-        elif isinstance(module, nn.GRU):
-            cell, gates = "gru", ("r", "z", "n")
-        else:
+        cell = torch_cell_of(module)
+        if cell is None:
             raise TypeError(f"from_torch takes an nn.LSTM or nn.GRU, got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise NotImplementedError("from_torch: nn.LSTM with proj_size > 0 has no lstmc cell")
         w = module.weight_ih_l0
         rnn = cls(cell, module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, dropout=0.0, bidirectional=module.bidirectional,
@@ -585,13 +583,10 @@ class Recurrent(nn.Module):
         with torch.no_grad():
             for key, pd in rnn._directions():
                 sfx = key[1:]                     # l1_reverse -> weight_ih_l1_reverse
-                for j, g in enumerate(gates):
-                    rows = slice(j * H, (j + 1) * H)
-                    pd[f"W_{g}"].copy_(getattr(module, f"weight_ih_l{sfx}")[rows])
-                    pd[f"U_{g}"].copy_(getattr(module, f"weight_hh_l{sfx}")[rows])
-                    if module.bias:
-                        pd[f"b_i{g}"].copy_(getattr(module, f"bias_ih_l{sfx}")[rows])
-                        pd[f"b_h{g}"].copy_(getattr(module, f"bias_hh_l{sfx}")[rows])
+                for kind in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if module.bias else ()):
+                    fused = getattr(module, f"{kind}_l{sfx}")
+                    for j, name in enumerate(torch_param_names(cell, kind)):
+                        pd[name].copy_(fused[j * H:(j + 1) * H])
         rnn.train(module.training)
         return rnn
 

@@ -22,10 +22,10 @@ from .build import compile as compile_cell
 from .build import load
 from .lower import lower
 
-LSTM_TORCH = ("i", "f", "g", "o")
-LSTM_ONNX = ("i", "o", "f", "g")
-GRU_TORCH = ("r", "z", "n")
-GRU_ONNX = ("z", "r", "n")
+from .interop import ONNX_GATES, TORCH_GATES, torch_module_class, torch_param_names
+
+LSTM_TORCH, GRU_TORCH = TORCH_GATES["lstm"], TORCH_GATES["gru"]
+LSTM_ONNX, GRU_ONNX = ONNX_GATES["lstm"], ONNX_GATES["gru"]
 
 
 def _cat(params, names):
@@ -65,14 +65,8 @@ def torch_module(cell_name: str, params: dict, I: int, H: int):
     """torch.nn.LSTM/GRU (float64) holding lstmc `params` of the built-in `lstm`/`gru` cell."""
     import torch
 
-    if cell_name == "lstm":
-        m = torch.nn.LSTM(I, H).double()
-        w = (_cat(params, [f"W_{g}" for g in LSTM_TORCH]), _cat(params, [f"U_{g}" for g in LSTM_TORCH]),
-             _cat(params, [f"b_i{g}" for g in LSTM_TORCH]), _cat(params, [f"b_h{g}" for g in LSTM_TORCH]))
-    else:
-        m = torch.nn.GRU(I, H).double()
-        w = (_cat(params, [f"W_{g}" for g in GRU_TORCH]), _cat(params, [f"U_{g}" for g in GRU_TORCH]),
-             _cat(params, [f"b_i{g}" for g in GRU_TORCH]), _cat(params, [f"b_h{g}" for g in GRU_TORCH]))
+    m = torch_module_class(cell_name)(I, H).double()
+    w = [_cat(params, torch_param_names(cell_name, kind)) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     with torch.no_grad():
         for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), w):
             p.copy_(torch.from_numpy(v))
@@ -97,10 +91,8 @@ def check_torch(cell_name: str) -> list[Result]:
                                                     for f, s in zip(fin_t, states)])
     grads = torch.autograd.grad([yt] + fin_t, [xt] + s0 + list(m.parameters()),
                                 [torch.tensor(dy)] + [torch.tensor(ds[s][None]) for s in states])
-    order = LSTM_TORCH if cell_name == "lstm" else GRU_TORCH
     ours = [dx] + [dst[s] for s in states] + [
-        _cat(dp, [f"W_{g}" for g in order]), _cat(dp, [f"U_{g}" for g in order]),
-        _cat(dp, [f"b_i{g}" for g in order]), _cat(dp, [f"b_h{g}" for g in order])]
+        _cat(dp, torch_param_names(cell_name, kind)) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     bwd = max(max_rel(g.numpy()[0] if g.dim() == 3 and g.shape[0] == 1 and o.ndim == 2 else g.numpy(), o)
               for g, o in zip(grads, ours))
     kind = "LSTM" if cell_name == "lstm" else "GRU"
