@@ -121,12 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub)
     arena.add_parser(sub)
-    try:
-        from . import train
-    except ImportError:  # pragma: no cover
-        train = None
-    if train is not None and hasattr(train, "add_parser"):
-        train.add_parser(sub)
+    from . import train
+
+    train.add_parser(sub)
     d = sub.add_parser("demo", help="the main job: compile, check, train and benchmark the built-in cells")
     d.add_argument("--quick", action="store_true", help="a shorter run")
     d.set_defaults(fn=cmd_demo)

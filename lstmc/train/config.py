@@ -1,0 +1,150 @@
+"""The run's description and its outcome: TrainConfig (every option, with the task's defaults filled
+in and checked by `resolved`), `config_dict` (the config as plain data, for checkpoints and
+metrics.json) and TrainResult (what `train` returns and metrics.json holds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..tasks import Task
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("none", "step", "cosine", "plateau")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. `None` means "the task's default" (see `Task.defaults`)."""
+    cell: str = "lstm"                  # built-in cell name, path to a .cell file, or a lstmc.Cell
+    task: str = "adding"
+    length: int | None = None           # adding: T; copy: delay T; charlm: window; sunspots: window
+    hidden: int | None = None
+    layers: int = 1
+    bidirectional: bool = False
+    embed: int | None = None            # embedding size for token tasks
+    steps: int | None = None
+    batch: int | None = None            # global batch (split across DDP ranks)
+    lr: float | None = None
+    optimizer: str = "adam"
+    clip: float | None = None           # gradient-norm clip; 0 disables
+    schedule: str = "none"
+    weight_decay: float = 0.0
+    dropout: float = 0.0                # between recurrent layers
+    seed: int = 0
+    backend: str = "auto"               # Recurrent's backend, or "native" (torch.nn.LSTM/GRU)
+    device: str = "cpu"                 # cpu, cuda, auto
+    eval_every: int | None = None
+    checkpoint_every: int | None = None  # default: every evaluation
+    patience: int = 0                   # early stopping after this many evaluations without gain; 0: off
+    validate: int = 0                   # every N steps: gradients vs the float64 reference; 0: off
+    out: str | None = None              # directory for metrics, plot, checkpoints; None: write nothing
+    resume: bool = False
+    stop_at: int | None = None          # stop after this step as if interrupted (checkpoint written)
+    progress: bool = True
+    threads: int | None = None          # torch and BLAS threads (default: see placement.thread_budget)
+    target: float | None = None         # stop once the validation metric is at least this good
+    time_budget: float | None = None    # stop after this many seconds of wall time (not reproducible)
+
+    def resolved(self, task: Task) -> "TrainConfig":
+        """A copy with every task default filled in and every value checked."""
+        c = dataclasses.replace(self)
+        d = task.defaults
+        for k in ("hidden", "steps", "batch", "lr", "clip", "eval_every"):
+            if getattr(c, k) is None:
+                setattr(c, k, d[k])
+        if c.embed is None:
+            c.embed = task.embed_dim
+        if c.checkpoint_every is None:
+            c.checkpoint_every = c.eval_every
+        if c.length is None:
+            c.length = task.options.get("length", task.seq_len())
+        for k in ("hidden", "layers", "steps", "batch", "eval_every", "checkpoint_every"):
+            v = getattr(c, k)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{k.replace('_', '-')} must be a positive integer, got {v!r}")
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+        if c.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
+        if not (c.lr > 0):
+            raise ValueError(f"lr must be positive, got {c.lr!r}")
+        if c.clip < 0 or c.weight_decay < 0 or not 0 <= c.dropout < 1:
+            raise ValueError("clip and weight-decay must be >= 0 and dropout in [0, 1)")
+        if c.patience < 0 or c.validate < 0:
+            raise ValueError("patience and validate must be >= 0")
+        if c.resume and not c.out:
+            raise ValueError("resume needs out: the directory holding checkpoint.pt")
+        return c
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """The config as plain data (a Cell object is recorded by its name and source text)."""
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if not isinstance(d["cell"], str):
+        d["cell"] = f"{d['cell'].name} (source sha256 {_sha(d['cell'].source or repr(d['cell']))})"
+    return d
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+
+@dataclass
+class TrainResult:
+    config: dict
+    task: str
+    cell: str
+    metric: str
+    higher_is_better: bool
+    baseline: float                 # the trivial baseline's metric on the test split
+    baseline_val: float
+    baseline_name: str
+    val_metric: float               # best validation metric (the checkpoint used for test)
+    test_metric: float              # test metric of the best validation checkpoint (nan if interrupted)
+    test_loss: float
+    best_step: int
+    steps: int                      # steps actually run (counting resumed ones)
+    wall_time: float                # seconds, summed over resumed segments
+    steps_per_s: float
+    params: int                     # trainable parameters of the whole model
+    rnn_params: int
+    history: list = field(default_factory=list)        # one dict per evaluation
+    train_losses: list = field(default_factory=list)   # the loss of every step
+    validations: list = field(default_factory=list)    # --validate reports
+    stopped_early: bool = False     # by patience or target (stop_reason says which)
+    stop_reason: str = ""           # patience / target / "signal" / "stop-at N" / non-finite loss
+    interrupted: bool = False
+    diverged: bool = False          # stopped because the training loss became NaN or infinite
+    world_size: int = 1
+    backend: str = ""
+    out: str | None = None
+
+    def summary(self) -> str:
+        arrow = "higher" if self.higher_is_better else "lower"
+        speed = (f"{self.steps} steps in {self.wall_time:.1f} s ({self.steps_per_s:.1f} steps/s, backend "
+                 f"{self.backend}); {self.params} parameters")
+        if self.diverged:
+            tested = (f"test {self.metric} {self.test_metric:.4f} with the weights of the best validation (step "
+                      f"{self.best_step})" if not math.isnan(self.test_metric) else "no validation before it: not tested")
+            return f"{self.task}/{self.cell}: {self.stop_reason}; {tested}; {speed}"
+        if self.interrupted:
+            return (f"{self.task}/{self.cell}: interrupted at step {self.steps} (continue with --resume); best "
+                    f"validation {self.metric} {self.val_metric:.4f} at step {self.best_step} vs "
+                    f"{self.baseline_name} baseline {self.baseline_val:.4f}; {speed}")
+        s = (f"{self.task}/{self.cell}: test {self.metric} {self.test_metric:.4f} vs {self.baseline_name} "
+             f"baseline {self.baseline:.4f} ({arrow} is better); best validation {self.val_metric:.4f} at step "
+             f"{self.best_step}; {speed}")
+        if self.stopped_early:
+            s += f"; stopped early: {self.stop_reason}"
+        if self.validations:
+            worst = max(self.validations, key=lambda v: v["max_diff"])
+            s += (f"; gradients vs float64 reference: max diff {worst['max_diff']:.1e} over "
+                  f"{len(self.validations)} checks")
+        return s
