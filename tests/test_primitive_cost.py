@@ -26,7 +26,7 @@ OPS_ROWS = {
 SPELLING = {
     "torch": ("lstmc.backends.torch", "SPELL", "({0} * {0} * {0})"),
     "numba": ("lstmc.backends.numba_render", "SPELL", "({0} * {0} * {0})"),
-    "triton": ("lstmc.backends.triton_render", "SPELL", "({0} * {0} * {0})"),
+    "triton": ("lstmc.backends.triton.render", "SPELL", "({0} * {0} * {0})"),
 }
 
 CELL = """

@@ -5,6 +5,7 @@ import pytest
 
 from lstmc import ops
 from lstmc.backends import torch as torch_backend
+from lstmc.backends.triton import render as triton_render
 from lstmc.ir import Node, const, param
 from lstmc.simplify import simplify
 
@@ -14,10 +15,30 @@ def test_rule_tables_cover_every_primitive(table):
     assert set(getattr(ops, table)) == set(ops.POINTWISE)
 
 
-@pytest.mark.parametrize("spell", [torch_backend.SPELL], ids=["torch"])
+@pytest.mark.parametrize("spell", [torch_backend.SPELL, triton_render.SPELL], ids=["torch", "triton"])
 def test_renderers_spell_every_function_primitive(spell):
     infix = {"add", "sub", "mul", "div", "neg"}
     assert set(spell) | infix == set(ops.POINTWISE)
+
+
+def test_triton_math_lives_in_its_table_row_or_the_prelude():
+    """A Triton SPELL row is one `tl` call or names one prelude function; the prelude holds exactly
+    those functions and `_dot`, and the template (kernel shells only) defines no helper of its own."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from lstmc.backends.render import template_dir
+
+    prelude = Path(triton_render.__file__).with_name("prelude.py")
+    jitted = {f.name for f in ast.parse(prelude.read_text()).body if isinstance(f, ast.FunctionDef)
+              and any(ast.unparse(d) == "triton.jit" for d in f.decorator_list)}
+    assert jitted == set(triton_render.prelude_names())
+    for op, row in triton_render.SPELL.items():
+        assert re.fullmatch(r"(tl\.\w+|_\w+)\(\{0\}\)", row), (op, row)
+    shell = (Path(template_dir()) / "triton_cell.py.j2").read_text()
+    assert not re.search(r"^def _", shell, re.M)
+    assert "from lstmc.backends.triton.prelude import {{ prelude" in shell
 
 
 def test_every_spec_function_is_a_primitive():

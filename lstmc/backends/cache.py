@@ -43,9 +43,9 @@ PRIVATE = 0o700     # the mode of the directories lstmc creates
 # and lowering they read, the options the generated code imports), relative to the package, plus
 # the templates and lstmc's version: a change to any of them changes every module name (generator_key).
 # tests/test_trust_cache.py checks that the lstmc modules these import are listed too.
-GENERATOR_FILES = ("ir.py", "ops.py", "spec.py", "simplify.py", "grad.py", "lower.py",
+GENERATOR_FILES = ("version.py", "ir.py", "ops.py", "spec.py", "simplify.py", "grad.py", "lower.py",
                    "backends/render.py", "backends/numba_render.py", "backends/numba_options.py",
-                   "backends/triton_render.py")
+                   "backends/triton/render.py", "backends/triton/prelude.py")
 
 
 def cache_dir() -> Path:

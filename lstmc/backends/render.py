@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import __version__
+from ..version import __version__
 from ..ir import Node, walk
 from ..ops import POINTWISE
 

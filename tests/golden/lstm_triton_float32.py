@@ -14,61 +14,14 @@ fwd_persistent, bwd_persistent: the whole time loop in one launch, grid (cdiv(B,
     program owns all H of its rows (BH >= H), keeps the recurrent weights in registers and
     carries the states (or their adjoints) on chip from step to step.
 Rows past their length skip the step: the state is kept, the output and all adjoints are zero.
+The math the kernels call (_sigmoid, _tanh, ..., and _dot, the tl.dot precision policy) is
+lstmc/backends/triton/prelude.py.
 """
 
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _dot(a, b, acc, F32: tl.constexpr, PREC: tl.constexpr):
-    # F32: the interpreter multiplies bfloat16 bit patterns in tl.dot (triton issue #11584), so
-    # there the operands (already rounded to DT) are widened first; on a GPU F32 is False.
-    # 16-bit operands: tensor cores, float32 accumulation. float32 operands: PREC is "ieee" (exact
-    # float32 products, the default) or "tf32" (tensor cores, 10-bit mantissas: the cell's tf32
-    # option). float64: ieee.
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif (a.dtype == tl.bfloat16) or (a.dtype == tl.float16):
-        return tl.dot(a, b, acc)
-    elif a.dtype == tl.float32:
-        return tl.dot(a, b, acc, input_precision=PREC)
-    else:                           # float64: Triton's dot defaults to a float32 result; ask for float64
-        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
-
-
-@triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))          # never exp of a large positive number
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0.0, r, e * r)
-
-
-@triton.jit
-def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))
-    r = (1.0 - e) / (1.0 + e)
-    return tl.where(x >= 0.0, r, -r)
-
-
-@triton.jit
-def _relu(x):
-    return tl.where(x > 0.0, x, 0.0)
-
-
-@triton.jit
-def _step(x):
-    return tl.where(x > 0.0, 1.0, 0.0)
-
-
-@triton.jit
-def _sign(x):
-    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 0.0, x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+from lstmc.backends.triton.prelude import _dot, _relu, _sigmoid, _sign, _softplus, _step, _tanh
 
 
 # forward segment 0 of one step: GEMM[U_i, U_f, U_g, U_o] + block 1

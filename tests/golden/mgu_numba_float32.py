@@ -42,7 +42,7 @@ def _sigmoid(x):
 
 @njit(inline="always", **_JIT)
 def _relu(x):
-    return max(x, np.float32(0.0))
+    return np.float32(0.0) if x < np.float32(0.0) else x          # NaN stays NaN, as in the reference
 
 
 @njit(inline="always", **_JIT)
@@ -52,7 +52,7 @@ def _step(x):
 
 @njit(inline="always", **_JIT)
 def _sign(x):
-    return np.float32(1.0) if x > np.float32(0.0) else (np.float32(-1.0) if x < np.float32(0.0) else np.float32(0.0))
+    return np.float32(1.0) if x > np.float32(0.0) else (np.float32(-1.0) if x < np.float32(0.0) else x * np.float32(0.0))   # sign(NaN) is NaN, sign(0) is 0
 
 
 @njit(inline="always", **_JIT)

@@ -1,10 +1,10 @@
 """The Triton renderer: the lowered Program -> a Python module of @triton.jit kernels
-(templates/triton_cell.py.j2).
+(templates/triton_cell.py.j2, the kernel shells), which imports its math from prelude.py.
 
-It spells ops and places loads and stores; it makes no mathematical decisions. Every kernel works
-on tiles of [BB batch rows x BH hidden units], elementwise code is the Program's blocks rendered as
-tile expressions, and the recurrent GEMMs are `tl.dot` over those tiles. Two designs, both from the
-same stages (lstmc/lower.py):
+It spells ops (SPELL, one row per primitive) and places loads and stores; it makes no
+mathematical decisions. Every kernel works on tiles of [BB batch rows x BH hidden units],
+elementwise code is the Program's blocks rendered as tile expressions, and the recurrent GEMMs are
+`tl.dot` (prelude `_dot`) over those tiles. Two designs, both from the same stages (lstmc/lower.py):
 
 - **step** kernels (`fwd_step{i}`, `bwd_step{i}`): the host loops over time; per step it launches
   one kernel per *segment*, a segment being the recurrent GEMM(s) of one phase followed by the next
@@ -26,16 +26,21 @@ States are stored in the compute type CT (float32 for float32/bfloat16/float16 s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Node, var, walk
-from ..lower import Block, Gemm, Program
-from .numba_render import dxp_alias
-from .render import check_spelling, ident, is_batched, key_name, render_expr, render_template, value_name
+from ...ir import Node, var, walk
+from ...lower import Block, Gemm, Program
+from ..numba_render import dxp_alias
+from ..render import check_spelling, ident, is_batched, key_name, render_expr, render_template, value_name
 
-# activations are @triton.jit helpers in the template (stable forms, no overflow warnings)
+# storage dtype -> compute dtype (arithmetic, accumulation, states)
+STORAGE = {"float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32"}
+
+# One row per primitive: its Triton math is either the row itself (a `tl` call) or a @triton.jit
+# function of prelude.py that the row names (stable forms, no overflow warnings); nowhere else.
 SPELL = {
     "exp": "tl.exp({0})",
     "log": "tl.log({0})",
@@ -49,6 +54,20 @@ SPELL = {
     "sign": "_sign({0})",
 }
 check_spelling(SPELL, "triton")
+
+def prelude_names() -> list[str]:
+    """What a generated module imports from prelude.py: the functions SPELL names, and `_dot`."""
+    return sorted({re.match(r"(_\w+)\(", v).group(1) for v in SPELL.values() if v.startswith("_")} | {"_dot"})
+
+
+def _mangle(name: str) -> str:
+    """A spec name as the kernels' array arguments spell it (ident's mangling: primes -> 1)."""
+    return str(name).replace("'", "1")
+
+
+def _param_args(program: Program):
+    """(vector parameter, its kernel argument P_<name>), in DP row order."""
+    return [(p, f"P_{_mangle(p)}") for p in program.vector_params]
 
 
 def const(v) -> str:
@@ -460,6 +479,6 @@ def render(program: Program, storage: str, compute: str, key: str = "") -> Rende
             elif a.startswith(("DV", "BT_")):
                 scratch[a] = 1
     source = render_template("triton_cell.py.j2", cell=program.cell.name, key=key, storage=storage, compute=compute,
-                             kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps))
+                             kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps), prelude=prelude_names())
     return Rendered(source=source, kernels={k.name: k for k in kernels}, fwd_steps=[k.name for k in fsteps],
                     bwd_steps=[k.name for k in bsteps], scratch=scratch, alias=alias, vec_index=vec_index)

@@ -1,0 +1,437 @@
+"""`TritonCell`: the CompiledCell API over the generated kernels. It builds (or loads from the
+cache) the generated module, converts arguments, launches the kernels eagerly (both designs) or
+through the graph workspaces (graphs.py), and does the whole-sequence GEMMs around the time loops.
+
+The recipe (docs/design.md, "Performance notes"; docs/triton.md):
+  - the input products of all T·B rows are one GEMM before the time loop (torch.matmul);
+  - per step, either one launch per segment (`step` kernels: the recurrent GEMM tile with tl.dot
+    and the pointwise block fused as its epilogue, all gate slots of a hidden tile per program), or
+    one launch for the whole sequence (`persistent` kernels: one program per batch tile owning all
+    H, recurrent weights loaded once into registers, state carried on chip);
+  - backward mirrors it in reverse time; the weight and input gradients are whole-sequence GEMMs
+    after the loop with float32 accumulation, bias gradients are float32 partial sums per batch tile;
+  - on CUDA the step design's time loops are captured once per shape into CUDA graphs over static
+    workspaces and replayed (graphs.py, docs/triton.md "CUDA graphs"): one launch per loop, not ~3T.
+
+Storage: `dtype` float32 or float64 (everything in that type), or bfloat16/float16 storage
+(`TritonCell(program, "bfloat16")`, or `compile(cell, "triton", "float32", storage="bfloat16")`):
+sequences, tape activations and weights in the storage type, arithmetic, accumulation and the
+recurrent state (and its tape) in float32. NumPy has no bfloat16: a bfloat16 cell takes float32
+NumPy arrays (rounded on entry) and returns float32 NumPy arrays; torch tensors must be bfloat16.
+
+Inputs may be NumPy arrays (copied to the device, results returned as NumPy) or torch tensors on
+the kernels' device (CUDA, or CPU under the interpreter), used in place and returned as tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+import weakref
+
+import numpy as np
+
+from ...lower import Program
+from ..base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
+from ..cache import build_module, generator_key
+from .environment import _InterpretEnv, _lock, environment
+from .graphs import GRAPH_CACHE, GraphWorkspaces, _env_graphs, _Lease, _Workspace
+from .render import STORAGE, _mangle, _param_args, render
+from .schedule import Schedule, Scheduling, _pow2, triton_cdiv
+from .slp import _install_slp_guard, _NoSLP
+
+
+class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
+    backend = "triton"
+
+    def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
+                 schedule=None, tf32: bool = False, graphs=None, graph_cache: int = GRAPH_CACHE):
+        torch, triton, device, interp = environment()
+        if not interp:
+            _install_slp_guard()
+        self.torch = torch
+        self.device = device
+        self.interpret = interp
+        if isinstance(dtype, str):
+            name = dtype
+        elif str(dtype).startswith("torch."):
+            name = str(dtype)[6:]
+        else:
+            name = np.dtype(dtype).name
+        if name in ("bfloat16", "float16"):
+            storage, name = storage or name, "float32"
+        if name not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32, float64, bfloat16 or float16 for the triton backend, "
+                             f"got {dtype!r}")
+        storage = storage or name
+        if storage not in STORAGE or STORAGE[storage] != name:
+            raise ValueError(f"storage {storage!r} does not go with dtype {name!r}: use float32 or float64 storage "
+                             f"for those dtypes, or bfloat16/float16 storage with dtype float32")
+        self.program = program
+        self.key = key
+        self.cell = program.cell
+        self.dtype = storage                   # what arrays must be (argument checks compare against it)
+        self.compute_dtype = name              # arithmetic, accumulation, state
+        self.np_dtype = np.dtype(np.float32 if storage == "bfloat16" else storage)
+        self.t_storage = getattr(torch, storage)
+        self.t_compute = getattr(torch, name)
+        tl = triton.language
+        self._tl = {"DT": getattr(tl, storage), "CT": getattr(tl, name),
+                    # the interpreter's tl.dot multiplies bfloat16 bit patterns (triton issue #11584)
+                    "DOT_F32": bool(interp and storage == "bfloat16"),
+                    # float32 products: exact ("ieee", default) or TF32 tensor cores (changes results)
+                    "PREC": "tf32" if tf32 else "ieee"}
+        self.tf32 = bool(tf32)
+        self.rendered = render(program, storage, name, key)
+        self.source = self.rendered.source
+        digest = hashlib.sha256((self.source + generator_key() + str(interp)).encode()).hexdigest()[:16]
+        safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
+        with _lock, _InterpretEnv(interp):
+            self.module = build_module(self.source, f"{safe}_{storage}_{'interp_' if interp else ''}{digest}", "triton")
+        self.persistent_budget = None          # bytes of shared memory; None: the GPU's (or 160 KiB)
+        self._too_big: set = set()             # (direction, H, BB, warps) that ran out of resources
+        self._tuned: dict[tuple, Schedule] = {}
+        self.schedule = schedule               # default for forward(); None: heuristic, "auto": autotune
+        # CUDA graphs of the step design's time loops (docs/triton.md, "CUDA graphs"): None = on for CUDA
+        # unless LSTMC_TRITON_GRAPHS=0; "emulate" runs the same static-workspace path without graphs
+        # (the interpreter has none: tests use it there)
+        if graphs is None:
+            graphs = (not interp) and _env_graphs()
+        elif graphs not in (True, False, "emulate"):
+            raise ValueError(f"graphs must be None, True, False or 'emulate', got {graphs!r}")
+        elif graphs is True and interp:
+            raise ValueError("graphs=True needs CUDA, and Triton's interpreter runs on the CPU: use graphs=False, "
+                             "or graphs='emulate' to exercise the static-workspace path without CUDA graphs")
+        if not isinstance(graph_cache, int) or isinstance(graph_cache, bool) or graph_cache < 0:
+            raise ValueError(f"graph_cache must be a non-negative integer, got {graph_cache!r}")
+        self.graphs = graphs
+        self.graph_cache = graph_cache
+        self._ws: list[_Workspace] = []        # least recently used first
+        self._ws_lock = threading.Lock()       # two threads never take the same workspace
+        self.graph_stats = {"captures": 0, "replays": 0, "eager": 0, "capture_failed": 0}
+
+    def __repr__(self):
+        extra = f" compute={self.compute_dtype}" if self.compute_dtype != self.dtype else ""
+        return f"<TritonCell cell={self.cell.name!r} dtype={self.dtype}{extra} device={self.device}>"
+
+    # --------------------------------------------------------------------------- conversion
+    def _tensor(self, name, a):
+        """NumPy -> torch on the kernels' device (bfloat16 cells round float32 arrays); tensors pass, and
+        so does a NumPy array of any other dtype, for check_inputs to name (with the conversion to make)."""
+        torch = self.torch
+        if isinstance(a, np.ndarray) and a.dtype == self.np_dtype and a.dtype.isnative:
+            t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))   # 0-d stays 0-d
+            if self.dtype == "bfloat16" and a.dtype == np.float32:
+                t = t.to(torch.bfloat16)
+            return t.to(self.device)
+        return a
+
+    def _check_device(self, named):
+        torch = self.torch
+        want = "cpu" if self.interpret else "cuda"
+        first = None
+        for nm, t in named:
+            if not isinstance(t, torch.Tensor):
+                continue
+            if t.device.type != want:
+                how = ("the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors" if self.interpret
+                       else "the triton backend runs on CUDA tensors")
+                raise ValueError(f"{nm} is on {t.device}, but {how}: move it with .to('{want}')")
+            if first is None:
+                first = (nm, t.device)
+            elif t.device != first[1]:
+                raise ValueError(f"{nm} is on {t.device} but {first[0]} is on {first[1]}: "
+                                 f"move all arguments to one device")
+
+    def _out(self, t, numpy_out: bool):
+        if not numpy_out:
+            return t
+        t = t.detach().cpu()
+        if t.dtype == self.torch.bfloat16:
+            t = t.float()
+        return t.numpy()
+
+    def _take_rows(self, a, idx):
+        torch = self.torch
+        return a[idx, torch.arange(a.shape[1], device=a.device)[None, :]]
+
+    # -------------------------------------------------------------------------------- launch
+    def _launcher(self, name, env, sched: Schedule, grid, BH, store_tape=None):
+        meta = self.rendered.kernels[name]
+        fn = getattr(self.module, name)[grid]
+        arrays = [env[a] for a in meta.arrays]
+        cx = {"BB": sched.block_b, "BH": BH, "BK": sched.block_k, **self._tl, "STORE_TAPE": store_tape}
+        consts = {c: cx[c] for c in meta.constexprs}
+        opts = {"num_warps": sched.num_warps}
+        if sched.num_stages is not None:
+            opts["num_stages"] = sched.num_stages
+        scalars = meta.scalars
+
+        def launch(**sc):
+            with _NoSLP():
+                fn(*arrays, *[sc[s] for s in scalars], **consts, **opts)
+        return launch
+
+    def _run_persistent(self, direction, env, sched, T, B, H, store_tape=None) -> bool:
+        """Launch a persistent kernel; False (nothing ran) when it needs more shared memory or
+        registers than the GPU has: the caller then runs the step kernels, and later calls skip it."""
+        grid = (triton_cdiv(B, sched.block_b),)
+        try:
+            self._launcher(f"{direction}_persistent", env, sched, grid, max(16, _pow2(H)),
+                           store_tape=store_tape)(T=T, B=B, H=H)
+            return True
+        except Exception as e:  # noqa: BLE001 - triton.runtime.errors.OutOfResources, raised before it runs
+            if type(e).__name__ != "OutOfResources":
+                raise
+            self._too_big.add((direction, H, sched.block_b, sched.num_warps))
+            warnings.warn(f"lstmc triton: {direction}_persistent for H={H} does not fit this GPU ({e}); "
+                          f"using the step kernels", RuntimeWarning, stacklevel=3)
+            return False
+
+    def _scratch(self, B, H, env):
+        torch = self.torch
+        for nm, slots in self.rendered.scratch.items():
+            env[nm] = torch.empty((B, slots * H), dtype=self.t_compute, device=self.device)
+
+    def _fwd_loop(self, steps, T, B, H, need_tape):
+        for t in range(T):
+            ci, ni, ti = (t, t + 1, t) if need_tape else (t % 2, (t + 1) % 2, 0)
+            for launch in steps:
+                launch(t=t, ci=ci, ni=ni, ti=ti, B=B, H=H)
+
+    def _bwd_phases(self, env, sched, grid, DS, DSN):
+        phases = []
+        for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
+            e = dict(env)
+            for s in self.program.cell.states:
+                e[f"DS_{_mangle(s)}"] = cur[s]
+                e[f"DSN_{_mangle(s)}"] = nxt[s]
+            phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.bwd_steps])
+        return phases
+
+    @staticmethod
+    def _bwd_loop(phases, T, B, H):
+        for i, t in enumerate(range(T - 1, -1, -1)):
+            for launch in phases[i % 2]:
+                launch(t=t, B=B, H=H)
+
+    # ------------------------------------------------------------------------------- forward
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, schedule=None):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
+        `schedule`: a Schedule (or dict, 'auto', 'persistent', 'step'); default: the cell's."""
+        torch = self.torch
+        numpy_in = isinstance(x, np.ndarray)
+        x = self._tensor("x", x)
+        if isinstance(params, dict):
+            params = {k: self._tensor(f"params['{k}']", v) for k, v in params.items()}
+        if isinstance(state, dict):
+            state = {k: self._tensor(f"state['{k}']", v) for k, v in state.items()}
+        T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        check_flags(reverse=reverse, need_tape=need_tape)
+        self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
+                           + [(f"state['{k}']", v) for k, v in (state or {}).items()])
+        sched = self.resolve(schedule, B, H)
+        prog, dev, DT = self.program, self.device, self.t_storage
+        lease = None
+        with torch.no_grad():
+            rev_idx = None
+            if reverse:
+                rev_idx = torch.as_tensor(reverse_index(T, L), device=dev)
+                x = self._take_rows(x, rev_idx)
+            x = clear_padding(x, L, T)
+            nx = len(prog.input_mats)
+            Wcat = torch.cat([params[m] for m in prog.input_mats]) if nx else None
+            Ucat = {g.index: torch.cat([params[m] for m in g.mats]).contiguous() for g in prog.groups}
+            Lcpu = torch.as_tensor(L, dtype=torch.int32)
+            ws = None
+            if self._graphed(sched, T, B):
+                ws = self._acquire(("step", sched, T, B, I, H, bool(need_tape)))
+            try:
+                if ws is not None:
+                    Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I,
+                                                        H, need_tape)
+                    last = T if need_tape else T % 2
+                    if need_tape:
+                        lease = _Lease(ws, ws.gen)
+                        ws.lease, ws.released = weakref.ref(lease), False
+                else:
+                    Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
+                                                                     T, B, I, H, need_tape)
+                final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
+                if reverse:
+                    Y = self._take_rows(Y, rev_idx)
+                elif ws is not None:
+                    Y = Y.clone()            # the static buffer is overwritten by the next call
+            finally:
+                if ws is not None:
+                    ws.busy = False          # y and the final state are copied out; the tape holds a lease
+        tape = None
+        if need_tape:
+            extra = {"numpy": numpy_in, "schedule": sched}
+            if lease is not None:
+                extra["graph"] = lease
+            tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
+                        packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
+                                "vecs": {p: params[p] for p in prog.vector_params}},
+                        shapes=(T, B, I, H), extra=extra)
+        return self._out(Y, numpy_in), {s: self._out(v, numpy_in) for s, v in final.items()}, tape
+
+    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
+        torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        nx = len(prog.input_mats)
+        env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
+        if nx:
+            env["XP"] = (x.reshape(T * B, I) @ Wcat.t()).reshape(T, B, nx * H)
+        for g in prog.groups:
+            env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
+        persistent = sched.variant == "persistent"
+        rows = T + 1 if need_tape else 2
+        Sq, SV = {}, {}
+        for s in prog.cell.states:
+            Sq[s] = torch.empty((rows, B, H), dtype=CT, device=dev)
+            if state is not None and s in state:
+                Sq[s][0] = state[s]
+            else:
+                Sq[s][0] = 0.0
+            env[f"SQ_{_mangle(s)}"] = Sq[s]
+        for n, _ in prog.saved:
+            shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
+            SV[n] = torch.empty(shape, dtype=DT, device=dev)
+            env[f"SV_{_mangle(n)}"] = SV[n]
+        Y = torch.empty((T, B, H), dtype=DT, device=dev)
+        env["Y"] = Y
+        Lt = Lcpu.to(dev)
+        env["L"] = Lt
+        if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape)):
+            persistent, sched = False, self._step_for(sched, H)
+            if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
+                for n, _ in prog.saved:
+                    SV[n] = env[f"SV_{_mangle(n)}"] = torch.empty((1, B, H), dtype=DT, device=dev)
+        if persistent:
+            last = T if need_tape else 1
+        else:
+            self._scratch(B, H, env)
+            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
+            steps = [self._launcher(k, env, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+            self._fwd_loop(steps, T, B, H, need_tape)
+            last = T if need_tape else T % 2
+        return Y, Sq, SV, Lt, last, sched
+
+    # ------------------------------------------------------------------------------ backward
+    def backward(self, tape, dy, dstate=None):
+        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
+        torch = self.torch
+        dy = self._tensor("dy", dy)
+        if isinstance(dstate, dict):
+            dstate = {k: self._tensor(f"dstate['{k}']", v) for k, v in dstate.items()}
+        self.check_backward(tape, dy, dstate)
+        if "schedule" not in tape.extra:
+            raise ValueError("tape must come from this triton program's forward(..., need_tape=True)")
+        self._check_device([("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()])
+        lease = tape.extra.get("graph")
+        if lease is not None and lease.gen != lease.ws.gen:
+            raise RuntimeError("this tape's arrays live in a CUDA-graph workspace that a later forward call has "
+                               "reused (its backward had already run once); a second backward of an old tape "
+                               "needs graphs off: TritonCell(..., graphs=False) or LSTMC_TRITON_GRAPHS=0")
+        prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
+        T, B, I, H = tape.shapes
+        sched = tape.extra["schedule"]
+        r = self.rendered
+        with torch.no_grad():
+            if tape.reverse:
+                dy = self._take_rows(dy, tape.rev_idx)
+            if lease is not None and self.graphs:
+                DS, DP, dRP, dXP = self._backward_graph(lease.ws, tape, dy, dstate, sched, T, B, H)
+            else:
+                DS, DP, dRP, dXP = self._backward_eager(tape, dy, dstate, sched, T, B, H)
+            grads = {}
+            dps = DP.sum(0)
+            for p, i in r.vec_index.items():
+                grads[p] = dps[i].to(DT)
+            x2 = tape.x.reshape(T * B, I)
+            dx = torch.zeros((T, B, I), dtype=DT, device=dev)
+            nx = len(prog.input_mats)
+            if nx:
+                dXP2 = dXP.reshape(T * B, nx * H)
+                dW = _mm_acc(torch, dXP2.t(), x2, CT)
+                for j, m in enumerate(prog.input_mats):
+                    grads[m] = dW[j * H:(j + 1) * H].to(DT)
+                dx = (dXP2 @ tape.packed["Wcat"]).reshape(T, B, I)
+            for g in prog.groups:
+                a = g.operand
+                V = tape.states[a.attr][:T] if a.op == "state" else tape.saved[a.attr[1]]
+                dU = _mm_acc(torch, dRP[g.index].reshape(T * B, -1).t(), V.reshape(T * B, H), CT)
+                for j, m in enumerate(g.mats):
+                    grads[m] = dU[j * H:(j + 1) * H].to(DT)
+            if tape.reverse:
+                dx = self._take_rows(dx, tape.rev_idx)
+            dparams = {p: grads[p] if p in grads else torch.zeros(self.cell.param_shape(p, I, H), dtype=DT, device=dev)
+                       for p in self.cell.params}
+            dS0 = {s: DS[s].to(DT, copy=True) for s in prog.cell.states}   # a copy: DS may be a static buffer
+        if lease is not None:
+            lease.ws.released = True      # the workspace may serve the next forward call
+        numpy_out = bool(tape.extra.get("numpy"))
+        return (self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
+                {p: self._out(v, numpy_out) for p, v in dparams.items()})
+
+    def _backward_eager(self, tape, dy, dstate, sched, T, B, H):
+        torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        r = self.rendered
+        env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
+        env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
+        for g in prog.groups:
+            env[f"U{g.index}"] = tape.packed["U"][g.index]
+        for s in prog.cell.states:
+            env[f"SQ_{_mangle(s)}"] = tape.states[s]
+        for n, _ in prog.saved:
+            env[f"SV_{_mangle(n)}"] = tape.saved[n]
+        DS = {}
+        for s in prog.cell.states:
+            if dstate is not None and s in dstate:
+                DS[s] = dstate[s].to(CT, copy=True).contiguous()
+            else:
+                DS[s] = torch.zeros((B, H), dtype=CT, device=dev)
+        nx = len(prog.input_mats)
+        nbt = triton_cdiv(B, sched.block_b)
+        nvec = len(prog.vector_params)
+        DP = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+        env["DP"] = DP
+        if nx and r.alias is None:
+            env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
+        dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
+        for g, a in dRP.items():
+            env[f"dRP{g}"] = a
+        persistent = sched.variant == "persistent" and self._fits(H, sched)
+        if persistent:
+            for s in prog.cell.states:
+                env[f"DS_{_mangle(s)}"] = DS[s]
+            persistent = self._run_persistent("bwd", env, sched, T, B, H)
+        if not persistent:
+            sched = self._step_for(sched, H) if sched.variant == "persistent" else sched
+            nbt = triton_cdiv(B, sched.block_b)
+            if DP.shape[0] != nbt:
+                DP = env["DP"] = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+            self._scratch(B, H, env)
+            grid = (nbt, triton_cdiv(H, sched.block_h))
+            DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
+            self._bwd_loop(self._bwd_phases(env, sched, grid, DS, DSN), T, B, H)
+            if T % 2:
+                DS = DSN
+        dXP = None
+        if nx:
+            dXP = env["dXP"] if r.alias is None else dRP[r.alias]
+        return DS, DP, dRP, dXP
+
+
+def _mm_acc(torch, a, b, CT):
+    """a @ b accumulated and returned in CT (float32 for reduced-precision storage)."""
+    if a.dtype == CT and b.dtype == CT:
+        return a @ b
+    if a.is_cuda:
+        try:  # bfloat16/float16 operands, float32 output: no float32 copies of the sequences
+            return torch.mm(a, b.to(a.dtype), out_dtype=CT)
+        except (TypeError, RuntimeError):
+            pass
+    return a.to(CT) @ b.to(CT)
+
