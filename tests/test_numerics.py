@@ -187,3 +187,17 @@ def test_padding_never_reaches_a_result(backend, fill, reverse):
         a, b = _np(clean[k]), _np(dirty[k])
         assert np.isfinite(b).all(), f"{backend}: {k} has non-finite values from the padding"
         np.testing.assert_array_equal(a, b, err_msg=f"{backend}: {k} depends on the padding")
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
+def test_relu_and_sign_keep_nan(backend):
+    """relu(NaN) and sign(NaN) (the slope of abs) are NaN, as np.maximum / np.sign give: they were 0
+    in numba and triton, which hid a NaN parameter's effect."""
+    dtype = "float32" if backend == "numba" else "float64"
+    prog = lstmc.compile("cell rs\nstate h\nh' = relu(W @ x) + abs(V @ x) + 0 * h\n", backend, dtype)
+    x = np.array([[[np.nan, 1.0]], [[1.0, 1.0]]], dtype)
+    p = {"W": np.array([[1.0, 0.0]], dtype), "V": np.array([[np.nan, 0.0]], dtype)}
+    y, _, tape = prog.forward(x, p)
+    _, _, dp = prog.backward(tape, np.ones_like(_np(y)))
+    assert np.isnan(_np(y)).all()
+    assert np.isnan(_np(dp["V"])).all()        # d|v|/dv = sign(NaN) = NaN, not 0

@@ -48,7 +48,7 @@ def _horner(coeffs, var_name, f) -> str:
 _COMMON = """
 {inl}
 def _relu(x):
-    return max(x, {0})
+    return {0} if x < {0} else x          # NaN stays NaN, as in the reference
 
 
 {inl}
@@ -58,7 +58,7 @@ def _step(x):
 
 {inl}
 def _sign(x):
-    return {1} if x > {0} else ({m1} if x < {0} else {0})
+    return {1} if x > {0} else ({m1} if x < {0} else x * {0})   # sign(NaN) is NaN, sign(0) is 0
 
 
 {inl}

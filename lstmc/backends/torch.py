@@ -27,7 +27,7 @@ SPELL = {
     "step": "torch.sign(torch.relu({0}))",
     "sqrt": "torch.sqrt({0})",
     "abs": "torch.abs({0})",
-    "sign": "torch.sign({0})",
+    "sign": "torch.where(torch.isnan({0}), {0}, torch.sign({0}))",   # torch.sign(NaN) is 0; NaN as NumPy
 }
 check_spelling(SPELL, "torch")
 
