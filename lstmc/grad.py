@@ -38,7 +38,7 @@ def differentiate(seeds: list[tuple[Node, Node]], wrt: list[Node]) -> dict[Node,
         terms = contrib.get(node)
         if not terms or node.op not in DERIV:
             continue
-        g = simplify(_sum(terms))
+        g = simplify(_sum(terms))   # memoised (simplify.py): costs only the nodes new since the last call
         if g.op == "const" and g.attr == 0.0:
             continue
         for arg, ga in zip(node.args, DERIV[node.op](node, g)):

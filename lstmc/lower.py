@@ -1,6 +1,6 @@
 """Lowering: plan the matrix products and pointwise blocks of one step, forward and backward.
 
-The result is a `Program` that every backend renders (DESIGN.md §3):
+The result is a `Program` (lstmc/program.py) that every backend renders (docs/design.md, "Lowering"):
 
 1. every `M @ x` is hoisted into one input GEMM over all T·B rows (`xp`, one column slot per M);
 2. recurrent products are grouped by operand: all `M @ v` with the same v are one GEMM per step;
@@ -9,107 +9,23 @@ The result is a `Program` that every backend renders (DESIGN.md §3):
 5. backward mirrors the plan: the adjoints are derived symbolically (grad.py), the recurrent
    GEMMs run transposed in reverse phase order, and weight/input gradients are whole-sequence
    GEMMs after the time loop;
-6. the saved-activation policy decides what the forward tape keeps (see `_Saver`).
+6. the saved-activation policy decides what the forward tape keeps (see `_Saver`);
+7. the decisions every backend shares are made on the result (`program.decide`).
 
-Value names (`var` keys) used in blocks:
-  ('xp', M)          input product M @ x_t              ('rp', g, M)   recurrent product M @ v_g
-  ('s1', s)          new state s'                        ('sv', name)   a value saved in the tape
-  ('t', name)        a temporary inside/between blocks   ('ds1', s)     adjoint of s' (input to a bwd step)
-  ('dv', g)          adjoint of group g's operand, from a transposed GEMM
-  ('drp', g, M), ('dxp', M), ('ds', s), ('dp', p)   adjoints written by backward blocks
+The value names of blocks are listed in lstmc/program.py.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from . import ir
 from .grad import differentiate
 from .ir import Node, var, walk
 from .ops import TRANSCENDENTAL
+from .program import Block, Gemm, Group, Let, Program, decide
 from .simplify import simplify
 from .spec import Cell
 
 __all__ = ["Program", "Block", "Gemm", "Let", "lower"]
-
-
-@dataclass(frozen=True)
-class Let:
-    key: tuple          # the var key this assignment defines
-    expr: Node          # IR over leaves and earlier lets' vars
-    buffer: bool        # True: an array that outlives the block (state, tape, GEMM operand, output)
-
-
-@dataclass(frozen=True)
-class Block:
-    """Fused pointwise work of one phase: straight-line lets, elementwise over [B, H]."""
-    phase: int
-    lets: tuple[Let, ...]
-
-
-@dataclass(frozen=True)
-class Gemm:
-    """One matrix product per step. Forward: out[:, slot j] = A @ mats[j]^T (A is [B, H]).
-    Backward: out = concat(A slots) @ concat(mats) (A is [B, k*H], out [B, H])."""
-    group: int
-    a: tuple[Node, ...]      # leaf nodes whose values form A's column slots
-    mats: tuple[str, ...]
-    out: tuple[Node, ...]    # the var leaves this GEMM defines
-    transposed: bool         # False: forward (A @ W^T), True: backward (dA @ W)
-
-
-@dataclass(frozen=True)
-class Group:
-    """A recurrent GEMM group: operand v (a state or a saved value) times each matrix in `mats`."""
-    index: int
-    operand: Node            # state(s) or var('sv', name)
-    mats: tuple[str, ...]
-    phase: int
-
-
-@dataclass
-class Program:
-    """The lowered step, shared by every backend. See the module docstring for the value names."""
-    cell: Cell
-    input_mats: tuple[str, ...]
-    groups: tuple[Group, ...]
-    fwd: tuple                 # Block | Gemm, in execution order
-    bwd: tuple
-    saved: tuple[tuple[str, Node], ...]   # (name, forward node) kept in the tape at every step
-    vector_params: tuple[str, ...]
-
-    @property
-    def states(self):
-        return self.cell.states
-
-    def text(self) -> str:
-        """A readable, canonical description (used by `lstmc show` and as part of cache keys)."""
-        out = [f"program {self.cell.name}", f"  states: {', '.join(self.cell.states)}   output: {self.cell.output}"]
-        out.append("  params: " + ", ".join(f"{p}:{k}" for p, k in self.cell.params.items()))
-        if self.cell.inits:
-            out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
-        out.append("  input GEMM (hoisted, all T*B rows): xp = x @ [" + ", ".join(self.input_mats) + "]^T"
-                   if self.input_mats else "  input GEMM: none")
-        out.append("  saved per step: " + (", ".join(n for n, _ in self.saved) or "(states only)"))
-        for title, stages in (("forward step", self.fwd), ("backward step", self.bwd)):
-            out.append(f"  {title}:")
-            for st in stages:
-                out.extend("    " + line for line in describe(st))
-        out.append("  after the loop: dW = dxp^T @ x, dU_g = drp_g^T @ v_g, dx = dxp @ W (whole-sequence GEMMs)")
-        return "\n".join(out)
-
-
-def describe(stage) -> list[str]:
-    if isinstance(stage, Gemm):
-        a = ", ".join(ir.to_text(n) for n in stage.a)
-        if stage.transposed:
-            return [f"GEMM {ir.to_text(stage.out[0])} = [{a}] @ [{'; '.join(stage.mats)}]"]
-        outs = ", ".join(ir.to_text(n) for n in stage.out)
-        return [f"GEMM [{outs}] = {a} @ [{', '.join(stage.mats)}]^T"]
-    lines = [f"block {stage.phase}:"]
-    for let in stage.lets:
-        lines.append(f"  {ir.var_name(let.key)}{'' if let.buffer else ' (local)'} = {ir.to_text(let.expr)}")
-    return lines
 
 
 # ------------------------------------------------------------------------------------- the passes
@@ -144,8 +60,8 @@ def lower(cell: Cell) -> Program:
     bwd = _schedule(bwd_roots, bwd_gemms, bwd_names, operand_nodes={
         var("drp", g.index, m): bwd_roots[("drp", g.index, m)] for g in groups for m in g.mats}, reverse=True)
     vec = tuple(p for p, k in cell.params.items() if k == "b")
-    return Program(cell=cell, input_mats=tuple(prod.input_mats), groups=tuple(groups), fwd=tuple(fwd),
-                   bwd=tuple(bwd), saved=tuple(saver.saved), vector_params=vec)
+    return decide(Program(cell=cell, input_mats=tuple(prod.input_mats), groups=tuple(groups), fwd=tuple(fwd),
+                          bwd=tuple(bwd), saved=tuple(saver.saved), vector_params=vec))
 
 
 class _Products:
@@ -159,6 +75,7 @@ def _plan_products(cell: Cell) -> _Products:
     p.input_mats = []
     p.groups = []            # dicts: operand (lowered node), mats, phase
     by_operand: dict[Node, int] = {}
+    seen_mats: set[tuple] = set()   # ("x", M) and (group, M) already given a slot (lists keep the order)
     memo: dict[Node, Node] = {}
     phase: dict[Node, int] = {}
     # simplify first (constant folding, identities); CSE is already given by interning
@@ -169,7 +86,8 @@ def _plan_products(cell: Cell) -> _Products:
         if n.op == "matvec":
             (v,) = args
             if v.op == "input":
-                if n.attr not in p.input_mats:
+                if ("x", n.attr) not in seen_mats:
+                    seen_mats.add(("x", n.attr))
                     p.input_mats.append(n.attr)
                 m = var("xp", n.attr)
                 phase[m] = 0
@@ -178,7 +96,8 @@ def _plan_products(cell: Cell) -> _Products:
                 if gi is None:
                     gi = by_operand[v] = len(p.groups)
                     p.groups.append({"operand": v, "mats": [], "phase": phase[v]})
-                if n.attr not in p.groups[gi]["mats"]:
+                if (gi, n.attr) not in seen_mats:
+                    seen_mats.add((gi, n.attr))
                     p.groups[gi]["mats"].append(n.attr)
                 m = var("rp", gi, n.attr)
                 phase[m] = phase[v] + 1
@@ -214,6 +133,45 @@ def _differentiate_step(cell: Cell, prod: _Products) -> dict[tuple, Node]:
     return {k: adj[n] for k, n in wrt_keys}
 
 
+def _fresh(base: str, taken: set, next_index: dict) -> str:
+    """The first of base, base_2, base_3, ... not in `taken` (which it joins). `next_index` remembers
+    where each base's search stopped: `taken` only grows, so the search resumes there and naming
+    many values after one op ("mul", "add") stays linear instead of re-testing every earlier suffix."""
+    k = next_index.get(base, 1)
+    name = base if k == 1 else f"{base}_{k}"
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    next_index[base] = k
+    taken.add(name)
+    return name
+
+
+def _postorder(root: Node, memo: dict, leaf) -> None:
+    """Fill memo for root's DAG bottom-up without descending into nodes already in memo.
+    `leaf(n)` returns n's value when n is not to be descended into (else None); otherwise
+    memo[n] is n rebuilt over its args' values. Shared by the passes that run once per
+    root/value over DAGs that overlap: each node is then visited once overall, not once per root."""
+    stack = [root]
+    while stack:
+        n = stack[-1]
+        if n in memo:
+            stack.pop()
+            continue
+        v = leaf(n)
+        if v is not None:
+            memo[n] = v
+            stack.pop()
+            continue
+        todo = [a for a in n.args if a not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        args = tuple(memo[a] for a in n.args)
+        memo[n] = n if args == n.args else ir.Node(n.op, args, n.attr)
+
+
 class _Saver:
     """Pass 6, the saved-activation policy: which forward values the tape keeps.
 
@@ -222,6 +180,9 @@ class _Saver:
       - outputs of transcendental ops (sigmoid, tanh, exp, ...) are saved, never recomputed;
       - arithmetic over available/saved values is recomputed in the backward block (cheap);
       - arithmetic that would need a GEMM result (a pre-activation) is saved as a whole.
+
+    The backward roots share most of their DAG (every adjoint reads the chain of adjoints after it),
+    so every per-node decision and rewrite is memoised across `resolve` calls.
     """
 
     def __init__(self, cell: Cell, prod: _Products):
@@ -229,8 +190,12 @@ class _Saver:
         self.new_of = {prod.new[s]: s for s in cell.states}
         self.saved: list[tuple[str, Node]] = []
         self.names: dict[Node, str] = {}
-        self.memo: dict[Node, Node] = {}
         self.used_names = set(cell.params) | set(cell.states) | {"x"}
+        self._next_index: dict[str, int] = {}
+        self._seen: set[Node] = set()          # nodes whose read/rebuild decision is made
+        self._stop: dict[Node, Node] = {}      # node -> what backward reads for it
+        self._rebuilt: dict[Node, Node] = {}   # node -> its rewrite over read values
+        self._reaches: dict[Node, bool] = {}   # memo of _reach
 
     def _name_for(self, node: Node) -> str:
         base = self.prod.names.get(node)
@@ -243,12 +208,7 @@ class _Saver:
                 base = "_".join(str(k) for k in node.attr)
             else:
                 base = node.op
-        name, k = base, 1
-        while name in self.used_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.used_names.add(name)
-        return name
+        return _fresh(base, self.used_names, self._next_index)
 
     def save(self, node: Node) -> Node:
         if node not in self.names:
@@ -258,25 +218,34 @@ class _Saver:
         return var("sv", self.names[node])
 
     def _reach(self, node: Node) -> bool:
-        stack, seen = [node], set()
+        """Does `node` read a GEMM result (xp/rp) other than through a transcendental or a new state?"""
+        memo = self._reaches
+        stack = [node]
         while stack:
-            n = stack.pop()
-            if n in seen:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
                 continue
-            seen.add(n)
             if n.op == "var" and n.attr[0] in ("xp", "rp"):
-                return True
-            if n.op in TRANSCENDENTAL or n in self.new_of:
-                continue
-            stack.extend(n.args)
-        return False
+                memo[n] = True
+            elif n.op in TRANSCENDENTAL or n in self.new_of:
+                memo[n] = False
+            else:
+                todo = [a for a in n.args if a not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                memo[n] = any(memo[a] for a in n.args)
+            stack.pop()
+        return memo[node]
 
     def resolve(self, expr: Node) -> Node:
         """Rewrite a backward expression so it reads only available or saved forward values."""
-        # top-down: find the nodes to rebuild, stopping at values that are read (saved or available)
-        stop: dict[Node, Node] = {}
-        visit: list[Node] = []
-        stack, seen = [expr], set()
+        # top-down: find the nodes to rebuild, stopping at values that are read (saved or available).
+        # The visiting order fixes the order (and so the names) of saved values; a node seen by an
+        # earlier call had everything below it decided then, so skipping it changes nothing.
+        stop = self._stop
+        stack, seen = [expr], self._seen
         while stack:
             n = stack.pop()
             if n in seen:
@@ -291,15 +260,14 @@ class _Saver:
             elif n in self.prod.fwd_nodes and (n.op in TRANSCENDENTAL or self._reach(n)):
                 stop[n] = self.save(n)
             else:
-                visit.append(n)
                 stack.extend(n.args)
-        memo = dict(stop)
-        for n in walk([expr]):
-            if n in memo:
-                continue
-            args = tuple(memo[a] for a in n.args)
-            memo[n] = n if args == n.args else ir.Node(n.op, args, n.attr)
-        return simplify(memo[expr])
+        _postorder(expr, self._rebuilt, stop.get)
+        return simplify(self._rebuilt[expr])
+
+
+# Adjoints the backends only write (a parameter's is summed over the batch, a state's goes to the
+# next step): no later block can read them back, so a value they share with later work is a buffer.
+_WRITE_ONLY = ("dp", "ds")
 
 
 def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str],
@@ -315,16 +283,27 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
     gphase: dict[int, int] = {}
 
     def ph(node: Node) -> int:
-        for n in walk([node]):
+        """node's phase, memoised; a GEMM output depends on its GEMM's operands (iterative, so deep
+        chains of staged GEMMs need no recursion, and nodes already placed are not walked again)."""
+        stack = [node]
+        while stack:
+            n = stack[-1]
             if n in phase:
+                stack.pop()
                 continue
-            if n in out_of:
-                g = out_of[n]
-                if g.group not in gphase:
-                    gphase[g.group] = max(ph(operand_nodes.get(a, a)) for a in g.a)
-                phase[n] = gphase[g.group] + 1
-            else:
+            g = out_of.get(n)
+            deps = n.args if g is None else () if g.group in gphase else [operand_nodes.get(a, a) for a in g.a]
+            todo = [d for d in deps if d not in phase]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            if g is None:
                 phase[n] = max((phase[a] for a in n.args), default=0)
+            else:
+                if g.group not in gphase:
+                    gphase[g.group] = max(phase[d] for d in deps)
+                phase[n] = gphase[g.group] + 1
         return phase[node]
 
     # the values each stage must define: roots, plus GEMM operands that are not plain leaves
@@ -348,6 +327,7 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
     key_of: dict[Node, tuple] = {}
     lets_by_phase: dict[int, list[Let]] = {p: [] for p in range(nphase)}
     taken = set(k[1] for k in targets if len(k) == 2 and isinstance(k[1], str))
+    next_index: dict[str, int] = {}
     buffers: set[tuple] = set()
     for k, n in targets.items():
         if n not in key_of and not n.is_leaf:
@@ -361,33 +341,27 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
         ps = parents.get(n, ())
         place[n] = phase[n] if (n in target_nodes or not ps) else min(place[q] for q in ps)
     for n in order:
-        if n.is_leaf or n in key_of:
+        if n.is_leaf:
             continue
         ps = parents.get(n, set())
         cross = any(place[q] != place[n] for q in ps)
+        if n in key_of:
+            if not (cross and key_of[n][0] in _WRITE_ONLY):
+                continue
+            # a later block reads this adjoint: it gets a buffer, and the target becomes a copy of it
+            key_of[n] = ("t", _fresh("_".join(key_of[n]), taken, next_index))
+            buffers.add(key_of[n])
+            continue
         if len(ps) > 1 or n in names or cross:
-            base = (names.get(n) or n.op).replace("'", "1")
-            nm, i = base, 1
-            while nm in taken:
-                i += 1
-                nm = f"{base}_{i}"
-            taken.add(nm)
-            key_of[n] = ("t", nm)
+            key_of[n] = ("t", _fresh((names.get(n) or n.op).replace("'", "1"), taken, next_index))
             if cross:
                 buffers.add(key_of[n])
 
     def body(n: Node) -> Node:
-        """n's expression with every other named node replaced by its var."""
+        """n's expression with every other named node replaced by its var (not walking past them:
+        each unnamed node has one consumer, so all bodies together visit each node about once)."""
         memo: dict[Node, Node] = {}
-        for m in walk([n]):
-            if m is not n and m in key_of:
-                memo[m] = var(*key_of[m])
-                continue
-            if m.is_leaf:
-                memo[m] = m
-                continue
-            args = tuple(memo[a] for a in m.args)
-            memo[m] = m if args == m.args else ir.Node(m.op, args, m.attr)
+        _postorder(n, memo, lambda m: var(*key_of[m]) if m is not n and m in key_of else m if m.is_leaf else None)
         return memo[n]
 
     done_targets = set()
@@ -403,11 +377,13 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
             continue
         src = var(*key_of[n]) if n in key_of else n
         lets_by_phase[phase.get(n, 0)].append(Let(k, src, True))
+    gemms_by_phase: dict[int, list[Gemm]] = {}
+    for g in sorted(gemms, key=lambda g: g.group):
+        gemms_by_phase.setdefault(gphase[g.group], []).append(g)
     stages: list = []
     for p in range(nphase):
         if lets_by_phase[p]:
             stages.append(Block(p, tuple(lets_by_phase[p])))
-        for g in sorted((g for g in gemms if gphase[g.group] == p), key=lambda g: g.group):
-            stages.append(g)
+        stages.extend(gemms_by_phase.get(p, ()))
     return stages
 

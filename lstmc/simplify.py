@@ -3,12 +3,13 @@
 CSE needs no pass of its own: IR nodes are interned (ir.py), so equal subexpressions are one node
 and every consumer shares it. `simplify` rewrites a DAG bottom-up with local identities
 (x + 0, x * 1, x * 0, --x, constant folding, ...) until nothing changes. It is iterative and
-memoised, so it is linear in the DAG size and has no recursion limit.
+memoised across calls, so simplifying many expressions that share a DAG costs the size of the
+DAG once, and it has no recursion limit.
 """
 
 from __future__ import annotations
 
-from .ir import Node, const, walk
+from .ir import Node, const
 from .ops import EVAL, mk
 
 __all__ = ["simplify", "simplify_all"]
@@ -94,17 +95,48 @@ def simplify_all(roots: list[Node]) -> list[Node]:
     return [_fixed(r) for r in roots]
 
 
-def _fixed(n: Node, limit: int = 50) -> Node:
-    for _ in range(limit):
-        memo: dict[Node, Node] = {}
-        for k in walk([n]):
-            ka = tuple(memo[a] for a in k.args)
-            km = k if ka == k.args else Node(k.op, ka, k.attr)
-            memo[k] = _rule(km)
-        m = memo[n]
+# Both memos are global and never shrink: nodes are interned for the life of the process anyway
+# (ir.Node._table), so a memo entry costs one pointer per node. They are what keeps lowering linear:
+# grad.py and lower.py simplify one expression per node/root, and those expressions share almost all
+# of their DAG with earlier ones, which must not be walked again.
+_PASS: dict[Node, Node] = {}    # node -> one bottom-up application of `_rule` to its whole DAG
+_FIXED: dict[Node, Node] = {}   # node -> the fixed point `_fixed` returns for it
+
+
+def _pass(n: Node) -> Node:
+    """One bottom-up rewrite of n's DAG, descending only into nodes not rewritten before."""
+    memo = _PASS
+    stack = [n]
+    while stack:
+        k = stack[-1]
+        if k in memo:
+            stack.pop()
+            continue
+        todo = [a for a in k.args if a not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        ka = tuple(memo[a] for a in k.args)
+        memo[k] = _rule(k if ka == k.args else Node(k.op, ka, k.attr))
+    return memo[n]
+
+
+_LIMIT = 50
+
+
+def _fixed(n: Node) -> Node:
+    """Repeat the bottom-up pass until nothing changes (at most _LIMIT times)."""
+    done = _FIXED.get(n)
+    if done is not None:
+        return done
+    start = n
+    for _ in range(_LIMIT):
+        m = _pass(n)
         if m is n:
-            return n
+            break
         n = m
+    _FIXED[start] = n
     return n
 
 

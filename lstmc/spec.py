@@ -476,7 +476,8 @@ class _Parser:
     def build(self, name, states, output, inits, assigns) -> Cell:
         state_set = set(states)
         # dependency order (iterative DFS; cycles reported with their path)
-        deps = {key: self.refs(tree, set(assigns), state_set) for key, (tree, _) in assigns.items()}
+        assigned = set(assigns)   # built once: a set per statement made parsing quadratic
+        deps = {key: self.refs(tree, assigned, state_set) for key, (tree, _) in assigns.items()}
         order: list[str] = []
         mark: dict[str, int] = {}
         for root in assigns:

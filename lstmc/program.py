@@ -1,0 +1,283 @@
+"""The lowered Program: the data every backend renders, with a printer (`text`), a checker
+(`verify`) and the sequence decisions every backend shares (docs/design.md, "Lowering").
+
+A Program is one step of the cell, forward and backward, planned as GEMM phases with fused
+pointwise blocks between them, plus what the time loop around the step must agree on:
+
+  past_length  what happens to a batch row past its length, per kind of buffer;
+  dy_state     the state whose incoming adjoint receives dy at every step (the output state);
+  dxp_alias    the GEMM group whose product adjoints equal the input products' adjoints slot for
+               slot (the LSTM: d(W_i x) = d(U_i h)), so dXP need not be stored (None: no group);
+  dp_shared    vector parameter -> the parameter whose gradient is the same sum (the LSTM's b_hi
+               and b_ii): backends accumulate one sum and copy it.
+
+These are decided here once (`decide`); renderers, hosts and the sequence driver read them.
+
+Value names (`var` keys) used in blocks:
+  ('xp', M)          input product M @ x_t              ('rp', g, M)   recurrent product M @ v_g
+  ('s1', s)          new state s'                        ('sv', name)   a value saved in the tape
+  ('t', name)        a temporary inside/between blocks   ('ds1', s)     adjoint of s' (input to a bwd step)
+  ('dv', g)          adjoint of group g's operand, from a transposed GEMM
+  ('drp', g, M), ('dxp', M), ('ds', s), ('dp', p)   adjoints written by backward blocks
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import ir
+from .ir import Node, var, walk
+from .spec import Cell
+
+__all__ = ["Program", "Block", "Gemm", "Let", "Group", "ProgramError", "PAST_LENGTH", "describe", "decide"]
+
+# What a step does to a batch row past its length (t >= length[b]), per kind of value it writes.
+# "keep": the value before the step stays; "zero": 0 is written; "pass": the incoming adjoint
+# passes through unchanged. Every backend follows this table (docs/design.md, "Sequence semantics").
+PAST_LENGTH = {
+    "s1": "keep",     # forward: the state is kept (a length-0 row returns its initial state)
+    "y": "zero",      # forward: the output is 0
+    "sv": "zero",     # forward: the tape's saved values are 0 (never read; finite for the GEMMs)
+    "ds": "pass",     # backward: the adjoint of the state before the step is the incoming one
+    "drp": "zero",    # backward: product adjoints are 0, so the whole-sequence weight GEMMs and
+    "dxp": "zero",    #           the input gradient get nothing from the row
+    "dp": "zero",     # backward: the row adds nothing to the vector parameters' gradients
+}
+
+KINDS = {  # var kind -> (arity of its key after the kind, meaning)
+    "xp": (1, "input product M @ x_t"), "rp": (2, "recurrent product M @ v_g"), "s1": (1, "new state s'"),
+    "sv": (1, "a value saved in the tape"), "t": (1, "a temporary"), "ds1": (1, "incoming adjoint of s'"),
+    "dv": (1, "adjoint of group g's operand"), "drp": (2, "adjoint of a recurrent product"),
+    "dxp": (1, "adjoint of an input product"), "ds": (1, "adjoint of the state before the step"),
+    "dp": (1, "gradient of a vector parameter"),
+}
+
+
+class ProgramError(ValueError):
+    """A Program that breaks an invariant the backends rely on (a bug in lowering, never user input)."""
+
+
+@dataclass(frozen=True)
+class Let:
+    key: tuple          # the var key this assignment defines
+    expr: Node          # IR over leaves and earlier lets' vars
+    buffer: bool        # True: an array that outlives the block (state, tape, GEMM operand, output)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Fused pointwise work of one phase: straight-line lets, elementwise over [B, H]."""
+    phase: int
+    lets: tuple[Let, ...]
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product per step. Forward: out[:, slot j] = A @ mats[j]^T (A is [B, H]).
+    Backward: out = concat(A slots) @ concat(mats) (A is [B, k*H], out [B, H])."""
+    group: int
+    a: tuple[Node, ...]      # leaf nodes whose values form A's column slots
+    mats: tuple[str, ...]
+    out: tuple[Node, ...]    # the var leaves this GEMM defines
+    transposed: bool         # False: forward (A @ W^T), True: backward (dA @ W)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A recurrent GEMM group: operand v (a state or a saved value) times each matrix in `mats`."""
+    index: int
+    operand: Node            # state(s) or var('sv', name)
+    mats: tuple[str, ...]
+    phase: int
+
+
+@dataclass
+class Program:
+    """The lowered step, shared by every backend. See the module docstring for the value names."""
+    cell: Cell
+    input_mats: tuple[str, ...]
+    groups: tuple[Group, ...]
+    fwd: tuple                 # Block | Gemm, in execution order
+    bwd: tuple
+    saved: tuple[tuple[str, Node], ...]   # (name, forward node) kept in the tape at every step
+    vector_params: tuple[str, ...]
+    dxp_alias: int | None = None
+    dp_shared: dict = field(default_factory=dict)
+    past_length: dict = field(default_factory=lambda: dict(PAST_LENGTH))
+
+    @property
+    def states(self):
+        return self.cell.states
+
+    @property
+    def dy_state(self) -> str:
+        """The state whose incoming adjoint receives dy at every step."""
+        return self.cell.output
+
+    def dp_sums(self) -> tuple[str, ...]:
+        """The vector parameters whose gradients are accumulated (the others copy one of these)."""
+        return tuple(p for p in self.vector_params if p not in self.dp_shared)
+
+    def text(self) -> str:
+        """A readable, canonical description (used by `lstmc show` and as part of cache keys)."""
+        out = [f"program {self.cell.name}", f"  states: {', '.join(self.cell.states)}   output: {self.cell.output}"]
+        out.append("  params: " + ", ".join(f"{p}:{k}" for p, k in self.cell.params.items()))
+        if self.cell.inits:
+            out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
+        out.append("  input GEMM (hoisted, all T*B rows): xp = x @ [" + ", ".join(self.input_mats) + "]^T"
+                   if self.input_mats else "  input GEMM: none")
+        out.append("  saved per step: " + (", ".join(n for n, _ in self.saved) or "(states only)"))
+        for title, stages in (("forward step", self.fwd), ("backward step", self.bwd)):
+            out.append(f"  {title}:")
+            for st in stages:
+                out.extend("    " + line for line in describe(st))
+        out.append("  after the loop: dW = dxp^T @ x, dU_g = drp_g^T @ v_g, dx = dxp @ W (whole-sequence GEMMs)")
+        out.append("  decisions:")
+        out.append(f"    rows past their length: " + ", ".join(f"{k} {v}" for k, v in self.past_length.items()))
+        out.append(f"    dy seeds the adjoint of {self.dy_state}'")
+        out.append("    dxp " + (f"is drp[{self.dxp_alias}] slot for slot (not stored)" if self.dxp_alias is not None
+                                  else "is stored"))
+        if self.dp_shared:
+            out.append("    shared gradient sums: " + ", ".join(f"{p} = {q}" for p, q in self.dp_shared.items()))
+        return "\n".join(out)
+
+    def verify(self) -> "Program":
+        """Check the invariants every backend relies on; raise ProgramError naming the first broken one."""
+        _verify(self)
+        return self
+
+
+def describe(stage) -> list[str]:
+    if isinstance(stage, Gemm):
+        a = ", ".join(ir.to_text(n) for n in stage.a)
+        if stage.transposed:
+            return [f"GEMM {ir.to_text(stage.out[0])} = [{a}] @ [{'; '.join(stage.mats)}]"]
+        outs = ", ".join(ir.to_text(n) for n in stage.out)
+        return [f"GEMM [{outs}] = {a} @ [{', '.join(stage.mats)}]^T"]
+    lines = [f"block {stage.phase}:"]
+    for let in stage.lets:
+        lines.append(f"  {ir.var_name(let.key)}{'' if let.buffer else ' (local)'} = {ir.to_text(let.expr)}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------- decisions
+
+def decide(program: Program) -> Program:
+    """Fill in the decisions that follow from the plan (aliases, shared sums); returns `program`."""
+    adj = {let.key: let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets}
+    program.dxp_alias = None
+    for g in program.groups:
+        if program.input_mats and len(g.mats) == len(program.input_mats) and all(
+                adj.get(("dxp", m)) is var("drp", g.index, gm) for m, gm in zip(program.input_mats, g.mats)):
+            program.dxp_alias = g.index
+            break
+    first: dict[Node, str] = {}
+    program.dp_shared = {}
+    for p in program.vector_params:
+        expr = adj.get(("dp", p))
+        if expr is None:
+            continue
+        q = first.setdefault(expr, p)       # interned IR: the same sum is the same node
+        if q != p:
+            program.dp_shared[p] = q
+    return program
+
+
+# ---------------------------------------------------------------------------------------- verify
+
+def _fail(msg: str):
+    raise ProgramError(f"invalid Program: {msg}")
+
+
+def _verify(p: Program) -> None:
+    cell = p.cell
+    params = cell.params
+    for m in p.input_mats:
+        if params.get(m) != "W":
+            _fail(f"input matrix {m} is not a W parameter of cell {cell.name}")
+    for v in p.vector_params:
+        if params.get(v) != "b":
+            _fail(f"vector parameter {v} is not a b parameter of cell {cell.name}")
+    for i, g in enumerate(p.groups):
+        if g.index != i:
+            _fail(f"group {i} has index {g.index}")
+        bad = [m for m in g.mats if params.get(m) != "U"]
+        if bad:
+            _fail(f"group {i} multiplies {bad}, which are not U parameters")
+        if not (g.operand.op == "state" or (g.operand.op == "var" and g.operand.attr[0] == "sv")):
+            _fail(f"group {i}'s operand {ir.to_text(g.operand)} is neither a state nor a saved value")
+    saved = [n for n, _ in p.saved]
+    if len(set(saved)) != len(saved):
+        _fail(f"saved names repeat: {saved}")
+    fwd_in = {("xp", m) for m in p.input_mats}
+    fwd_out = _check_stages(p, p.fwd, fwd_in, "forward")
+    for s in cell.states:
+        if ("s1", s) not in fwd_out:
+            _fail(f"the forward step never defines {s}'")
+    for n in saved:
+        if ("sv", n) not in fwd_out:
+            _fail(f"saved value {n} is never defined by the forward step")
+    bwd_in = {("ds1", s) for s in cell.states} | {("sv", n) for n in saved} | {("s1", s) for s in cell.states}
+    bwd_out = _check_stages(p, p.bwd, bwd_in, "backward")
+    for s in cell.states:
+        if ("ds", s) not in bwd_out:
+            _fail(f"the backward step never defines the adjoint of {s}")
+    for g in p.groups:
+        for m in g.mats:
+            if ("drp", g.index, m) not in bwd_out:
+                _fail(f"the backward step never defines drp[{g.index},{m}]")
+    if p.dxp_alias is None:
+        for m in p.input_mats:
+            if ("dxp", m) not in bwd_out:
+                _fail(f"the backward step never defines dxp[{m}]")
+    elif not 0 <= p.dxp_alias < len(p.groups):
+        _fail(f"dxp_alias {p.dxp_alias} names no group")
+    for q, r in p.dp_shared.items():
+        if q not in p.vector_params or r not in p.vector_params or r in p.dp_shared:
+            _fail(f"shared gradient sum {q} = {r} does not name two vector parameters (the second accumulated)")
+    if set(p.past_length) != set(PAST_LENGTH) or not set(p.past_length.values()) <= {"keep", "zero", "pass"}:
+        _fail(f"past_length must say keep/zero/pass for {sorted(PAST_LENGTH)}, got {p.past_length}")
+    if p.dy_state not in cell.states:
+        _fail(f"dy seeds {p.dy_state}, which is not a state")
+
+
+def _check_stages(p: Program, stages, available: set, direction: str) -> set:
+    """Every value a stage reads is defined before it (an input of the step, an earlier let, or an
+    earlier GEMM's output); every key is defined once and has a known kind. Returns what the step defines."""
+    defined = set(available)
+    made = set()
+    states, params = set(p.cell.states), set(p.cell.params)
+    for st in stages:
+        if isinstance(st, Gemm):
+            if not 0 <= st.group < len(p.groups) or st.mats != p.groups[st.group].mats:
+                _fail(f"{direction} GEMM of group {st.group} multiplies {st.mats}, not its group's matrices")
+            if st.transposed != (direction == "backward"):
+                _fail(f"{direction} GEMM of group {st.group} has the wrong orientation")
+            for a in st.a:
+                if not (a.op == "state" and a.attr in states) and not (a.op == "var" and a.attr in defined):
+                    _fail(f"{direction} GEMM of group {st.group} reads {ir.to_text(a)} before it is defined")
+            for o in st.out:
+                defined.add(o.attr)
+                made.add(o.attr)
+            continue
+        if not isinstance(st, Block):
+            _fail(f"a {direction} stage is a {type(st).__name__}, not a Block or a Gemm")
+        for let in st.lets:
+            kind = let.key[0]
+            if kind not in KINDS or len(let.key) != KINDS[kind][0] + 1:
+                _fail(f"{direction} block {st.phase} defines {let.key!r}, not a known kind of value")
+            if let.key in made:
+                _fail(f"{direction} step defines {ir.var_name(let.key)} twice")
+            for n in walk([let.expr]):
+                if n.op == "var" and n.attr not in defined:
+                    _fail(f"{direction} block {st.phase}: {ir.var_name(let.key)} reads {ir.var_name(n.attr)} "
+                          f"before it is defined")
+                if n.op == "state" and n.attr not in states:
+                    _fail(f"{direction} block {st.phase} reads unknown state {n.attr}")
+                if n.op == "param" and n.attr not in params:
+                    _fail(f"{direction} block {st.phase} reads unknown parameter {n.attr}")
+                if n.op in ("matvec", "input"):
+                    _fail(f"{direction} block {st.phase} holds an unlowered {n.op}: products belong to GEMMs")
+            defined.add(let.key)
+            made.add(let.key)
+    return made
