@@ -15,7 +15,7 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from lstmc.backends.numba_blas import _dot_into
+from lstmc.backends.numba.blas import _dot_into
 
 SHAPES = [(1024, 1024, 1024), (6400, 256, 1024), (64, 256, 1024)]   # square; the input GEMM; one step
 

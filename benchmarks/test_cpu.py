@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import lstmc
-from lstmc.backends.numba_blas import matmul
+from lstmc.backends.numba.blas import matmul
 
 from handwritten import HANDWRITTEN, USER_CELL
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 
 import lstmc
 from lstmc import check
 from lstmc.backends import numba as nbmod
-from lstmc.backends import numba_render
+from lstmc.backends.numba import options, prelude_f32
 
 CELLS = lstmc.builtin_cells()
 GOLDEN = Path(__file__).parent / "golden"
@@ -24,7 +25,7 @@ SIZES = [  # T, B, I, H: B=1, T=1, H not a multiple of 8 or 16
     (1, 4, 3, 9),
     (12, 1, 2, 17),
     (5, 2, 4, 24),
-    (4, 9, 3, 10),      # more rows than numba_render.SMALL_ROWS: the step products go to BLAS
+    (4, 9, 3, 10),      # more rows than nbmod.SMALL_ROWS: the step products go to BLAS
 ]
 
 
@@ -233,25 +234,32 @@ def test_bad_backward_input():
 # ---------------------------------------------------------------------------------------- SIMD
 
 def _fresh_module(source: str, tmp_path: Path):
-    """Import generated source with Numba's cache off: inspect_asm does not work on cached code."""
+    """Import generated source as a new module of its own (not compiled yet): Numba compiles it
+    afresh rather than loading it from its cache, on which inspect_asm does not work."""
     f = tmp_path / "kernels_nocache.py"
-    f.write_text(source.replace("cache=True", "cache=False"))
+    f.write_text(source)
     spec = importlib.util.spec_from_file_location(f"nocache_{abs(hash(source))}", f)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
+@njit(inline="always")
+def _no_product(a, W, out):
+    pass
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru_v1"])
 def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
     """The fused blocks must compile to packed SIMD (…ps on ymm/zmm), not only scalar (…ss) code."""
     nb = lstmc.compile(name, "numba", "float32")
-    # the small-batch product loops vectorise on their own: stub them out so that what is counted
-    # below comes from the fused blocks alone
-    source, n = re.subn(r"def _mm_(nt|nn)\(a, W, out\):.*?(?=\n\n\n)", r"def _mm_\1(a, W, out):\n    pass",
-                        nb.source, flags=re.S)
-    assert n == 2
-    mod = _fresh_module(source, tmp_path)
+    mod = _fresh_module(nb.source, tmp_path)
+    # the small-batch products (the prelude's _mm_nt/_mm_nn) vectorise on their own: rebind the
+    # module's names to a no-op before its kernels compile (Numba reads a kernel's globals when it
+    # compiles it), so that what is counted below comes from the fused blocks alone
+    assert mod._mm_nt is prelude_f32._mm_nt and mod._mm_nn is prelude_f32._mm_nn
+    assert not mod.forward.signatures and not mod.backward.signatures
+    mod._mm_nt = mod._mm_nn = _no_product
     nb_fresh = object.__new__(type(nb))
     nb_fresh.__dict__.update(nb.__dict__)
     nb_fresh.module = mod
@@ -265,19 +273,23 @@ def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
 
 
 def test_activation_approximation_errors_are_as_documented():
-    """The arithmetic-only float32 tanh/sigmoid stay within their documented maximum errors."""
-    src = numba_render.activations("float32")
-    ns = {}
-    exec("import math\nimport numpy as np\nfrom numba import njit\n_JIT = dict(error_model='numpy', fastmath=True)\n"
-         + src + "\n@njit\ndef run(x, t, s):\n    for i in range(x.size):\n        t[i] = _tanh(x[i])\n"
-         "        s[i] = _sigmoid(x[i])\n", ns)
+    """The arithmetic-only float32 tanh/sigmoid of the prelude stay within their documented maximum
+    errors, inlined into a loop compiled with the kernels' options (as in a kernel)."""
+    _tanh, _sigmoid = prelude_f32._tanh, prelude_f32._sigmoid
+
+    @njit(**dict(options.JIT, cache=False))
+    def run(x, t, s):
+        for i in range(x.size):
+            t[i] = _tanh(x[i])
+            s[i] = _sigmoid(x[i])
+
     x = np.linspace(-20, 20, 2_000_001).astype(np.float32)
     t = np.empty_like(x)
     s = np.empty_like(x)
-    ns["run"](x, t, s)
+    run(x, t, s)
     x64 = x.astype(np.float64)
-    assert np.abs(t - np.tanh(x64)).max() < numba_render.TANH_MAX_ERROR
-    assert np.abs(s - 1 / (1 + np.exp(-x64))).max() < numba_render.SIGMOID_MAX_ERROR
+    assert np.abs(t - np.tanh(x64)).max() < prelude_f32.TANH_MAX_ERROR
+    assert np.abs(s - 1 / (1 + np.exp(-x64))).max() < prelude_f32.SIGMOID_MAX_ERROR
     assert np.all(np.abs(t) <= 1) and np.all((s >= 0) & (s <= 1))
 
 

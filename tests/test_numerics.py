@@ -138,7 +138,7 @@ def test_float32_gradients_at_saturation_match_torch_float32(cell, scale):
 
 def test_float32_activations_saturate_exactly():
     """Where float32 rounds tanh/sigmoid to +-1, the kernels return exactly +-1 (their slope is 0)."""
-    from lstmc.backends import numba_render as nr
+    from lstmc.backends.numba import prelude_f32 as nr
 
     x64 = np.float64(nr.TANH_ONE)
     # the thresholds are the smallest float32 whose correctly rounded value is 1

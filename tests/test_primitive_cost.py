@@ -25,7 +25,7 @@ OPS_ROWS = {
 # ... and one spelling row per backend (module, table)
 SPELLING = {
     "torch": ("lstmc.backends.torch", "SPELL", "({0} * {0} * {0})"),
-    "numba": ("lstmc.backends.numba_render", "SPELL", "({0} * {0} * {0})"),
+    "numba": ("lstmc.backends.numba.render", "SPELL", "({0} * {0} * {0})"),
     "triton": ("lstmc.backends.triton.render", "SPELL", "({0} * {0} * {0})"),
 }
 

@@ -5,6 +5,7 @@ import pytest
 
 from lstmc import ops
 from lstmc.backends import torch as torch_backend
+from lstmc.backends.numba import render as numba_render
 from lstmc.backends.triton import render as triton_render
 from lstmc.ir import Node, const, param
 from lstmc.simplify import simplify
@@ -15,7 +16,8 @@ def test_rule_tables_cover_every_primitive(table):
     assert set(getattr(ops, table)) == set(ops.POINTWISE)
 
 
-@pytest.mark.parametrize("spell", [torch_backend.SPELL, triton_render.SPELL], ids=["torch", "triton"])
+@pytest.mark.parametrize("spell", [torch_backend.SPELL, numba_render.SPELL, triton_render.SPELL],
+                         ids=["torch", "numba", "triton"])
 def test_renderers_spell_every_function_primitive(spell):
     infix = {"add", "sub", "mul", "div", "neg"}
     assert set(spell) | infix == set(ops.POINTWISE)
@@ -39,6 +41,48 @@ def test_triton_math_lives_in_its_table_row_or_the_prelude():
     shell = (Path(template_dir()) / "triton_cell.py.j2").read_text()
     assert not re.search(r"^def _", shell, re.M)
     assert "from lstmc.backends.triton.prelude import {{ prelude" in shell
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_math_lives_in_its_prelude(dtype):
+    """A numba SPELL row names one prelude function; the prelude of each dtype holds exactly those
+    functions, the in-kernel products and SMALL_ROWS, all inlined (inline="always") and compiled with
+    the kernels' options; the template (kernel shells only) defines no helper of its own."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from numba.core.registry import CPUDispatcher
+
+    from lstmc.backends.numba import options, prelude
+    from lstmc.backends.render import template_dir
+
+    mod = importlib.import_module(numba_render.PRELUDE[dtype])
+    names = numba_render.prelude_names()
+    jitted = {k for k, v in vars(mod).items() if isinstance(v, CPUDispatcher)}
+    assert jitted == set(names) - {"SMALL_ROWS"} and sorted(mod.__all__) == names
+    assert mod.SMALL_ROWS == prelude.SMALL_ROWS
+    for k in jitted:
+        opts = getattr(mod, k).targetoptions          # (Numba keeps `cache` elsewhere)
+        assert opts["inline"] == "always" and all(opts[o] == v for o, v in options.JIT.items() if o != "cache"), k
+    for op, row in numba_render.SPELL.items():
+        assert re.fullmatch(r"_\w+\(\{0\}\)", row), (op, row)
+    shell = (Path(template_dir()) / "numba_cell.py.j2").read_text()
+    assert not re.search(r"^def _", shell, re.M)
+    assert "from {{ prelude }} import {{ prelude_names" in shell
+
+
+def test_numba_products_are_the_same_code_in_both_preludes():
+    """_mm_nt/_mm_nn are written once per dtype; they differ only in the type of their zeros."""
+    import inspect
+
+    from lstmc.backends.numba import prelude_f32, prelude_f64
+
+    for fn in ("_mm_nt", "_mm_nn"):
+        f32 = inspect.getsource(getattr(prelude_f32, fn).py_func)
+        f64 = inspect.getsource(getattr(prelude_f64, fn).py_func)
+        assert "0.0" not in f32.replace("np.float32(0.0)", "")
+        assert f32.replace("np.float32(0.0)", "0.0") == f64
 
 
 def test_every_spec_function_is_a_primitive():

@@ -21,7 +21,7 @@ import pytest
 import lstmc
 import lstmc.build
 from lstmc.backends import cache
-from lstmc.backends.numba_options import JIT
+from lstmc.backends.numba.options import JIT
 
 TINY = "cell trust_tiny\nstate h\nh' = tanh(W @ x + U @ h + b)\n"
 OTHER_UID = 12345
@@ -210,7 +210,7 @@ def test_a_real_compile_error_is_not_hidden_by_the_rebuild(tmp_path, monkeypatch
 # ------------------------------------------------------------------------------------- cache keys
 
 def test_changing_the_jit_options_changes_the_module(tmp_path, monkeypatch):
-    """fastmath lives in numba_options.JIT, not in the generated text: a change must still give a
+    """fastmath lives in numba.options.JIT, not in the generated text: a change must still give a
     new module (and so a new Numba cache), not the stale kernel compiled with the old options."""
     monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path))
     before = Path(_fresh_compile().module.__file__)
@@ -293,6 +293,11 @@ def test_the_generator_files_include_every_lstmc_module_they_import():
         src = (package.parent / "templates" / t).read_text()
         imported = {line.split()[1] for line in src.splitlines() if line.startswith(("from lstmc", "import lstmc"))}
         assert {m.replace(".", "/")[len("lstmc/"):] + ".py" for m in imported} <= listed
+    # numba modules import the prelude of their dtype (`from {{ prelude }} import ...`): and the
+    # modules those import (prelude.py, options.py) are checked above, through the preludes' own imports
+    from lstmc.backends.numba.render import PRELUDE
+
+    assert {m.replace(".", "/")[len("lstmc/"):] + ".py" for m in PRELUDE.values()} <= listed
 
 
 def test_no_hand_bumped_template_version_is_left():

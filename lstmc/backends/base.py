@@ -458,15 +458,16 @@ class SequenceDriver:
         ys = []
         Sseq = {s: [S[s]] for s in cell.states} if need_tape else None
         saved = {n: [] for n, _ in prog.saved} if need_tape else None
+        out = cell.output
         for t in range(T):
             S1, sv = self.fwd_step(XP[t] if nx else None, S, P)
             if mask is None:
                 S = S1
-                ys.append(S1[cell.output])
-            else:
+                ys.append(S1[out])
+            else:                      # rows past their length: prog.past_length decides
                 m = mask[t]
-                S = {s: ops.where(m, S1[s], S[s]) for s in cell.states}
-                ys.append(ops.where(m, S1[cell.output], 0.0))
+                S = {s: self._past("s1", m, S1[s], S[s]) for s in cell.states}
+                ys.append(self._past("y", m, S1[out], None))
             if need_tape:
                 for s in cell.states:
                     Sseq[s].append(S[s])
@@ -482,6 +483,11 @@ class SequenceDriver:
                         reverse=reverse, rev_idx=rev_idx, packed=P, shapes=(T, B, I, H))
         return y, dict(S), tape
 
+    def _past(self, kind: str, m, new, old):
+        """The value a row past its length gets, as the Program's past_length table says."""
+        rule = self.program.past_length[kind]
+        return self.ops.where(m, new, 0.0 if rule == "zero" else old)
+
     def backward(self, tape: Tape, dy, dstate):
         prog, ops = self.program, self.ops
         cell = prog.cell
@@ -494,27 +500,29 @@ class SequenceDriver:
         nx = len(prog.input_mats)
         dXP = [None] * T
         dRP = {g.index: [None] * T for g in prog.groups}
-        dp = {p: ops.zeros((H,), like=dy) for p in prog.vector_params}
+        sums = prog.dp_sums()          # a shared gradient sum is accumulated once (prog.dp_shared)
+        dp = {p: ops.zeros((H,), like=dy) for p in sums}
         mask = tape.mask
+        seed = prog.dy_state
         for t in range(T - 1, -1, -1):
             m = None if mask is None else mask[t]
             if m is None:
-                dS[cell.output] = dS[cell.output] + dy[t]
+                dS[seed] = dS[seed] + dy[t]
                 seeds = dS
-            else:
-                dS[cell.output] = dS[cell.output] + ops.where(m, dy[t], 0.0)
+            else:                      # a row past its length: no dy, and its step's adjoints are 0
+                dS[seed] = dS[seed] + ops.where(m, dy[t], 0.0)
                 seeds = {s: ops.where(m, dS[s], 0.0) for s in cell.states}
             S = {s: tape.states[s][t] for s in cell.states}
             S1 = {s: tape.states[s][t + 1] for s in cell.states}
             sv = {n: tape.saved[n][t] for n in tape.saved}
             dprev, dxp_t, drp_t, dp_t = self.bwd_step(seeds, S, S1, sv, P)
-            dS = dprev if m is None else {s: ops.where(m, dprev[s], dS[s]) for s in cell.states}
+            dS = dprev if m is None else {s: self._past("ds", m, dprev[s], dS[s]) for s in cell.states}
             dXP[t] = dxp_t
             for g in prog.groups:
                 dRP[g.index][t] = drp_t[g.index]
-            for p in prog.vector_params:
+            for p in sums:
                 dp[p] = dp[p] + ops.sum0(dp_t[p])
-        grads = dict(dp)
+        grads = {**dp, **{p: dp[q] for p, q in prog.dp_shared.items()}}
         x = tape.x
         dx = ops.zeros((T, B, I), like=dy)
         if nx:

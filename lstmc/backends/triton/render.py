@@ -33,7 +33,6 @@ import numpy as np
 
 from ...ir import Node, var, walk
 from ...lower import Block, Gemm, Program
-from ..numba_render import dxp_alias
 from ..render import check_spelling, ident, is_batched, key_name, render_expr, render_template, value_name
 
 # storage dtype -> compute dtype (arithmetic, accumulation, states)
@@ -112,7 +111,7 @@ class Rendered:
     fwd_steps: list[str]                 # step kernels of one forward step, in launch order
     bwd_steps: list[str]
     scratch: dict[str, int]              # step-variant scratch array -> slots (shape [B, slots * H], CT)
-    alias: int | None                    # dxp_alias(program): dXP is dRP[alias]
+    alias: int | None                    # program.dxp_alias: dXP is dRP[alias]
     vec_index: dict[str, int]            # vector parameter -> row of the DP partial sums
 
 
@@ -163,8 +162,8 @@ class _Kernel:
         self.later = later          # keys a later step-segment reads (stored to scratch here)
         self.local: set = set()     # leaves (Nodes) already bound to a local of the same name
         self.helpers: set = set()   # other locals already defined (go_*: incoming adjoints, for skipped rows)
-        self.dp_shared: dict = {}   # expression -> first vector parameter whose gradient sums it
         self.dp_acc: dict = {}      # (persistent) vector parameter -> its accumulator
+        self.dp_reduced: set = set()   # shared-sum representatives already reduced in this kernel
         self.xslot = {m: j for j, m in enumerate(program.input_mats)}
         self.gslot = {(g.index, m): j for g in program.groups for j, m in enumerate(g.mats)}
         self.gsize = {g.index: len(g.mats) for g in program.groups}
@@ -214,7 +213,7 @@ class _Kernel:
         if kind == "ds1":
             s = rest[0]
             base = ident("gs_", s) if self.persistent else self.incoming(s)
-            if s == self.p.cell.output:
+            if s == self.p.dy_state:
                 return f"{base} + {self.tile('dY', 'ry')}"
             return base
         if kind == "dv":
@@ -295,15 +294,18 @@ class _Kernel:
         elif kind == "dp":
             # one batch reduction per distinct expression (the LSTM's b_ih and b_hh gradients are the
             # same sum): stored to each parameter's row, reduced once
-            first = self.dp_shared.setdefault(expr, key[1])
+            # (program.dp_shared says which parameters share a sum; the first of a set met here reduces)
+            rep = self.p.dp_shared.get(key[1], key[1])
+            first = rep not in self.dp_reduced
+            self.dp_reduced.add(rep)
             if self.persistent:
-                a = ident("dpa_", first)
+                a = ident("dpa_", rep)
                 self.dp_acc[key[1]] = a
-                if first == key[1]:
+                if first:
                     self.emit(f"{a} += tl.sum(tl.where(live, {name}, 0.0), axis=0)")
             else:
-                sm = ident("dsum_", first)
-                if first == key[1]:
+                sm = ident("dsum_", rep)
+                if first:
                     self.emit(f"{sm} = tl.sum(tl.where(live, {name}, 0.0), axis=0)")
                 self.emit(f"dpp = {self.arr('DP')} + pid_b * ({len(self.vec_index)} * H) + "
                           f"{self.vec_index[key[1]]} * H + cols")
@@ -465,7 +467,7 @@ def _persistent_kernel(program: Program, direction: str, alias, vec_index) -> Ke
 
 def render(program: Program, storage: str, compute: str, key: str = "") -> Rendered:
     """The generated module's source text and the launch metadata of its kernels."""
-    alias = dxp_alias(program)
+    alias = program.dxp_alias
     vec_index = {p: i for i, p in enumerate(program.vector_params)}
     fsteps = _step_kernels(program, "fwd", alias, vec_index)
     bsteps = _step_kernels(program, "bwd", alias, vec_index)

@@ -1,4 +1,4 @@
-"""The @njit options of generated kernels, including array-argument `noalias`.
+"""The @njit options of the generated kernels and of their prelude, including array-argument `noalias`.
 
 LLVM vectorises a fused block only if it can rule out that its stores overlap its loads. Numba
 marks array arguments `noalias` only inside its own parfors; the flag exists in Numba's compiler

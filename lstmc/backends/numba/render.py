@@ -1,193 +1,40 @@
-"""The Numba renderer: the lowered Program -> a Python module of @njit kernels (templates/numba_cell.py.j2).
+"""The Numba renderer: the lowered Program -> a Python module of @njit kernels (templates/numba_cell.py.j2,
+the kernel shells), which imports its math from the prelude of its dtype (prelude_f32.py,
+prelude_f64.py: PRELUDE, prelude_names).
 
-It spells ops and places loads and stores; it makes no mathematical decisions. Per block it emits
-one loop nest `for b in range(b0, b1): for j in range(H):` whose body is the block's lets as scalar
-locals (so a block is fused: every intermediate lives in a register), with loads from the arrays
-that hold leaves (states, products, the tape) and stores for the values that outlive the block.
-
-float32 kernels use arithmetic-only tanh/sigmoid (a rational approximation, |error| < 4e-7 and
-< 3e-7 respectively, tested) so the j-loop vectorises; past the point where float32 rounds the true
-value to +-1 they return exactly +-1 (as libm does), so a saturated gate's slope is exactly 0 and
-float32 gradients do not grow with |x|. Every literal is `np.float32(...)` so nothing silently
-promotes to float64. float64 kernels use libm and match the reference to rounding.
+It spells ops (SPELL, one row per primitive, each naming a prelude function) and places loads and
+stores; it makes no mathematical decisions. Per block it emits one loop nest
+`for b in range(b0, b1): for j in range(H):` whose body is the block's lets as scalar locals (so a
+block is fused: every intermediate lives in a register), with loads from the arrays that hold
+leaves (states, products, the tape) and stores for the values that outlive the block. Per step
+each recurrent product is `np.dot` (BLAS), or the prelude's `_mm_nt`/`_mm_nn` for steps of at most
+SMALL_ROWS rows. Every literal of a float32 kernel is `np.float32(...)` (`_const`), so nothing
+silently promotes to float64.
 """
 
 from __future__ import annotations
 
-from ..ir import Node, var, var_name as ir_name, walk
-from ..lower import Block, Program
-from .render import check_spelling, ident, render_expr, render_template
+import re
 
+from ...ir import Node, var, var_name as ir_name, walk
+from ...lower import Block, Program
+from ..render import check_spelling, ident, render_expr, render_template
+
+# One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
+# its math lives.
 SPELL = {op: f"_{op}({{0}})" for op in ("exp", "log", "sigmoid", "tanh", "relu", "softplus", "step", "sqrt",
                                          "abs", "sign")}
 check_spelling(SPELL, "numba")
 
-# Rational minimax approximation of tanh on [-7.9053, 7.9053] (the coefficients Eigen uses for float):
-# tanh(x) ~ x * P(x^2) / Q(x^2); beyond the clamp tanh rounds to +-1 in float32.
-TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-          1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
-TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
-TANH_CLAMP = 7.90531110763549805
-# The smallest float32 x whose correctly rounded tanh(x) / sigmoid(x) is 1.0 (tests/test_numerics.py
-# recomputes both). The approximations alone top out at 1 - 2.4e-7 / 1 - 1.2e-7, whose "slope"
-# 1 - t^2 (or s(1 - s)) never reaches 0: weight gradients then grow with |x| at saturated gates.
-TANH_ONE = 9.010913848876953
-SIGMOID_ONE = 17.32868003845215
-TANH_MAX_ERROR = 4e-7       # measured 3.4e-7 over a 2M-point grid of [-12, 12]; tests/test_numba.py
-SIGMOID_MAX_ERROR = 3e-7    # measured 2.3e-7
+# the module a generated module of each dtype imports its math from
+PRELUDE = {"float32": "lstmc.backends.numba.prelude_f32", "float64": "lstmc.backends.numba.prelude_f64"}
 
 
-def _horner(coeffs, var_name, f) -> str:
-    expr = f(coeffs[0])
-    for c in coeffs[1:]:
-        expr = f"({expr}) * {var_name} + {f(c)}"
-    return expr
-
-
-# helpers whose source is the same for both dtypes but for the spelling of literals ({0}, {1}, {m1})
-_COMMON = """
-{inl}
-def _relu(x):
-    return {0} if x < {0} else x          # NaN stays NaN, as in the reference
-
-
-{inl}
-def _step(x):
-    return {1} if x > {0} else {0}
-
-
-{inl}
-def _sign(x):
-    return {1} if x > {0} else ({m1} if x < {0} else x * {0})   # sign(NaN) is NaN, sign(0) is 0
-
-
-{inl}
-def _abs(x):
-    return abs(x)
-
-
-{inl}
-def _exp(x):
-    return math.exp(x)
-
-
-{inl}
-def _log(x):
-    return math.log(x)
-
-
-{inl}
-def _sqrt(x):
-    return math.sqrt(x)
-
-
-{inl}
-def _softplus(x):
-    return max(x, {0}) + math.log1p(math.exp(-abs(x)))
-"""
-
-
-def activations(dtype: str) -> str:
-    """Source of the inline activation helpers for one dtype."""
-    inl = "@njit(inline=\"always\", **_JIT)"
-    f = _const(dtype)
-    common = _COMMON.format(f(0.0), f(1.0), inl=inl, m1=f(-1.0))
-    if dtype == "float32":
-        return f'''
-
-# float32: arithmetic-only approximations (no libm call), so loops calling them vectorise.
-{inl}
-def _tanh(x):
-    # |error| < {TANH_MAX_ERROR:g} over all float32 inputs (rational approximation, Eigen's coefficients)
-    a = min(max(x, {f(-TANH_CLAMP)}), {f(TANH_CLAMP)})
-    a2 = a * a
-    p = {_horner(TANH_P, "a2", f)}
-    q = {_horner(TANH_Q, "a2", f)}
-    r = a * p / q
-    # exactly +-1 where float32 tanh rounds there (selects: the loop stays vectorised)
-    r = {f(1.0)} if x >= {f(TANH_ONE)} else r
-    return {f(-1.0)} if x <= {f(-TANH_ONE)} else r
-
-
-{inl}
-def _sigmoid(x):
-    # sigmoid(x) = (1 + tanh(x / 2)) / 2; |error| < {SIGMOID_MAX_ERROR:g}; exactly 1 where float32 rounds there
-    s = {f(0.5)} * _tanh({f(0.5)} * x) + {f(0.5)}
-    return {f(1.0)} if x >= {f(SIGMOID_ONE)} else s
-
-{common}'''
-    return f'''
-
-# float64: libm, matching the reference to rounding.
-{inl}
-def _tanh(x):
-    return math.tanh(x)
-
-
-{inl}
-def _sigmoid(x):
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-{common}'''
-
-
-# Below this many rows a step's recurrent product is a loop in the kernel, not a BLAS call: at
-# batch 1 an sgemm call costs ~45 us of overhead for ~5 us of work (U read once from cache).
-SMALL_ROWS = 4
-
-
-def small_products(dtype: str) -> str:
-    """Source of the in-kernel products for steps of at most SMALL_ROWS rows."""
-    inl = "@njit(inline=\"always\", **_JIT)"
-    zero = _const(dtype)(0.0)
-    return f'''
-
-SMALL_ROWS = {SMALL_ROWS}   # steps with at most this many batch rows multiply here, not in BLAS
-
-
-{inl}
-def _mm_nt(a, W, out):
-    # out = a @ W.T: dot products over contiguous rows of W, four output units at a time (each
-    # load of a serves four products)
-    n = W.shape[0]
-    n4 = n - n % 4
-    for b in range(a.shape[0]):
-        for k in range(0, n4, 4):
-            s0 = {zero}
-            s1 = {zero}
-            s2 = {zero}
-            s3 = {zero}
-            for j in range(a.shape[1]):
-                v = a[b, j]
-                s0 += v * W[k, j]
-                s1 += v * W[k + 1, j]
-                s2 += v * W[k + 2, j]
-                s3 += v * W[k + 3, j]
-            out[b, k] = s0
-            out[b, k + 1] = s1
-            out[b, k + 2] = s2
-            out[b, k + 3] = s3
-        for k in range(n4, n):
-            acc = {zero}
-            for j in range(a.shape[1]):
-                acc += a[b, j] * W[k, j]
-            out[b, k] = acc
-
-
-{inl}
-def _mm_nn(a, W, out):
-    # out = a @ W: rows of W scaled and added, contiguous along the output
-    for b in range(a.shape[0]):
-        for j in range(W.shape[1]):
-            out[b, j] = {zero}
-        for k in range(W.shape[0]):
-            s = a[b, k]
-            for j in range(W.shape[1]):
-                out[b, j] += s * W[k, j]
-'''
+def prelude_names() -> list[str]:
+    """What a generated module imports from its prelude: the functions SPELL names, the in-kernel
+    products `_mm_nt`/`_mm_nn` and SMALL_ROWS (the most rows they multiply)."""
+    spelled = {re.match(r"(_\w+)\(", v).group(1) for v in SPELL.values() if v.startswith("_")}
+    return sorted(spelled | {"_mm_nn", "_mm_nt", "SMALL_ROWS"})
 
 
 def _const(dtype):
@@ -220,7 +67,7 @@ class _BlockRenderer:
         self.const = _const(dtype)
         self.xslot = {m: j for j, m in enumerate(program.input_mats)}
         self.gslot = {(g.index, m): j for g in program.groups for j, m in enumerate(g.mats)}
-        self.dxp_alias = dxp_alias(program)
+        self.dxp_alias = program.dxp_alias        # decided in the Program (lstmc/program.py)
 
     # loads ----------------------------------------------------------------------------------
     def load(self, node: Node, local: set) -> str:
@@ -248,7 +95,7 @@ class _BlockRenderer:
             return f"{ident('BT_', key[1])}[b, j]"
         if kind == "ds1":  # the incoming adjoint of s' (dy added for the output state)
             s = key[1]
-            extra = " + dY[t, b, j]" if s == self.p.cell.output else ""
+            extra = " + dY[t, b, j]" if s == self.p.dy_state else ""
             return f"{ident('dS_', s)}[b, j]{extra}"
         if kind == "drp":
             return f"GR{key[1]}_{self.gslot[(key[1], key[2])]}[b, j]"
@@ -274,7 +121,7 @@ class _BlockRenderer:
             out.append(f"GX{self.xslot[key[1]]}[b, j] = {name}")
         elif kind == "ds":
             out.append(f"{ident('dSn_', key[1])}[b, j] = {name}")
-        elif kind == "dp":
+        elif kind == "dp" and key[1] not in self.p.dp_shared:   # a shared sum is accumulated once
             out.append(f"{ident('DP_', key[1])}[j] += {name}")
         return out
 
@@ -295,19 +142,21 @@ class _BlockRenderer:
             body.append(f"{name} = {rhs}")
             body.extend(self.stores(let.key, name, let.buffer))
             local.add(let.key)
-        # rows past their length: copy states (forward) / pass adjoints through (backward)
+        # rows past their length, as the Program's past_length table says (keep / zero / pass)
+        past = self.p.past_length
+        zero = self.const(0.0)
         skip = []
         for let in block.lets:
             if self.dir == "fwd" and let.key[0] == "s1":
                 s = let.key[1]
-                skip.append(f"{ident('nxt_', s)}[b, j] = {ident('cur_', s)}[b, j]")
+                skip.append(f"{ident('nxt_', s)}[b, j] = " + (f"{ident('cur_', s)}[b, j]" if past["s1"] == "keep" else zero))
                 if s == self.p.cell.output:
-                    skip.append("Y[t, b, j] = " + self.const(0.0))
+                    skip.append("Y[t, b, j] = " + zero)           # past_length["y"] is "zero"
             if self.dir == "bwd" and let.key[0] == "ds":
                 s = let.key[1]
-                skip.append(f"{ident('dSn_', s)}[b, j] = {ident('dS_', s)}[b, j]")
+                skip.append(f"{ident('dSn_', s)}[b, j] = " + (f"{ident('dS_', s)}[b, j]" if past["ds"] == "pass" else zero))
             if self.dir == "bwd" and (let.key[0] == "drp" or (let.key[0] == "dxp" and self.dxp_alias is None)):
-                skip.append(f"{self.stores(let.key, self.const(0.0), True)[0].split(' = ')[0]} = {self.const(0.0)}")
+                skip.append(f"{self.stores(let.key, zero, True)[0].split(' = ')[0]} = {zero}")
         lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", "        for j in range(H):"]
         lines += ["            " + ln for ln in body]
         if skip:
@@ -332,18 +181,6 @@ class _BlockRenderer:
                 out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dXP", "    for j in range(H):",
                         f"        dXP[t, b, {slot} * H + j] = GX{slot}[b, j]"]
         return out
-
-
-def dxp_alias(program: Program):
-    """The group whose product adjoints equal the input products' adjoints slot for slot (the LSTM:
-    d(W_i x) = d(U_i h) = dG_i), so dXP need not be stored; None when there is no such group."""
-    adj = {let.key: let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets}
-    for g in program.groups:
-        if len(g.mats) != len(program.input_mats) or not program.input_mats:
-            continue
-        if all(adj.get(("dxp", m)) is var("drp", g.index, gm) for m, gm in zip(program.input_mats, g.mats)):
-            return g.index
-    return None
 
 
 def render(program: Program, dtype: str, key: str = "") -> str:
@@ -382,9 +219,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]
                 + [ident("dS_", s) for s in states] + [ident("dSn_", s) for s in states]
-                + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in vec]
+                + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in program.dp_sums()]
                 + [f"GR{g.index}_{k}" for g in program.groups for k in range(len(g.mats))]
-                + ([f"GX{k}" for k in range(len(program.input_mats))] if dxp_alias(program) is None else [])
+                + ([f"GX{k}" for k in range(len(program.input_mats))] if program.dxp_alias is None else [])
                 + ["b0", "b1"])
     br = _BlockRenderer(program, dtype, "bwd")
     bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" for g in program.groups]
@@ -400,8 +237,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                          f"    np.dot(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])"]
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
     bwd_swap = [f"{ident('dS_', s)}[b0:b1, :] = {ident('dSn_', s)}[b0:b1]" for s in states]
-    return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype,
-                           activations=activations(dtype) + small_products(dtype), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
+    return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype, prelude=PRELUDE[dtype],
+                           prelude_names=prelude_names(), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,
                            bwd_body=bwd_body, bwd_swap=bwd_swap)
 

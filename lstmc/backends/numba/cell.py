@@ -1,4 +1,7 @@
-"""The `numba` backend (CPU): generated @njit time loops with BLAS GEMMs and fused, vectorised blocks.
+"""NumbaCell, the numba backend's CompiledCell: renders the Program (render.py), builds and imports
+the generated module (lstmc/backends/cache.py), chooses a thread plan (plan.py), and runs the
+kernels: the input-product GEMM before the time loop, forward (whole sequence, or time chunks
+without a tape), backward and the whole-sequence weight and input GEMMs after it.
 
 The recipe (docs/design.md, "Performance notes"): the input products of all T·B rows are one GEMM before the loop; per
 step, each recurrent GEMM is one BLAS call (`np.dot(a, b, out)`, SciPy's OpenBLAS) into a
@@ -10,107 +13,33 @@ the reverse loop. The generated source is a real file in the cache directory (so
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 import hashlib
 import os
-import sys
 import threading
 import time
 import warnings
 
 import numpy as np
 
-from ..lower import Program
-from ..threads import blas_threads, budget
-from .base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
-from .cache import build_module, forget_numba_cache, generator_key, options_key
-from .numba_blas import matmul
-from .numba_options import JIT
-from .numba_render import dxp_alias, render
+from ...lower import Program
+from ...threads import budget
+from ..base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
+from ..cache import build_module, forget_numba_cache, generator_key, options_key
+from .blas import matmul
+from .memory import Recycling
+from .options import JIT
+from .plan import MIN_ROWS, Plan, parse_plan, row_ranges, run_chunks
+from .render import render
 
-_lock = threading.Lock()
-MIN_ROWS = 8             # fewest batch rows worth a thread of their own
-
-
-def _refs(pool: list, i: int) -> int:
-    return sys.getrefcount(pool[i])
-
-
-_UNSHARED = _refs([np.empty(1)], 0)   # the count of a pool block nothing else holds, on this interpreter
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a call's time loops use the thread budget (one parallel scheme at a time: docs/design.md).
-
-    chunks  disjoint batch-row ranges run at once, one thread each (rows never interact, so each
-            runs the whole time loop with its own step GEMMs: no synchronisation per step)
-    blas    BLAS threads of each step GEMM inside the time loop (the whole-sequence GEMMs outside
-            it always get the full budget)
-    """
-    chunks: int
-    blas: int
-
-
-def row_ranges(B: int, chunks: int) -> list[tuple[int, int]]:
-    edges = [B * c // chunks for c in range(chunks + 1)]
-    return [(edges[c], edges[c + 1]) for c in range(chunks)]
-
-
-def parse_plan(text: str):
-    """LSTMC_NUMBA_PLAN: "default" (every step GEMM on the whole budget, one row range: bitwise
-    reproducible across processes), "auto" (measured once per shape, like cudnn.benchmark: the
-    fastest plan on this machine, but which one wins may differ between processes, and plans
-    differ in the last bits) or "CHUNKS,BLAS", e.g. "2,1"."""
-    t = text.strip().lower()
-    if t in ("", "default", "auto"):
-        return t or "default"
-    try:
-        c, k = (int(v) for v in t.split(","))
-        if c < 1 or k < 1:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"LSTMC_NUMBA_PLAN={text!r}: use 'default', 'auto' or 'CHUNKS,BLAS_THREADS' with "
-                         f"positive integers, e.g. '2,1' (two batch-row chunks, one BLAS thread each)") from None
-    return Plan(c, k)
-
-
-_pool = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="lstmc")
-    return _pool
+_lock = threading.Lock()   # one module build at a time in this process
 
 
 def _after_fork_in_child() -> None:
-    global _pool, _lock
-    _pool, _lock = None, threading.Lock()   # the parent's pool threads do not exist in a forked child
+    global _lock
+    _lock = threading.Lock()   # a build another thread of the parent was in does not exist in the child
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def run_chunks(fn, plan: Plan, B: int, args_for) -> None:
-    """fn(*args_for(c), b0, b1) for every row chunk c, chunk 0 on this thread, the others on the
-    pool (the kernels release the GIL); waits for all of them before raising any error."""
-    ranges = row_ranges(B, min(plan.chunks, max(B, 1)))
-    with blas_threads(plan.blas):
-        if len(ranges) == 1:
-            fn(*args_for(0), 0, B)
-            return
-        futures = [_executor().submit(fn, *args_for(c), b0, b1) for c, (b0, b1) in enumerate(ranges) if c]
-        try:
-            fn(*args_for(0), *ranges[0])
-        finally:
-            errors = [f.exception() for f in futures]
-        for e in errors:
-            if e is not None:
-                raise e
 
 
 def _require_c(name: str, a) -> None:
@@ -124,13 +53,13 @@ def _require_c(name: str, a) -> None:
                          f"backend reads arrays in place, without copies, in row-major order)")
 
 
-class NumbaCell(CompiledCell):
+class NumbaCell(Recycling, CompiledCell):
     backend = "numba"
 
     def __init__(self, program: Program, dtype: str = "float32", key: str = ""):
         super().__init__(program, dtype, key)
         self.source = render(program, self.dtype, key)
-        self.dxp_alias = dxp_alias(program)
+        self.dxp_alias = program.dxp_alias
         self._local = threading.local()
         self.plans: dict[tuple, Plan] = {}     # (B, H, budget) -> the plan "auto" measured for it
         # the name covers what the source text does not: the generator's code and the @njit options
@@ -155,74 +84,6 @@ class NumbaCell(CompiledCell):
             warnings.warn(f"lstmc: the Numba cache of cell {program.cell.name!r} ({self.dtype}) could not be loaded "
                           f"({why[:200]}); deleted its {len(gone)} cache files in {gone[0].parent} and compiled it "
                           f"again", RuntimeWarning, stacklevel=2)
-
-    def _workspace(self, name: str, shape: tuple, zero: bool = False) -> np.ndarray:
-        """A scratch array reused across calls (per thread): large fresh arrays cost page faults that
-        BLAS threads writing them concurrently turn into a 2x slower GEMM (measured)."""
-        ws = self._local.__dict__.setdefault("ws", {})
-        size = int(np.prod(shape))
-        a = ws.get(name)
-        if a is None or a.size != size:
-            a = ws[name] = np.zeros(size, self.np_dtype)
-        elif zero:
-            a.fill(0)
-        return a.reshape(shape)
-
-    def _recycled(self, shape: tuple, zero: bool = False) -> np.ndarray:
-        """A new-to-the-caller array (tape, packed weights, outputs), recycled from an earlier call
-        once nothing references that one any more: no view, tensor or tape holds it, so its
-        refcount is back to that of an unshared block. Fresh memory costs page faults, which are
-        dear on VMs: measured here, lstm B=1 T=100 forward spent 0.8 ms of 4.4 packing 1 MiB of
-        weights into new memory, against a 1.8 ms time loop. Blocks are reused at the same size
-        only; a free block no request has matched for POOL_AGE requests (a shape no longer in use,
-        e.g. after T changed) is let go, so the pool holds about one call's working set. Per thread;
-        empty_cache() lets this thread's pool go at once."""
-        st = self._local.__dict__
-        pool, ages = st.setdefault("pool", []), st.setdefault("ages", [])
-        st["tick"] = tick = st.get("tick", 0) + 1
-        size = int(np.prod(shape))
-        for i in reversed(range(len(pool))):
-            if tick - ages[i] > self.POOL_AGE and _refs(pool, i) == _UNSHARED:
-                del pool[i], ages[i]
-        hit = next((i for i in range(len(pool)) if pool[i].size == size and _refs(pool, i) == _UNSHARED), None)
-        if hit is not None:
-            a = pool[hit]
-            ages[hit] = tick
-        else:
-            a = np.empty(size, self.np_dtype)
-            if len(pool) < self.POOL_BLOCKS and a.nbytes <= self.POOL_BYTES:
-                pool.append(a)
-                ages.append(tick)
-            # memory nothing uses is kept up to POOL_BYTES, least recently used let go first (with a
-            # T that changes every call, blocks of stale sizes piled up: RSS 220 -> 635 MB in 100 calls)
-            free = sorted((ages[i], i) for i in range(len(pool)) if _refs(pool, i) == _UNSHARED)
-            excess = sum(pool[i].nbytes for _, i in free) - self.POOL_BYTES
-            drop = []
-            for _, i in free:
-                if excess <= 0:
-                    break
-                excess -= pool[i].nbytes
-                drop.append(i)
-            for i in sorted(drop, reverse=True):
-                del pool[i], ages[i]
-        if zero:
-            a.fill(0)
-        return a[:].reshape(shape)               # a view: the caller's reference keeps `a` busy
-
-    POOL_BLOCKS = 32
-    POOL_AGE = 64
-    POOL_BYTES = 128 << 20
-
-    def empty_cache(self) -> None:
-        """Let go of this thread's recycled memory and workspaces (see _recycled)."""
-        for k in ("pool", "ages", "ws"):
-            self._local.__dict__.pop(k, None)
-
-    def _packed(self, params, names) -> np.ndarray:
-        """np.concatenate of the named [H, K] matrices into recycled memory."""
-        mats = [params[m] for m in names]
-        out = self._recycled((sum(a.shape[0] for a in mats), mats[0].shape[1]))
-        return np.concatenate(mats, axis=0, out=out)
 
     def warm(self) -> None:
         """Compile both kernels now (from Numba's cache when it has them) on a tiny problem."""
@@ -375,14 +236,15 @@ class NumbaCell(CompiledCell):
         nch = len(row_ranges(B, min(plan.chunks, B)))
         # per chunk: its own bias-gradient sums (float64) and slot scratch; everything else is
         # shared, each chunk touching only its own rows
-        dps = [{p: np.zeros(H, np.float64) for p in prog.vector_params} for _ in range(nch)]
+        dps = [{p: np.zeros(H, np.float64) for p in prog.dp_sums()} for _ in range(nch)]   # shared sums once
         nscr = sum(len(g.mats) for g in prog.groups) + (len(prog.input_mats) if alias is None else 0)
         scratch = [[np.zeros((B, H), dt) for _ in range(nscr)] for _ in range(nch)]
         run_chunks(self.module.backward, plan, B,
                    lambda c: (dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
                               *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dps[c].values(),
                               *scratch[c]))
-        dp = {p: sum(d[p] for d in dps) for p in prog.vector_params}
+        dp = {p: sum(d[p] for d in dps) for p in prog.dp_sums()}
+        dp.update({p: dp[q] for p, q in prog.dp_shared.items()})
         if alias is not None:
             dXP = dRP[alias]
         ds0 = dS
