@@ -91,7 +91,7 @@ def _median_iqr(fn, reps: int) -> tuple[float, float]:
 
 def sgemm_rate(n: int = 1024, reps: int = 5) -> float:
     """This machine's float32 GEMM rate (GFLOP/s) through the BLAS the CPU backend uses."""
-    from .backends.numba_blas import matmul
+    from .backends.numba.blas import matmul
 
     a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
     b = np.random.default_rng(1).normal(size=(n, n)).astype(np.float32)

@@ -49,6 +49,8 @@ def cmd_show(args) -> int:
                 print(f"  {ir.var_name(let.key)} = {ir.to_text(let.expr)}")
     print("\nlowered program:")
     print(prog.text())
+    prog.verify()
+    print("  verified: every value defined before it is read, every state updated, the decisions consistent")
     return 0
 
 
