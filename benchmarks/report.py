@@ -22,7 +22,8 @@ def main(path):
     groups = {}
     machine = None
     for b in data["benchmarks"]:
-        who = (b["params"].get("who") or b["params"].get("variant")) if b.get("params") else None
+        params = b.get("params") or {}
+        who = params.get("who") or params.get("variant") or (f"{params['n']} statements" if "n" in params else None)
         who = who or b["name"].split("[")[0].replace("test_", "")
         groups.setdefault(b["group"], {})[who] = b
         machine = machine or b["extra_info"].get("machine")
@@ -32,7 +33,8 @@ def main(path):
                 f"contender; Python {machine['python']}, NumPy {machine['numpy']}, Numba {machine['numba']}, "
                 f"PyTorch {machine['torch']}; BLAS: {'; '.join(machine['blas'])}.", ""]
     out += [f"Run: {data.get('datetime', '?')} — `make bench` (pytest-benchmark, float32, medians of "
-            f"{data['benchmarks'][0]['stats']['rounds']} rounds after one warm-up; ratios from the same run).", ""]
+            f"{next((b for b in data['benchmarks'] if b['group'] == 'lstm-T100-B64-H256-train'), data['benchmarks'][0])['stats']['rounds']} rounds "
+            f"after one warm-up (the blocks-only cases 15, compile time 3); ratios from the same run).", ""]
     out += ["| case | lstmc numba (ms) | baseline | baseline (ms) | ratio lstmc/baseline | target | met |",
             "|---|---|---|---|---|---|---|"]
     for g, (who, base, target) in TARGETS.items():
