@@ -1,6 +1,6 @@
 """Parse a .cell file into a `Cell`: the checked equations of one recurrent step as IR.
 
-The language (README, DESIGN.md §2) is line oriented:
+The language (README, "The cell language") is line oriented:
 
     cell NAME                 first statement
     state s1, s2, ...         recurrent state vectors; s is the value at t-1, s' the value at t
@@ -10,24 +10,24 @@ The language (README, DESIGN.md §2) is line oriented:
     s' = EXPR                 each state updated exactly once
 
 Expressions are parsed by a Lark LALR grammar; nothing is ever evaluated. Every error is a
-`SpecError` carrying the file, 1-based line and column, the line with a caret, and how to fix it.
+`SpecError` (lstmc/spec_errors.py, with the hints and error builders) carrying the location and a fix.
 """
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from lark import Lark, Token, Tree
+from lark import Lark, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ir
 from .ir import Node
 from .ops import FUNCTIONS, mk
+from .spec_errors import CHAR_HINTS, DIRECTIVES, FUNCS_TEXT, Diagnostics, SpecError, did_you_mean, with_article
 
 __all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
 
@@ -36,40 +36,8 @@ MAX_LINE_CHARS = 4_000
 MAX_NESTING = 64
 MAX_STATEMENTS = 2_000
 
-DIRECTIVES = ("cell", "state", "output", "init")
 INIT_KINDS = ("zeros", "ones", "uniform", "normal", "xavier", "orthogonal")
 RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
-
-
-_SHOW = 60   # an error message shows at most 2 * _SHOW characters of the offending line
-
-
-class SpecError(ValueError):
-    """A problem in a .cell spec, located at `line`/`col` (1-based) of `filename`."""
-
-    def __init__(self, problem: str, *, filename: str = "<string>", line: int = 0, col: int = 0,
-                 source_line: str = "", fix: str = ""):
-        self.problem = problem
-        self.filename = filename
-        self.line = line
-        self.col = col
-        self.fix = fix
-        parts = [f"{filename}:{line}:{col}: error: {problem}"]
-        if source_line:
-            src = source_line.rstrip("\r\n")
-            at = max(col - 1, 0)                 # 0-based offset of the caret in `src`
-            if len(src) > 2 * _SHOW:             # show a window of a long line around the caret
-                start = max(0, min(at - _SHOW, len(src) - 2 * _SHOW))
-                end = start + 2 * _SHOW
-                src = ("..." if start else "") + src[start:end] + ("..." if end < len(src) else "")
-                at = at - start + (3 if start else 0)
-            # keep tabs in the caret's indent so the caret lines up under tab-indented text
-            pad = "".join("\t" if c == "\t" else " " for c in src[:at]) + " " * max(at - len(src), 0)
-            parts.append("    " + src)
-            parts.append("    " + pad + "^")
-        if fix:
-            parts.append(f"  fix: {fix}")
-        super().__init__("\n".join(parts))
 
 
 # ----------------------------------------------------------------------------------- the grammar
@@ -108,34 +76,6 @@ _parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
 
 # a number as the language writes it (the NUMBER terminal, optionally signed): used for `init` values
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_FUNCS = ", ".join(FUNCTIONS)
-
-
-def _did_you_mean(word: str, choices) -> str:
-    """' (did you mean `state`?)' when `word` looks like a misspelling of one of `choices`, else ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
-def _a(word: str) -> str:
-    """`word` with its indefinite article: 'an intermediate', 'a state'."""
-    return ("an " if word[:1] in "aeiou" else "a ") + word
-
-# what an unexpected character most likely means, and how to fix it
-_CHAR_HINTS = {
-    ".": ("attribute access and malformed numbers are not part of the cell language",
-          "write numbers like 0.5 or 1e-3; names cannot contain '.'"),
-    "[": ("subscripts are not part of the cell language", "give each vector its own name"),
-    "]": ("subscripts are not part of the cell language", "give each vector its own name"),
-    '"': ("strings are not part of the cell language", "remove the quotes"),
-    ":": ("lambdas, slices and annotations are not part of the cell language", "write the expression directly"),
-    "{": ("dicts and sets are not part of the cell language", "write the expression directly"),
-    "}": ("dicts and sets are not part of the cell language", "write the expression directly"),
-    "%": ("the % operator is not part of the cell language", "use + - * / @ and the functions"),
-    "^": ("the ^ operator is not part of the cell language", "write powers as products, e.g. v * v"),
-    ";": ("';' is not part of the cell language", "put each statement on its own line"),
-    "\\": ("line continuations are not part of the cell language", "write each statement on one line"),
-}
 
 
 @dataclass
@@ -179,17 +119,12 @@ def parse(text: str, filename: str = "<string>") -> Cell:
     return _Parser(text, filename).run()
 
 
-class _Parser:
+class _Parser(Diagnostics):
     def __init__(self, text: str, filename: str):
         self.text = text
         self.filename = filename
         self.lines = text.split("\n")
         self._vector: dict[Node, bool] = {}
-
-    # errors ---------------------------------------------------------------------------------
-    def err(self, problem: str, lineno: int, col: int = 1, fix: str = "") -> SpecError:
-        src = self.lines[lineno - 1] if 1 <= lineno <= len(self.lines) else ""
-        return SpecError(problem, filename=self.filename, line=lineno, col=max(col, 1), source_line=src, fix=fix)
 
     # top level ------------------------------------------------------------------------------
     def run(self) -> Cell:
@@ -228,7 +163,7 @@ class _Parser:
             fix = f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR"
             if m.group(2).strip() == "x":
                 fix = "x is the built-in step input and needs no declaration; " + fix
-            raise self.err(f"unknown directive '{word}'{_did_you_mean(word, DIRECTIVES)}", lineno, col0, fix=fix)
+            raise self.err(f"unknown directive '{word}'{did_you_mean(word, DIRECTIVES)}", lineno, col0, fix=fix)
         return _Stmt("assign", lineno, line, self.parse_assign(line, lineno))
 
     # directives -----------------------------------------------------------------------------
@@ -251,7 +186,7 @@ class _Parser:
         if name in RESERVED:
             why = ("a Python keyword" if keyword.iskeyword(name) or keyword.issoftkeyword(name)
                    else "the step input" if name == "x" else "a function" if name in FUNCTIONS else "a directive")
-            raise self.err(f"'{name}' is reserved ({why}) and cannot name {_a(what)}", lineno, col,
+            raise self.err(f"'{name}' is reserved ({why}) and cannot name {with_article(what)}", lineno, col,
                            fix="choose another name")
 
     def d_cell(self, rest, lineno, line):
@@ -317,8 +252,8 @@ class _Parser:
             col = e.column if 0 < e.column <= len(line) else len(line.rstrip()) + 1
             ch = line[col - 1] if col <= len(line) else ""
             self.python_keyword(line, lineno, col)
-            if ch in _CHAR_HINTS:
-                problem, fix = _CHAR_HINTS[ch]
+            if ch in CHAR_HINTS:
+                problem, fix = CHAR_HINTS[ch]
             elif ch and not ch.isascii():
                 problem = (f"non-ASCII character {ch!r} (U+{ord(ch):04X} "
                            f"{unicodedata.name(ch, 'unnamed character')})")
@@ -326,7 +261,7 @@ class _Parser:
                        "an ordinary space)")
             else:
                 problem = f"unexpected character {ch!r}"
-                fix = f"use names, numbers, + - * / @, parentheses and the functions {_FUNCS}"
+                fix = f"use names, numbers, + - * / @, parentheses and the functions {FUNCS_TEXT}"
             raise self.err(problem, lineno, col, fix=fix) from None
         except UnexpectedEOF:
             raise self.early_end(line, lineno, opened) from None
@@ -365,33 +300,6 @@ class _Parser:
                            fix="equations look like `i = sigmoid(W_i @ x + U_i @ h + b_i)`") from None
         except (UnexpectedInput, LarkError) as e:  # pragma: no cover - any other Lark complaint
             raise self.err(f"cannot parse this line ({type(e).__name__})", lineno, 1) from None
-
-    def python_keyword(self, line: str, lineno: int, upto: int):
-        """Raise if a Python keyword (`if`, `lambda`, `not`...) appears before column `upto`."""
-        for m in re.finditer(r"(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_]*", line[: max(upto - 1, 0)]):
-            if keyword.iskeyword(m.group()):
-                raise self.err(f"'{m.group()}' is Python, not part of the cell language", lineno, m.start() + 1,
-                               fix=f"write the math with + - * / @ and the functions {_FUNCS}") from None
-
-    def not_an_equation(self, line: str, lineno: int) -> SpecError:
-        return self.err("this line is neither a directive nor an equation (it has no '=')", lineno,
-                        len(line) - len(line.lstrip()) + 1,
-                        fix=f"directives are {', '.join(DIRECTIVES)}; equations look like NAME = EXPR")
-
-    def early_end(self, line: str, lineno: int, opened: list[int]) -> SpecError:
-        """The error for an equation that stops before its expression is complete."""
-        text = line.rstrip()
-        if "=" not in line:
-            return self.not_an_equation(line, lineno)
-        if text.endswith("="):
-            return self.err("nothing after '='", lineno, len(text), fix="write the expression: NAME = EXPR")
-        if text and text[-1] in "+-*/@,(":
-            return self.err(f"the equation ends with '{text[-1]}'", lineno, len(text),
-                            fix="complete the expression after it, or remove it")
-        if opened:
-            return self.err("this '(' is never closed", lineno, opened[-1], fix="add the missing ')'")
-        return self.err("the equation ends too early", lineno, len(text) + 1,
-                        fix="complete the expression (unbalanced parentheses or a trailing operator?)")
 
     # checking -------------------------------------------------------------------------------
     def check(self, stmts: list[_Stmt]) -> Cell:
@@ -655,7 +563,7 @@ class _Parser:
             if fname not in FUNCTIONS:
                 known = fname in values or fname in state_set or fname in params or fname == "x"
                 raise self.err((f"'{fname}' is not a function and cannot be called" if known
-                                else f"unknown function '{fname}'{_did_you_mean(fname, FUNCTIONS)}"),
+                                else f"unknown function '{fname}'{did_you_mean(fname, FUNCTIONS)}"),
                                st.lineno, tok.column,
                                fix=f"functions are: {', '.join(FUNCTIONS)}" + ("; to multiply write a * (b)"
                                                                             if known else ""))
@@ -690,51 +598,3 @@ class _Parser:
                 self.no_bare_x(k, st, child)
             return mk(d, kids[0], kids[1])
         raise self.err(f"unsupported construct '{d}'", st.lineno)  # pragma: no cover
-
-    def bad_matmul_left(self, left_tree, lname, st, state_set, values):
-        """Raise the error for `L @ v` whose L is not a parameter name, saying what L is."""
-        col = self.col_of(left_tree, st)
-        fix = "write M @ v with M a parameter, e.g. W_i @ x or U_i @ h"
-        d = left_tree.data if isinstance(left_tree, Tree) else ""
-        last = left_tree.children[-1] if d in ("mul", "div", "neg", "pos") else None
-        if d in ("mul", "div", "neg", "pos") and isinstance(last, Tree) and last.data == "name":
-            # `a * W @ v` is (a * W) @ v and `-W @ v` is (-W) @ v, as in Python
-            op = {"mul": "*", "div": "/", "neg": "-", "pos": "+"}[d]
-            m = str(last.children[0])
-            example = f"a {op} ({m} @ v)" if d in ("mul", "div") else f"{op}({m} @ v)"
-            raise self.err(f"`{op}` binds at least as tightly as `@`, so the left side of this @ is not just "
-                           f"'{m}'", st.lineno, col, fix=f"add parentheses: {example}")
-        if d == "name" and len(left_tree.children) > 1:
-            what = f"the new state {left_tree.children[0]}'"
-        elif d == "number":
-            what = "a number"
-        elif d == "call":
-            what = "a function call"
-        elif lname == "x":
-            what = "the input x"
-        elif lname in state_set:
-            what = f"the state '{lname}'"
-        elif lname in values:
-            what = f"the intermediate '{lname}'"
-        elif lname in FUNCTIONS:
-            what = f"the function '{lname}'"
-        else:
-            what = "an expression"
-        raise self.err(f"the left side of @ must be a parameter name (a weight matrix), not {what}", st.lineno, col,
-                       fix=fix)
-
-    def no_bare_x(self, node, st, tree):
-        """Reject x used other than as `M @ x` (`tree` locates it; its column is only looked up on error)."""
-        if node is not None and node.op == "input":
-            raise self.err("x (size I) can only be used directly as `M @ x`", st.lineno, self.col_of(tree, st),
-                           fix="multiply it by an input weight matrix first, e.g. W @ x")
-
-    @staticmethod
-    def col_of(t, st) -> int:
-        if isinstance(t, Token):
-            return t.column or 1
-        for sub in t.iter_subtrees_topdown():
-            for c in sub.children:
-                if isinstance(c, Token) and c.column:
-                    return c.column
-        return 1

@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "lstmc"
 MAX_LINES = 600
 # Modules still over the budget, each waiting to be split by job (issue "One Program, thin
 # backends"). The list may only shrink: a module leaves it once it is split.
-OVER_BUDGET = {"spec.py"}
+OVER_BUDGET: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:

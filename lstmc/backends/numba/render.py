@@ -18,7 +18,7 @@ import re
 
 from ...ir import Node, var, var_name as ir_name, walk
 from ...lower import Block, Program
-from ..render import check_spelling, ident, render_expr, render_template
+from ..render import PREFIX, check_spelling, ident, render_expr, render_template
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
@@ -53,8 +53,7 @@ class _Names:
             return ident(f"{kind}{int(rest[0])}_", rest[1])
         if kind == "dv":
             return f"dv{int(rest[0])}_"
-        return ident({"s1": "n_", "sv": "sv_", "t": "t_", "ds1": "dn_", "ds": "ds_", "dp": "dp_",
-                      "dxp": "dxp_", "xp": "xp_"}[kind], rest[0])
+        return ident(PREFIX[kind], rest[0])
 
 
 class _BlockRenderer:
