@@ -12,7 +12,8 @@ import numpy as np
 from ..ir import Node, state, var, walk
 from ..lower import Block, Gemm, Program
 from ..ops import EVAL
-from .base import CompiledCell, NumpyOps, SequenceDriver, check_flags
+from .base import CompiledCell, check_flags
+from .sequence import NumpyOps, SequenceDriver
 
 
 def evaluate(expr: Node, env: dict, P: dict):

@@ -14,7 +14,8 @@ import torch
 
 from ..ir import Node, state, var
 from ..lower import Block, Gemm, Program
-from .base import CompiledCell, SequenceDriver, check_flags
+from .base import CompiledCell, check_flags
+from .sequence import ArrayOps, SequenceDriver
 from .render import check_spelling, is_batched, key_name, render_expr, render_template, value_name
 
 SPELL = {
@@ -32,7 +33,8 @@ SPELL = {
 check_spelling(SPELL, "torch")
 
 
-class TorchOps:
+class TorchOps(ArrayOps):
+    """torch's array operations (any device)."""
     name = "torch"
 
     def __init__(self, dtype):
@@ -59,6 +61,12 @@ class TorchOps:
 
     def mask(self, m, like=None):
         return torch.as_tensor(m, device=like.device if like is not None else None)
+
+    def copy(self, a):
+        return a.clone()
+
+    def mm(self, a, b, out=None):
+        return a @ b if out is None else torch.mm(a, b, out=out)
 
 
 def _block_lines(stages) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..sequence import NumpyOps
+
 
 @njit(cache=True, nogil=True)
 def _dot_into(a, b, out):
@@ -24,3 +26,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         b = np.ascontiguousarray(b)
     _dot_into(a, b, out)
     return out
+
+
+class BlasOps(NumpyOps):
+    """NumPy's array operations with every product through `matmul` (the sequence module's ops for
+    the numba backend); gradients are returned as contiguous copies of their slices."""
+    name = "numba"
+
+    def mm(self, a, b, out=None):
+        return matmul(a, b, out)
+
+    def grad(self, g):
+        return np.ascontiguousarray(g)

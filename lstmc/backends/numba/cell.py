@@ -23,9 +23,11 @@ import numpy as np
 
 from ...lower import Program
 from ...threads import budget
-from ..base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
+from ..base import CompiledCell, Tape, check_flags
 from ..cache import build_module, forget_numba_cache, generator_key, options_key
-from .blas import matmul
+from ..sequence import (clear_padding, input_products, order_inputs, pack, param_grads, restore_order,
+                        reverse_index, weight_grads)
+from .blas import BlasOps
 from .memory import Recycling
 from .options import JIT
 from .plan import MIN_ROWS, Plan, parse_plan, row_ranges, run_chunks
@@ -60,6 +62,7 @@ class NumbaCell(Recycling, CompiledCell):
         super().__init__(program, dtype, key)
         self.source = render(program, self.dtype, key)
         self.dxp_alias = program.dxp_alias
+        self.ops = BlasOps(self.np_dtype)
         self._local = threading.local()
         self.plans: dict[tuple, Plan] = {}     # (B, H, budget) -> the plan "auto" measured for it
         # the name covers what the source text does not: the generator's code and the @njit options
@@ -139,23 +142,23 @@ class NumbaCell(Recycling, CompiledCell):
         T, B, I, H, L = self.check_inputs(x, params, state, lengths)
         check_flags(reverse=reverse, need_tape=need_tape)
         self._check_numba_inputs(x, params, state)
-        prog = self.program
+        prog, ops = self.program, self.ops
         dt = self.np_dtype
-        rev_idx = reverse_index(T, L) if reverse else None
         nx = len(prog.input_mats)
-        Wcat = self._packed(params, prog.input_mats) if nx else np.zeros((0, I), dt)
-        Ucat = [self._packed(params, g.mats) for g in prog.groups]    # [k*H, H] each
-        vecs = [params[p] for p in prog.vector_params]
+        pk = pack(prog, params, lambda names: self._packed(params, names))
+        Wcat = pk.W if nx else np.zeros((0, I), dt)
+        Ucat = pk.U                                          # [k*H, H] each
+        vecs = list(pk.vecs.values())
         plan = _plan or self.plan(B, H)
         steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))
         if not need_tape and steps < T:
+            rev_idx = reverse_index(T, L) if reverse else None
             return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H)
-        if reverse:
-            x = x[rev_idx, np.arange(B)[None, :]]
-        x = clear_padding(x, L, T)
+        x, rev_idx = order_inputs(ops, x, L, reverse)
         # XP is dead once the kernel returns: backward reuses its memory for dRP0 (same size for LSTM/GRU)
-        XP = (matmul(x.reshape(T * B, I), Wcat.T, self._workspace("big", (T * B, nx * H))).reshape(T, B, nx * H)
-              if nx else np.zeros((T, B, 0), dt))
+        XP = input_products(ops, prog, x, Wcat, H, self._workspace("big", (T * B, nx * H)) if nx else None)
+        if XP is None:
+            XP = np.zeros((T, B, 0), dt)
         rows = T + 1 if need_tape else 2
         Sq = {}
         for s in prog.cell.states:
@@ -169,8 +172,7 @@ class NumbaCell(Recycling, CompiledCell):
                    lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
         last = T if need_tape else T % 2
         final = {s: Sq[s][last].copy() for s in prog.cell.states}
-        if reverse:
-            Y = Y[rev_idx, np.arange(B)[None, :]]
+        Y = restore_order(ops, Y, rev_idx)
         tape = None
         if need_tape:
             tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
@@ -186,7 +188,7 @@ class NumbaCell(Recycling, CompiledCell):
     def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H):
         """forward(need_tape=False) over time chunks of `steps` steps: each chunk's input products,
         then the kernel on that chunk, its state carried to the next in the kernel's ring of two."""
-        prog = self.program
+        prog, ops = self.program, self.ops
         T, B, I = x.shape
         nx = len(prog.input_mats)
         Sq = {}
@@ -199,10 +201,11 @@ class NumbaCell(Recycling, CompiledCell):
         for t0 in range(0, T, steps):
             n = min(steps, T - t0)
             Lc = np.clip(L - t0, 0, n)                   # each row's remaining length within the chunk
-            xc = x[rev_idx[t0:t0 + n], cols] if rev_idx is not None else x[t0:t0 + n]
+            xc = ops.take_rows(x, rev_idx[t0:t0 + n]) if rev_idx is not None else x[t0:t0 + n]
             xc = clear_padding(xc, Lc, n)
-            XP = (matmul(xc.reshape(n * B, I), Wcat.T, self._workspace("xpc", (n * B, nx * H))).reshape(n, B, nx * H)
-                  if nx else np.zeros((n, B, 0), self.np_dtype))
+            XP = input_products(ops, prog, xc, Wcat, H, self._workspace("xpc", (n * B, nx * H)) if nx else None)
+            if XP is None:
+                XP = np.zeros((n, B, 0), self.np_dtype)
             Yc = self._workspace("yc", (n, B, H)) if rev_idx is not None else Y[t0:t0 + n]
             run_chunks(self.module.forward, plan, B, lambda c: (XP, *Ucat, *vecs, Lc, *Sq.values(), *SV.values(), Yc, 0))
             if n % 2:                                   # the chunk ended in ring row 1: the next starts from row 0
@@ -216,11 +219,10 @@ class NumbaCell(Recycling, CompiledCell):
         """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
         self.check_backward(tape, dy, dstate)
         _require_c("dy", dy)
-        prog = self.program
+        prog, ops = self.program, self.ops
         T, B, I, H = tape.shapes
         dt = self.np_dtype
-        if tape.reverse:
-            dy = dy[tape.rev_idx, np.arange(B)[None, :]]
+        dy = restore_order(ops, dy, tape.rev_idx)     # the index is its own inverse: to loop order
         dS = {s: (np.array(dstate[s], dtype=dt, copy=True) if dstate is not None and s in dstate
                   else np.zeros((B, H), dt)) for s in prog.cell.states}
         dSn = {s: np.empty((B, H), dt) for s in prog.cell.states}
@@ -243,26 +245,10 @@ class NumbaCell(Recycling, CompiledCell):
                    lambda c: (dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
                               *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dps[c].values(),
                               *scratch[c]))
-        dp = {p: sum(d[p] for d in dps) for p in prog.dp_sums()}
-        dp.update({p: dp[q] for p, q in prog.dp_shared.items()})
+        dp = {p: sum(d[p] for d in dps).astype(dt) for p in prog.dp_sums()}
         if alias is not None:
             dXP = dRP[alias]
-        ds0 = dS
-        grads = {p: v.astype(dt) for p, v in dp.items()}
-        x2 = tape.x.reshape(T * B, I)
-        dx = self._recycled((T, B, I), zero=not nx)
-        if nx:
-            dXP2 = dXP.reshape(T * B, nx * H)
-            dW = matmul(dXP2.T, x2)
-            for j, m in enumerate(prog.input_mats):
-                grads[m] = np.ascontiguousarray(dW[j * H:(j + 1) * H])
-            matmul(dXP2, tape.packed["Wcat"], dx.reshape(T * B, I))
-        for g, dR in zip(prog.groups, dRP):
-            V = tape.states[g.operand.attr][:T] if g.operand.op == "state" else tape.saved[g.operand.attr[1]]
-            dU = matmul(dR.reshape(T * B, -1).T, V.reshape(T * B, H))
-            for j, m in enumerate(g.mats):
-                grads[m] = np.ascontiguousarray(dU[j * H:(j + 1) * H])
-        if tape.reverse:
-            dx = dx[tape.rev_idx, np.arange(B)[None, :]]
-        dparams = {p: grads.get(p, np.zeros(self.cell.param_shape(p, I, H), dt)) for p in self.cell.params}
-        return dx, {s: ds0[s] for s in prog.cell.states}, dparams
+        grads, dx = weight_grads(ops, prog, tape, tape.packed["Wcat"], dXP if nx else None, dRP,
+                                 dx_out=self._recycled((T, B, I)))
+        dx = restore_order(ops, dx, tape.rev_idx)
+        return dx, dS, param_grads(ops, prog, grads, dp, lambda shape: np.zeros(shape, dt), I, H)

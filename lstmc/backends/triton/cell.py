@@ -33,7 +33,9 @@ import weakref
 import numpy as np
 
 from ...lower import Program
-from ..base import CompiledCell, Tape, check_flags, clear_padding, reverse_index
+from ..base import CompiledCell, Tape, check_flags
+from ..sequence import input_products, order_inputs, pack, param_grads, restore_order, weight_grads
+from ..torch import TorchOps
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
 from .graphs import GRAPH_CACHE, GraphWorkspaces, _env_graphs, _Lease, _Workspace
@@ -83,6 +85,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
                     # float32 products: exact ("ieee", default) or TF32 tensor cores (changes results)
                     "PREC": "tf32" if tf32 else "ieee"}
         self.tf32 = bool(tf32)
+        self.ops = _TritonOps(self.t_storage, self.t_compute)
         self.rendered = render(program, storage, name, key)
         self.source = self.rendered.source
         digest = hashlib.sha256((self.source + generator_key() + str(interp)).encode()).hexdigest()[:16]
@@ -151,10 +154,6 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         if t.dtype == self.torch.bfloat16:
             t = t.float()
         return t.numpy()
-
-    def _take_rows(self, a, idx):
-        torch = self.torch
-        return a[idx, torch.arange(a.shape[1], device=a.device)[None, :]]
 
     # -------------------------------------------------------------------------------- launch
     def _launcher(self, name, env, sched: Schedule, grid, BH, store_tape=None):
@@ -232,17 +231,12 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
                            + [(f"state['{k}']", v) for k, v in (state or {}).items()])
         sched = self.resolve(schedule, B, H)
-        prog, dev, DT = self.program, self.device, self.t_storage
+        prog, DT = self.program, self.t_storage
         lease = None
         with torch.no_grad():
-            rev_idx = None
-            if reverse:
-                rev_idx = torch.as_tensor(reverse_index(T, L), device=dev)
-                x = self._take_rows(x, rev_idx)
-            x = clear_padding(x, L, T)
-            nx = len(prog.input_mats)
-            Wcat = torch.cat([params[m] for m in prog.input_mats]) if nx else None
-            Ucat = {g.index: torch.cat([params[m] for m in g.mats]).contiguous() for g in prog.groups}
+            x, rev_idx = order_inputs(self.ops, x, L, reverse)
+            pk = pack(prog, params, lambda names: torch.cat([params[m] for m in names]).contiguous())
+            Wcat, Ucat = pk.W, pk.U
             Lcpu = torch.as_tensor(L, dtype=torch.int32)
             ws = None
             if self._graphed(sched, T, B):
@@ -260,7 +254,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
                                                                      T, B, I, H, need_tape)
                 final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
                 if reverse:
-                    Y = self._take_rows(Y, rev_idx)
+                    Y = restore_order(self.ops, Y, rev_idx)
                 elif ws is not None:
                     Y = Y.clone()            # the static buffer is overwritten by the next call
             finally:
@@ -282,7 +276,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         nx = len(prog.input_mats)
         env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
         if nx:
-            env["XP"] = (x.reshape(T * B, I) @ Wcat.t()).reshape(T, B, nx * H)
+            env["XP"] = input_products(self.ops, prog, x, Wcat, H)
         for g in prog.groups:
             env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
         persistent = sched.variant == "persistent"
@@ -334,40 +328,22 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             raise RuntimeError("this tape's arrays live in a CUDA-graph workspace that a later forward call has "
                                "reused (its backward had already run once); a second backward of an old tape "
                                "needs graphs off: TritonCell(..., graphs=False) or LSTMC_TRITON_GRAPHS=0")
-        prog, dev, DT, CT = self.program, self.device, self.t_storage, self.t_compute
+        prog, dev, DT = self.program, self.device, self.t_storage
         T, B, I, H = tape.shapes
         sched = tape.extra["schedule"]
         r = self.rendered
         with torch.no_grad():
-            if tape.reverse:
-                dy = self._take_rows(dy, tape.rev_idx)
+            dy = restore_order(self.ops, dy, tape.rev_idx)   # the index is its own inverse: to loop order
             if lease is not None and self.graphs:
                 DS, DP, dRP, dXP = self._backward_graph(lease.ws, tape, dy, dstate, sched, T, B, H)
             else:
                 DS, DP, dRP, dXP = self._backward_eager(tape, dy, dstate, sched, T, B, H)
-            grads = {}
             dps = DP.sum(0)
-            for p, i in r.vec_index.items():
-                grads[p] = dps[i].to(DT)
-            x2 = tape.x.reshape(T * B, I)
-            dx = torch.zeros((T, B, I), dtype=DT, device=dev)
-            nx = len(prog.input_mats)
-            if nx:
-                dXP2 = dXP.reshape(T * B, nx * H)
-                dW = _mm_acc(torch, dXP2.t(), x2, CT)
-                for j, m in enumerate(prog.input_mats):
-                    grads[m] = dW[j * H:(j + 1) * H].to(DT)
-                dx = (dXP2 @ tape.packed["Wcat"]).reshape(T, B, I)
-            for g in prog.groups:
-                a = g.operand
-                V = tape.states[a.attr][:T] if a.op == "state" else tape.saved[a.attr[1]]
-                dU = _mm_acc(torch, dRP[g.index].reshape(T * B, -1).t(), V.reshape(T * B, H), CT)
-                for j, m in enumerate(g.mats):
-                    grads[m] = dU[j * H:(j + 1) * H].to(DT)
-            if tape.reverse:
-                dx = self._take_rows(dx, tape.rev_idx)
-            dparams = {p: grads[p] if p in grads else torch.zeros(self.cell.param_shape(p, I, H), dtype=DT, device=dev)
-                       for p in self.cell.params}
+            dp = {p: dps[r.vec_index[p]].to(DT) for p in prog.dp_sums()}
+            grads, dx = weight_grads(self.ops, prog, tape, tape.packed["Wcat"], dXP, dRP)
+            dx = restore_order(self.ops, dx, tape.rev_idx)
+            dparams = param_grads(self.ops, prog, grads, dp,
+                                  lambda shape: torch.zeros(shape, dtype=DT, device=dev), I, H)
             dS0 = {s: DS[s].to(DT, copy=True) for s in prog.cell.states}   # a copy: DS may be a static buffer
         if lease is not None:
             lease.ws.released = True      # the workspace may serve the next forward call
@@ -422,6 +398,24 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         if nx:
             dXP = env["dXP"] if r.alias is None else dRP[r.alias]
         return DS, DP, dRP, dXP
+
+
+class _TritonOps(TorchOps):
+    """torch's array operations with the weight gradients accumulated in the compute type CT and
+    returned in the storage type DT (bfloat16/float16 storage: float32 sums)."""
+    name = "triton"
+
+    def __init__(self, storage, compute):
+        super().__init__(storage)
+        self.compute = compute
+
+    def mm_grad(self, a, b):
+        import torch
+
+        return _mm_acc(torch, a, b, self.compute)
+
+    def grad(self, g):
+        return g.to(self.dtype)
 
 
 def _mm_acc(torch, a, b, CT):

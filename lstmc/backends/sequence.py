@@ -1,0 +1,324 @@
+"""The code around the time loop, written once (docs/design.md, "Sequence semantics").
+
+Every backend runs the same sequence around its own time loop:
+
+  before the loop   reverse each row within its length (`order_inputs`), clear the padding,
+                    pack the weights as the GEMM plan uses them (`pack`), and compute the input
+                    products of all T·B rows in one GEMM (`input_products`);
+  after forward     put the outputs back at their original time positions (`restore_order`);
+  after backward    the whole-sequence weight and input GEMMs, scattered by slot to each weight
+                    (`weight_grads`), shared bias sums copied and unused parameters' zero
+                    gradients filled in (`param_grads`), dx back in time order.
+
+A backend supplies the few array operations these need as an `ArrayOps` (NumPy here, torch in
+torch.py, BLAS-backed NumPy for numba, mixed-precision torch for triton) and keeps only its time
+loop: `SequenceDriver` below is the time loop of `reference` and `torch`, which run the Program's
+step functions; numba and triton run generated kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..program import Program
+from .base import Tape
+
+# ------------------------------------------------------------------------------------ array ops
+
+
+class ArrayOps:
+    """The array operations of one array library that the code around the time loop uses.
+    Subclasses: `NumpyOps` (below), torch.py's `TorchOps`, and the numba and triton backends'."""
+    name = "?"
+
+    def zeros(self, shape, like=None):
+        raise NotImplementedError
+
+    def where(self, m, a, b):
+        raise NotImplementedError
+
+    def cat(self, arrays, axis):
+        raise NotImplementedError
+
+    def stack(self, arrays):
+        raise NotImplementedError
+
+    def take_rows(self, a, idx):
+        """a[idx[t, b], b] for a [T, B, ...] array and an index [T, B] (a NumPy array)."""
+        raise NotImplementedError
+
+    def sum0(self, a):
+        raise NotImplementedError
+
+    def mask(self, m: np.ndarray, like=None):
+        """A NumPy boolean mask as this library's array (on `like`'s device)."""
+        raise NotImplementedError
+
+    def mm(self, a, b, out=None):
+        """a @ b for 2-D operands (transposed views included), into `out` when given."""
+        if out is None:
+            return a @ b
+        out[...] = a @ b
+        return out
+
+    def mm_grad(self, a, b):
+        """a @ b for a weight gradient summed over every row of the sequence (a backend may
+        accumulate it in a wider type than its storage)."""
+        return self.mm(a, b)
+
+    def grad(self, g):
+        """A weight gradient's slice as returned to the caller (a backend may convert or copy it)."""
+        return g
+
+    def copy(self, a):
+        raise NotImplementedError
+
+
+class NumpyOps(ArrayOps):
+    """NumPy's array operations."""
+    name = "numpy"
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def zeros(self, shape, like=None):
+        return np.zeros(shape, dtype=self.dtype)
+
+    def where(self, m, a, b):
+        return np.where(m, a, b)
+
+    def cat(self, arrays, axis):
+        return np.concatenate(arrays, axis=axis)
+
+    def stack(self, arrays):
+        return np.stack(arrays)
+
+    def take_rows(self, a, idx):
+        return a[idx, np.arange(a.shape[1])[None, :]]
+
+    def sum0(self, a):
+        return a.sum(axis=0)
+
+    def mask(self, m: np.ndarray, like=None):
+        return m
+
+    def copy(self, a):
+        return a.copy()
+
+
+# ------------------------------------------------------------------------------ before the loop
+
+def reverse_index(T: int, lengths: np.ndarray) -> np.ndarray:
+    """idx[t, b]: the time position row b reads at step t when reversed within its length.
+    It is its own inverse, so the same index un-reverses outputs."""
+    t = np.arange(T)[:, None]
+    L = lengths[None, :]
+    return np.where(t < L, L - 1 - t, t)
+
+
+def clear_padding(x, lengths: np.ndarray, T: int):
+    """x [T, B, I] with every position past its row's length set to 0 (a copy; x is unchanged).
+
+    A row never reads those positions, but the whole-sequence GEMMs do: the hoisted input product,
+    and dW = dXP^T x after the loop, where 0 x NaN = NaN would poison every input-weight gradient.
+    So padding (NaN, inf, garbage) can never reach a result."""
+    if bool(np.all(lengths == T)):
+        return x
+    live = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+    if isinstance(x, np.ndarray):
+        return np.where(live, x, x.dtype.type(0))
+    import torch
+
+    return torch.where(torch.as_tensor(live, device=x.device), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def order_inputs(ops: ArrayOps, x, lengths: np.ndarray, reverse: bool):
+    """(x as the time loop reads it, the reverse index or None): with `reverse`, each row reversed
+    within its own length (as ONNX Runtime does); then the padding cleared (`clear_padding`)."""
+    T = x.shape[0]
+    rev_idx = None
+    if reverse:
+        rev_idx = reverse_index(T, lengths)
+        x = ops.take_rows(x, rev_idx)
+    return clear_padding(x, lengths, T), rev_idx
+
+
+def restore_order(ops: ArrayOps, a, rev_idx):
+    """A [T, B, ...] result of the time loop at the original time positions (`rev_idx` None: as is)."""
+    return a if rev_idx is None else ops.take_rows(a, rev_idx)
+
+
+@dataclass
+class Packed:
+    """The weights as the GEMM plan uses them."""
+    W: object        # [nx*H, I]: the input matrices stacked (None for a cell without input products)
+    U: list          # per group g: [k_g*H, H], its matrices stacked (index = group index)
+    vecs: dict       # vector parameter -> [H]
+
+
+def pack(program: Program, params: dict, stack_rows) -> Packed:
+    """Concatenate weights the way the GEMM plan uses them. `stack_rows(names)` is the backend's
+    row-wise concatenation of params[name] for those names (into recycled memory, on a device...)."""
+    W = stack_rows(program.input_mats) if program.input_mats else None
+    U = [stack_rows(g.mats) for g in program.groups]
+    return Packed(W=W, U=U, vecs={p: params[p] for p in program.vector_params})
+
+
+def input_products(ops: ArrayOps, program: Program, x, W, H: int, out=None):
+    """XP [T, B, nx*H] = x @ W^T for all T·B rows in one GEMM (`out`: [T·B, nx*H] to write into);
+    None for a cell without input products."""
+    nx = len(program.input_mats)
+    if not nx:
+        return None
+    T, B, I = x.shape
+    return ops.mm(x.reshape(T * B, I), W.T, out).reshape(T, B, nx * H)
+
+
+# ------------------------------------------------------------------------------- after the loop
+
+def group_operand(program: Program, g, states: dict, saved: dict, T: int):
+    """The [T, B, H] sequence group g's products read: a state before each step, or a saved value."""
+    a = program.groups[g].operand
+    return states[a.attr][:T] if a.op == "state" else saved[a.attr[1]]
+
+
+def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_out=None):
+    """The whole-sequence GEMMs after the backward loop: ({weight: gradient}, dx [T, B, I] in loop
+    order). dXP [T, B, nx*H]: the input products' adjoints (None without input products); dRP[g]
+    [T, B, k_g*H]: group g's product adjoints. Each stacked gradient is scattered to its weights by
+    slot. `dx_out`: a [T, B, I] array to write dx into (zeros are written without input products)."""
+    T, B, I, H = tape.shapes
+    grads = {}
+    nx = len(program.input_mats)
+    if nx:
+        dXP2 = dXP.reshape(T * B, nx * H)
+        dW = ops.mm_grad(dXP2.T, tape.x.reshape(T * B, I))
+        for j, m in enumerate(program.input_mats):
+            grads[m] = ops.grad(dW[j * H:(j + 1) * H])
+        dx = ops.mm(dXP2, W, None if dx_out is None else dx_out.reshape(T * B, I)).reshape(T, B, I)
+    elif dx_out is not None:
+        dx_out[...] = 0
+        dx = dx_out
+    else:
+        dx = ops.zeros((T, B, I), like=tape.x)
+    for g in program.groups:
+        V = group_operand(program, g.index, tape.states, tape.saved, T)
+        dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, H))
+        for j, m in enumerate(g.mats):
+            grads[m] = ops.grad(dU[j * H:(j + 1) * H])
+    return grads, dx
+
+
+def param_grads(ops: ArrayOps, program: Program, grads: dict, dp: dict, zeros, I: int, H: int) -> dict:
+    """{parameter: gradient} in the cell's order: the weight gradients, the vector parameters'
+    sums `dp` (one per program.dp_sums(), copied to the parameters that share it: each gradient is
+    its own array, so updating one in place leaves the other alone), and `zeros(shape)` for a
+    parameter the cell never reads."""
+    dp = {**dp, **{p: ops.copy(dp[q]) for p, q in program.dp_shared.items()}}
+    out = {}
+    for p in program.cell.params:
+        g = grads.get(p, dp.get(p))
+        out[p] = g if g is not None else zeros(program.cell.param_shape(p, I, H))
+    return out
+
+
+# ---------------------------------------------------------------- the time loop of reference/torch
+
+class SequenceDriver:
+    """Runs a backend's step functions over a sequence (the time loop of `reference` and `torch`):
+
+        fwd_step(xp_t, S, P)            -> (S1, saved)      S, S1: {state: [B, H]}; saved: {name: [B, H]}
+        bwd_step(dS1, S, S1, saved, P)  -> (dS, dxp_t, drp_t, dp_t)
+
+    Rows past their length follow program.past_length; the output state's adjoint receives dy
+    (program.dy_state)."""
+
+    def __init__(self, program: Program, ops: ArrayOps, fwd_step, bwd_step):
+        self.program = program
+        self.ops = ops
+        self.fwd_step = fwd_step
+        self.bwd_step = bwd_step
+
+    def _packed(self, params) -> dict:
+        """The step functions' P: vector parameters by name, U{g} per group."""
+        pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0))
+        return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W}
+
+    def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H):
+        prog, ops = self.program, self.ops
+        cell = prog.cell
+        full = bool(np.all(lengths == T))
+        x, rev_idx = order_inputs(ops, x, lengths, reverse)
+        P = self._packed(params)
+        XP = input_products(ops, prog, x, P["Wcat"], H)
+        S = {s: (state[s] if state is not None and s in state else ops.zeros((B, H), like=x)) for s in cell.states}
+        mask = None if full else ops.mask((np.arange(T)[:, None] < lengths[None, :])[:, :, None], like=x)
+        ys = []
+        Sseq = {s: [S[s]] for s in cell.states} if need_tape else None
+        saved = {n: [] for n, _ in prog.saved} if need_tape else None
+        out = cell.output
+        for t in range(T):
+            S1, sv = self.fwd_step(None if XP is None else XP[t], S, P)
+            if mask is None:
+                S = S1
+                ys.append(S1[out])
+            else:                      # rows past their length: prog.past_length decides
+                m = mask[t]
+                S = {s: self._past("s1", m, S1[s], S[s]) for s in cell.states}
+                ys.append(self._past("y", m, S1[out], None))
+            if need_tape:
+                for s in cell.states:
+                    Sseq[s].append(S[s])
+                for n in saved:
+                    saved[n].append(sv[n])
+        y = restore_order(ops, ops.stack(ys), rev_idx)
+        tape = None
+        if need_tape:
+            tape = Tape(x=x, states={s: ops.stack(v) for s, v in Sseq.items()},
+                        saved={n: ops.stack(v) for n, v in saved.items()}, lengths=lengths, mask=mask,
+                        reverse=reverse, rev_idx=rev_idx, packed=P, shapes=(T, B, I, H))
+        return y, dict(S), tape
+
+    def _past(self, kind: str, m, new, old):
+        """The value a row past its length gets, as the Program's past_length table says."""
+        rule = self.program.past_length[kind]
+        return self.ops.where(m, new, 0.0 if rule == "zero" else old)
+
+    def backward(self, tape: Tape, dy, dstate):
+        prog, ops = self.program, self.ops
+        cell = prog.cell
+        T, B, I, H = tape.shapes
+        P = tape.packed
+        dy = restore_order(ops, dy, tape.rev_idx)      # the index is its own inverse: to loop order
+        dS = {s: (dstate[s] if dstate is not None and s in dstate else ops.zeros((B, H), like=dy))
+              for s in cell.states}
+        dXP = [None] * T
+        dRP = {g.index: [None] * T for g in prog.groups}
+        sums = prog.dp_sums()          # a shared gradient sum is accumulated once (prog.dp_shared)
+        dp = {p: ops.zeros((H,), like=dy) for p in sums}
+        mask = tape.mask
+        seed = prog.dy_state
+        for t in range(T - 1, -1, -1):
+            m = None if mask is None else mask[t]
+            if m is None:
+                dS[seed] = dS[seed] + dy[t]
+                seeds = dS
+            else:                      # a row past its length: no dy, and its step's adjoints are 0
+                dS[seed] = dS[seed] + ops.where(m, dy[t], 0.0)
+                seeds = {s: ops.where(m, dS[s], 0.0) for s in cell.states}
+            S = {s: tape.states[s][t] for s in cell.states}
+            S1 = {s: tape.states[s][t + 1] for s in cell.states}
+            sv = {n: tape.saved[n][t] for n in tape.saved}
+            dprev, dxp_t, drp_t, dp_t = self.bwd_step(seeds, S, S1, sv, P)
+            dS = dprev if m is None else {s: self._past("ds", m, dprev[s], dS[s]) for s in cell.states}
+            dXP[t] = dxp_t
+            for g in prog.groups:
+                dRP[g.index][t] = drp_t[g.index]
+            for p in sums:
+                dp[p] = dp[p] + ops.sum0(dp_t[p])
+        dXPs = ops.stack(dXP) if prog.input_mats else None
+        grads, dx = weight_grads(ops, prog, tape, P["Wcat"], dXPs, {g: ops.stack(v) for g, v in dRP.items()})
+        dx = restore_order(ops, dx, tape.rev_idx)
+        return dx, dS, param_grads(ops, prog, grads, dp, lambda shape: ops.zeros(shape, like=dy), I, H)
