@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 
+from ..sequence import input_products
 from .render import _mangle, _param_args
 from .schedule import Schedule, triton_cdiv
 
@@ -180,14 +181,14 @@ class GraphWorkspaces:
     def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
         """The step design on a workspace's static buffers: inputs are copied in, the captured time
         loop replays. The tape's states and saved values are the workspace's own arrays."""
-        torch, prog = self.torch, self.program
+        prog = self.program
         e = ws.env
         if not e:
             self._new_buffers(ws, sched, T, B, H, need_tape)
             e = ws.env
         nx = len(prog.input_mats)
         if nx:
-            torch.mm(x.reshape(T * B, I), Wcat.t(), out=e["XP"].view(T * B, nx * H))
+            input_products(self.ops, prog, x, Wcat, H, out=e["XP"].view(T * B, nx * H))
         for g in prog.groups:
             _put(e, f"UT{g.index}", Ucat[g.index].t())
         for p, a in _param_args(prog):
