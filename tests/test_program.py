@@ -107,3 +107,39 @@ def test_shared_sums_are_the_same_expression():
     for p, q in prog.dp_shared.items():
         assert adj[("dp", p)] is adj[("dp", q)]
     assert adj[("dxp", "W_i")] is var("drp", 0, "U_i")
+
+
+# A change of the past_length table reaches the generated code of both compiled backends: the
+# renderers print the table, they do not decide it. (kind, rule, a numba line, a triton line)
+PAST_RULES = [
+    ("s1", "zero", "nxt_h[b, j] = np.float32(0.0)", "w_h = tl.where(live, n_h, 0.0)"),
+    ("s1", "keep", "nxt_h[b, j] = cur_h[b, j]", "w_h = tl.where(live, n_h, s_h)"),
+    ("ds", "zero", "dSn_c[b, j] = np.float32(0.0)", "tl.where(live, ds_c, 0.0)"),
+    ("ds", "pass", "dSn_c[b, j] = dS_c[b, j]", "tl.where(live, ds_c, go_c)"),
+    ("sv", "zero", "SV_i[ti, b, j] = np.float32(0.0)", "tl.where(live, sv_i, 0.0)"),
+]
+
+
+@pytest.mark.parametrize("kind,rule,numba_line,triton_line", PAST_RULES)
+def test_past_length_table_is_printed_by_both_renderers(kind, rule, numba_line, triton_line):
+    from lstmc.backends.numba.render import render as numba_render
+    from lstmc.backends.triton.render import render as triton_render
+
+    prog = lstmc.lower(lstmc.load("lstm"))
+    prog.past_length = {**PAST_LENGTH, kind: rule}
+    assert numba_line in numba_render(prog, "float32")
+    assert triton_line in triton_render(prog, "float32", "float32").source
+
+
+@pytest.mark.parametrize("kind", ["y", "sv", "drp", "dp"])
+def test_a_rule_that_needs_a_value_before_the_step_is_refused(kind):
+    """keep/pass make no sense for a value with nothing before the step: both renderers refuse."""
+    from lstmc.backends.numba.render import render as numba_render
+    from lstmc.backends.triton.render import render as triton_render
+
+    prog = lstmc.lower(lstmc.load("lstm"))
+    prog.past_length = {**PAST_LENGTH, kind: "keep"}
+    with pytest.raises(ValueError, match=rf"past_length\['{kind}'\]"):
+        numba_render(prog, "float32")
+    with pytest.raises(ValueError, match=rf"past_length\['{kind}'\]"):
+        triton_render(prog, "float32", "float32")

@@ -80,6 +80,18 @@ def render_expr(expr: Node, spell: dict, leaf=value_name, const=repr) -> str:
     return text[expr][0]
 
 
+def past_value(program, kind: str, old: str | None, zero: str) -> str:
+    """Source text of what a batch row past its length gets for a value of `kind`, as the Program's
+    past_length table says: `zero` ("zero"), or `old` ("keep": the value before the step; "pass":
+    the incoming adjoint). Renderers print this; none decides it."""
+    rule = program.past_length[kind]
+    if rule == "zero":
+        return zero
+    if old is None:
+        raise ValueError(f"past_length[{kind!r}] = {rule!r} needs a value before the step, and {kind} has none")
+    return old
+
+
 def check_spelling(spell: dict, backend: str) -> None:
     missing = [op for op in POINTWISE if op not in _SYM and op != "neg" and op not in spell]
     if missing:  # pragma: no cover - guarded by tests/test_tables.py

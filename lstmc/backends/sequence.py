@@ -18,6 +18,7 @@ step functions; numba and triton run generated kernels.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,11 @@ class ArrayOps:
         """A NumPy boolean mask as this library's array (on `like`'s device)."""
         raise NotImplementedError
 
+    def discarded(self):
+        """A context for computing values of rows whose results are then discarded (rows past their
+        length read saved values that are 0, so 0/0 may occur there): no floating-point warnings."""
+        return contextlib.nullcontext()
+
     def mm(self, a, b, out=None):
         """a @ b for 2-D operands (transposed views included), into `out` when given."""
         if out is None:
@@ -82,6 +88,9 @@ class NumpyOps(ArrayOps):
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+
+    def discarded(self):
+        return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
     def zeros(self, shape, like=None):
         return np.zeros(shape, dtype=self.dtype)
@@ -272,7 +281,7 @@ class SequenceDriver:
                 for s in cell.states:
                     Sseq[s].append(S[s])
                 for n in saved:
-                    saved[n].append(sv[n])
+                    saved[n].append(sv[n] if mask is None else self._past("sv", mask[t], sv[n], None))
         y = restore_order(ops, ops.stack(ys), rev_idx)
         tape = None
         if need_tape:
@@ -311,8 +320,15 @@ class SequenceDriver:
             S = {s: tape.states[s][t] for s in cell.states}
             S1 = {s: tape.states[s][t + 1] for s in cell.states}
             sv = {n: tape.saved[n][t] for n in tape.saved}
-            dprev, dxp_t, drp_t, dp_t = self.bwd_step(seeds, S, S1, sv, P)
-            dS = dprev if m is None else {s: self._past("ds", m, dprev[s], dS[s]) for s in cell.states}
+            with (contextlib.nullcontext() if m is None else ops.discarded()):
+                dprev, dxp_t, drp_t, dp_t = self.bwd_step(seeds, S, S1, sv, P)
+            if m is None:
+                dS = dprev
+            else:                      # a row past its length: prog.past_length decides
+                dS = {s: self._past("ds", m, dprev[s], dS[s]) for s in cell.states}
+                dxp_t = None if dxp_t is None else self._past("dxp", m, dxp_t, None)
+                drp_t = {g: self._past("drp", m, v, None) for g, v in drp_t.items()}
+                dp_t = {p: self._past("dp", m, dp_t[p], None) for p in sums}
             dXP[t] = dxp_t
             for g in prog.groups:
                 dRP[g.index][t] = drp_t[g.index]

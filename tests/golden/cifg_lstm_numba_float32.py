@@ -57,7 +57,11 @@ def forward(XP, U0, p_b_i, p_b_g, p_b_o, L, Sq_h, Sq_c, SV_i, SV_tanh_c1, SV_o, 
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_o[ti, b, j] = np.float32(0.0)
+                    SV_i[ti, b, j] = np.float32(0.0)
+                    SV_g[ti, b, j] = np.float32(0.0)
                     nxt_c[b, j] = cur_c[b, j]
+                    SV_tanh_c1[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

@@ -63,22 +63,22 @@ def fwd_step0(L, P_b_o, P_b_i, P_b_g, SQ_h, UT0, XP, SV_o, SV_i, SV_g, SQ_c, SV_
     # block 1
     xp_W_o = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_o = _sigmoid(xp_W_o + rp0_U_o + p_b_o)
-    tl.store(SV_o + rt + obh, sv_o, mask=m2)
+    tl.store(SV_o + rt + obh, tl.where(live, sv_o, 0.0), mask=m2)
     xp_W_i = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_i = _sigmoid(xp_W_i + rp0_U_i + p_b_i)
-    tl.store(SV_i + rt + obh, sv_i, mask=m2)
+    tl.store(SV_i + rt + obh, tl.where(live, sv_i, 0.0), mask=m2)
     xp_W_g = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_g = _tanh(xp_W_g + rp0_U_g + p_b_g)
-    tl.store(SV_g + rt + obh, sv_g, mask=m2)
+    tl.store(SV_g + rt + obh, tl.where(live, sv_g, 0.0), mask=m2)
     s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
     n_c = (1.0 - sv_i) * s_c + sv_i * sv_g
-    w_c = tl.where(live, n_c, s_c)  # rows past their length keep their state
+    w_c = tl.where(live, n_c, s_c)  # rows past their length: program.past_length
     tl.store(SQ_c + rn + obh, w_c, mask=m2)
     sv_tanh_c1 = _tanh(n_c)
-    tl.store(SV_tanh_c1 + rt + obh, sv_tanh_c1, mask=m2)
+    tl.store(SV_tanh_c1 + rt + obh, tl.where(live, sv_tanh_c1, 0.0), mask=m2)
     n_h = sv_o * sv_tanh_c1
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -115,13 +115,13 @@ def bwd_step0(L, DS_c, DS_h, dY, SV_o, SV_tanh_c1, SV_i, SV_g, SQ_c, dRP0, DSN_c
     sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
     s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
     drp0_U_i = (t_add * sv_g - t_add * s_c) * sv_i * t_sub
-    drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: no gradient
+    drp0_U_i = tl.where(live, drp0_U_i, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
     drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-    drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: no gradient
+    drp0_U_g = tl.where(live, drp0_U_g, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
     drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-    drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: no gradient
+    drp0_U_o = tl.where(live, drp0_U_o, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_o, mask=m2)
     ds_c = t_add * t_sub
     tl.store(DSN_c + obh, tl.where(live, ds_c, go_c), mask=m2)
@@ -212,20 +212,20 @@ def fwd_persistent(L, P_b_o, P_b_i, P_b_g, SQ_h, SQ_c, UT0, XP, SV_o, SV_i, SV_g
         # block 1
         xp_W_o = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_o = _sigmoid(xp_W_o + rp0_U_o + p_b_o)
-        if STORE_TAPE: tl.store(SV_o + rt + obh, sv_o, mask=m2)
+        if STORE_TAPE: tl.store(SV_o + rt + obh, tl.where(live, sv_o, 0.0), mask=m2)
         xp_W_i = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_i = _sigmoid(xp_W_i + rp0_U_i + p_b_i)
-        if STORE_TAPE: tl.store(SV_i + rt + obh, sv_i, mask=m2)
+        if STORE_TAPE: tl.store(SV_i + rt + obh, tl.where(live, sv_i, 0.0), mask=m2)
         xp_W_g = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_g = _tanh(xp_W_g + rp0_U_g + p_b_g)
-        if STORE_TAPE: tl.store(SV_g + rt + obh, sv_g, mask=m2)
+        if STORE_TAPE: tl.store(SV_g + rt + obh, tl.where(live, sv_g, 0.0), mask=m2)
         n_c = (1.0 - sv_i) * s_c + sv_i * sv_g
-        w_c = tl.where(live, n_c, s_c)  # rows past their length keep their state
+        w_c = tl.where(live, n_c, s_c)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_c + rn + obh, w_c, mask=m2)
         sv_tanh_c1 = _tanh(n_c)
-        if STORE_TAPE: tl.store(SV_tanh_c1 + rt + obh, sv_tanh_c1, mask=m2)
+        if STORE_TAPE: tl.store(SV_tanh_c1 + rt + obh, tl.where(live, sv_tanh_c1, 0.0), mask=m2)
         n_h = sv_o * sv_tanh_c1
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_c = w_c
@@ -276,13 +276,13 @@ def bwd_persistent(L, DS_h, DS_c, dY, SV_o, SV_tanh_c1, SV_i, SV_g, SQ_c, dRP0, 
         sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
         s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_i = (t_add * sv_g - t_add * s_c) * sv_i * t_sub
-        drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: no gradient
+        drp0_U_i = tl.where(live, drp0_U_i, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
         drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-        drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: no gradient
+        drp0_U_g = tl.where(live, drp0_U_g, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
         drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-        drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: no gradient
+        drp0_U_o = tl.where(live, drp0_U_o, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_o, mask=m2)
         ds_c = t_add * t_sub
         dxp_W_i = drp0_U_i
@@ -301,8 +301,8 @@ def bwd_persistent(L, DS_h, DS_c, dY, SV_o, SV_tanh_c1, SV_i, SV_g, SQ_c, dRP0, 
         dv0 = _dot(drp0_U_o.to(DT), V0_2, dv0, DOT_F32, PREC)
         # block 1
         ds_h = dv0
-        gs_c = tl.where(live, ds_c, gs_c)  # rows past their length pass it through
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_c = tl.where(live, ds_c, gs_c)
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DS_c + obh, gs_c, mask=m2)
     tl.store(DP + pid_b * (3 * H) + 0 * H + cols, dpa_b_i, mask=cmask)

@@ -53,6 +53,10 @@ def forward(XP, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV_
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_z[ti, b, j] = np.float32(0.0)
+                    SV_r[ti, b, j] = np.float32(0.0)
+                    SV_add[ti, b, j] = np.float32(0.0)
+                    SV_n[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

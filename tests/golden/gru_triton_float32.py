@@ -66,18 +66,18 @@ def fwd_step0(L, P_b_iz, P_b_hz, P_b_ir, P_b_hr, P_b_hn, P_b_in, SQ_h, UT0, XP, 
     # block 1
     xp_W_z = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_z = _sigmoid(xp_W_z + p_b_iz + rp0_U_z + p_b_hz)
-    tl.store(SV_z + rt + obh, sv_z, mask=m2)
+    tl.store(SV_z + rt + obh, tl.where(live, sv_z, 0.0), mask=m2)
     xp_W_r = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_r = _sigmoid(xp_W_r + p_b_ir + rp0_U_r + p_b_hr)
-    tl.store(SV_r + rt + obh, sv_r, mask=m2)
+    tl.store(SV_r + rt + obh, tl.where(live, sv_r, 0.0), mask=m2)
     sv_add = rp0_U_n + p_b_hn
-    tl.store(SV_add + rt + obh, sv_add, mask=m2)
+    tl.store(SV_add + rt + obh, tl.where(live, sv_add, 0.0), mask=m2)
     xp_W_n = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_n = _tanh(xp_W_n + p_b_in + sv_r * sv_add)
-    tl.store(SV_n + rt + obh, sv_n, mask=m2)
+    tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     n_h = (1.0 - sv_z) * sv_n + sv_z * s_h
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -113,14 +113,14 @@ def bwd_step0(L, SV_z, DS_h, dY, SV_n, dXP, SV_add, SV_r, dRP0, SQ_h, DP, t, B, 
     sv_add = tl.load(SV_add + rt + obh, mask=m2, other=0.0).to(CT)
     sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_r = dxp_W_n * sv_add * sv_r * (1.0 - sv_r)
-    drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: no gradient
+    drp0_U_r = tl.where(live, drp0_U_r, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_r, mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-    drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: no gradient
+    drp0_U_z = tl.where(live, drp0_U_z, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_z, mask=m2)
     drp0_U_n = dxp_W_n * sv_r
-    drp0_U_n = tl.where(live, drp0_U_n, 0.0)  # rows past their length: no gradient
+    drp0_U_n = tl.where(live, drp0_U_n, 0.0)
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_n, mask=m2)
     dxp_W_r = drp0_U_r
     dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -226,17 +226,17 @@ def fwd_persistent(L, P_b_iz, P_b_hz, P_b_ir, P_b_hr, P_b_hn, P_b_in, SQ_h, UT0,
         # block 1
         xp_W_z = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_z = _sigmoid(xp_W_z + p_b_iz + rp0_U_z + p_b_hz)
-        if STORE_TAPE: tl.store(SV_z + rt + obh, sv_z, mask=m2)
+        if STORE_TAPE: tl.store(SV_z + rt + obh, tl.where(live, sv_z, 0.0), mask=m2)
         xp_W_r = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_r = _sigmoid(xp_W_r + p_b_ir + rp0_U_r + p_b_hr)
-        if STORE_TAPE: tl.store(SV_r + rt + obh, sv_r, mask=m2)
+        if STORE_TAPE: tl.store(SV_r + rt + obh, tl.where(live, sv_r, 0.0), mask=m2)
         sv_add = rp0_U_n + p_b_hn
-        if STORE_TAPE: tl.store(SV_add + rt + obh, sv_add, mask=m2)
+        if STORE_TAPE: tl.store(SV_add + rt + obh, tl.where(live, sv_add, 0.0), mask=m2)
         xp_W_n = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_n = _tanh(xp_W_n + p_b_in + sv_r * sv_add)
-        if STORE_TAPE: tl.store(SV_n + rt + obh, sv_n, mask=m2)
+        if STORE_TAPE: tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
         n_h = (1.0 - sv_z) * sv_n + sv_z * s_h
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_h = w_h
@@ -284,14 +284,14 @@ def bwd_persistent(L, DS_h, SV_z, dY, SV_n, dXP, SV_add, SV_r, dRP0, SQ_h, U0, D
         sv_add = tl.load(SV_add + rt + obh, mask=m2, other=0.0).to(CT)
         sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_r = dxp_W_n * sv_add * sv_r * (1.0 - sv_r)
-        drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: no gradient
+        drp0_U_r = tl.where(live, drp0_U_r, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_r, mask=m2)
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-        drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: no gradient
+        drp0_U_z = tl.where(live, drp0_U_z, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_z, mask=m2)
         drp0_U_n = dxp_W_n * sv_r
-        drp0_U_n = tl.where(live, drp0_U_n, 0.0)  # rows past their length: no gradient
+        drp0_U_n = tl.where(live, drp0_U_n, 0.0)
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_n, mask=m2)
         dxp_W_r = drp0_U_r
         dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -316,7 +316,7 @@ def bwd_persistent(L, DS_h, SV_z, dY, SV_n, dXP, SV_add, SV_r, dRP0, SQ_h, U0, D
         dv0 = _dot(drp0_U_n.to(DT), V0_2, dv0, DOT_F32, PREC)
         # block 1
         ds_h = dv0 + dn_h * sv_z
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DP + pid_b * (6 * H) + 0 * H + cols, dpa_b_ir, mask=cmask)
     tl.store(DP + pid_b * (6 * H) + 1 * H + cols, dpa_b_ir, mask=cmask)

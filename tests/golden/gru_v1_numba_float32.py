@@ -47,6 +47,11 @@ def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r
                     SV_r[ti, b, j] = sv_r
                     sv_mul_r_h = sv_r * cur_h[b, j]
                     SV_mul_r_h[ti, b, j] = sv_mul_r_h
+            else:
+                for j in range(H):
+                    SV_z[ti, b, j] = np.float32(0.0)
+                    SV_r[ti, b, j] = np.float32(0.0)
+                    SV_mul_r_h[ti, b, j] = np.float32(0.0)
         if b1 - b0 <= SMALL_ROWS:  # [U_n]^T
             _mm_nt(SV_mul_r_h[ti, b0:b1], U1, RP1[b0:b1])
         else:
@@ -62,6 +67,7 @@ def forward(XP, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_r
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_n[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

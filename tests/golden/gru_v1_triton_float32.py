@@ -59,13 +59,13 @@ def fwd_step0(L, P_b_z, P_b_r, SQ_h, UT0, XP, SV_z, SV_r, SV_mul_r_h, t, ci, ni,
     # block 1
     xp_W_z = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_z = _sigmoid(xp_W_z + rp0_U_z + p_b_z)
-    tl.store(SV_z + rt + obh, sv_z, mask=m2)
+    tl.store(SV_z + rt + obh, tl.where(live, sv_z, 0.0), mask=m2)
     xp_W_r = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_r = _sigmoid(xp_W_r + rp0_U_r + p_b_r)
-    tl.store(SV_r + rt + obh, sv_r, mask=m2)
+    tl.store(SV_r + rt + obh, tl.where(live, sv_r, 0.0), mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_mul_r_h = sv_r * s_h
-    tl.store(SV_mul_r_h + rt + obh, sv_mul_r_h, mask=m2)
+    tl.store(SV_mul_r_h + rt + obh, tl.where(live, sv_mul_r_h, 0.0), mask=m2)
 
 
 # forward segment 1 of one step: GEMM[U_n] + block 2
@@ -99,11 +99,11 @@ def fwd_step1(L, P_b_n, SV_mul_r_h, UT1, XP, SV_n, SV_z, SQ_h, Y, t, ci, ni, ti,
     # block 2
     xp_W_n = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_n = _tanh(xp_W_n + rp1_U_n + p_b_n)
-    tl.store(SV_n + rt + obh, sv_n, mask=m2)
+    tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
     sv_z = tl.load(SV_z + rt + obh, mask=m2, other=0.0).to(CT)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     n_h = (1.0 - sv_z) * sv_n + sv_z * s_h
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -135,10 +135,10 @@ def bwd_step0(L, SV_z, DS_h, dY, SQ_h, SV_n, dRP0, dRP1, dXP, DP, t, B, H, BB: t
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-    drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: no gradient
+    drp0_U_z = tl.where(live, drp0_U_z, 0.0)
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_z, mask=m2)
     drp1_U_n = dn_h * t_sub * (1.0 - sv_n * sv_n)
-    drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: no gradient
+    drp1_U_n = tl.where(live, drp1_U_n, 0.0)
     tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
     dxp_W_z = drp0_U_z
     dxp_W_z = tl.where(live, dxp_W_z, 0.0)
@@ -188,7 +188,7 @@ def bwd_step1(L, dRP1, U1, DV1, SQ_h, SV_r, dRP0, dXP, DP, t, B, H, BB: tl.const
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_r = dv1 * s_h * sv_r * (1.0 - sv_r)
-    drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: no gradient
+    drp0_U_r = tl.where(live, drp0_U_r, 0.0)
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_r, mask=m2)
     dxp_W_r = drp0_U_r
     dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -271,21 +271,21 @@ def fwd_persistent(L, P_b_z, P_b_r, P_b_n, SQ_h, UT0, XP, SV_z, SV_r, SV_mul_r_h
         # block 1
         xp_W_z = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_z = _sigmoid(xp_W_z + rp0_U_z + p_b_z)
-        if STORE_TAPE: tl.store(SV_z + rt + obh, sv_z, mask=m2)
+        if STORE_TAPE: tl.store(SV_z + rt + obh, tl.where(live, sv_z, 0.0), mask=m2)
         xp_W_r = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_r = _sigmoid(xp_W_r + rp0_U_r + p_b_r)
-        if STORE_TAPE: tl.store(SV_r + rt + obh, sv_r, mask=m2)
+        if STORE_TAPE: tl.store(SV_r + rt + obh, tl.where(live, sv_r, 0.0), mask=m2)
         sv_mul_r_h = sv_r * s_h
-        if STORE_TAPE: tl.store(SV_mul_r_h + rt + obh, sv_mul_r_h, mask=m2)
+        if STORE_TAPE: tl.store(SV_mul_r_h + rt + obh, tl.where(live, sv_mul_r_h, 0.0), mask=m2)
         # GEMM [U_n]: sv_mul_r_h @ UT1 (weights in registers)
         a = tl.where(cmask[None, :], sv_mul_r_h, 0.0).to(DT)
         rp1_U_n = _dot(a, W1_0, ZT, DOT_F32, PREC)
         # block 2
         xp_W_n = tl.load(XP + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_n = _tanh(xp_W_n + rp1_U_n + p_b_n)
-        if STORE_TAPE: tl.store(SV_n + rt + obh, sv_n, mask=m2)
+        if STORE_TAPE: tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
         n_h = (1.0 - sv_z) * sv_n + sv_z * s_h
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_h = w_h
@@ -328,10 +328,10 @@ def bwd_persistent(L, DS_h, SV_z, dY, SQ_h, SV_n, dRP0, dRP1, dXP, U1, SV_r, U0,
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-        drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: no gradient
+        drp0_U_z = tl.where(live, drp0_U_z, 0.0)
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_z, mask=m2)
         drp1_U_n = dn_h * t_sub * (1.0 - sv_n * sv_n)
-        drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: no gradient
+        drp1_U_n = tl.where(live, drp1_U_n, 0.0)
         tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
         dxp_W_z = drp0_U_z
         dxp_W_z = tl.where(live, dxp_W_z, 0.0)
@@ -349,7 +349,7 @@ def bwd_persistent(L, DS_h, SV_z, dY, SQ_h, SV_n, dRP0, dRP1, dXP, U1, SV_r, U0,
         # block 1
         sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_r = dv1 * s_h * sv_r * (1.0 - sv_r)
-        drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: no gradient
+        drp0_U_r = tl.where(live, drp0_U_r, 0.0)
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_r, mask=m2)
         dxp_W_r = drp0_U_r
         dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -362,7 +362,7 @@ def bwd_persistent(L, DS_h, SV_z, dY, SQ_h, SV_n, dRP0, dRP1, dXP, U1, SV_r, U0,
         dv0 = _dot(drp0_U_r.to(DT), V0_1, dv0, DOT_F32, PREC)
         # block 2
         ds_h = dv0 + dv1 * sv_r + dn_h * sv_z
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DP + pid_b * (3 * H) + 0 * H + cols, dpa_b_z, mask=cmask)
     tl.store(DP + pid_b * (3 * H) + 2 * H + cols, dpa_b_n, mask=cmask)

@@ -49,7 +49,7 @@ def fwd_step0(L, P_u, P_b, XP, SQ_h, Y, t, ci, ni, ti, B, H, BB: tl.constexpr, B
     xp_W = tl.load(XP + ry * 1 + obh, mask=m2, other=0.0).to(CT)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     n_h = _relu(xp_W + p_u * s_h + p_b)
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -121,7 +121,7 @@ def fwd_persistent(L, P_u, P_b, SQ_h, XP, Y, T, B, H, BB: tl.constexpr, BH: tl.c
         # block 0
         xp_W = tl.load(XP + ry * 1 + obh, mask=m2, other=0.0).to(CT)
         n_h = _relu(xp_W + p_u * s_h + p_b)
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_h = w_h
@@ -166,7 +166,7 @@ def bwd_persistent(L, P_u, DS_h, dY, SQ_h, dXP, DP, T, B, H, BB: tl.constexpr, B
         dpa_u += tl.sum(tl.where(live, dp_u, 0.0), axis=0)
         dp_b = dxp_W
         dpa_b += tl.sum(tl.where(live, dp_b, 0.0), axis=0)
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DP + pid_b * (2 * H) + 0 * H + cols, dpa_u, mask=cmask)
     tl.store(DP + pid_b * (2 * H) + 1 * H + cols, dpa_b, mask=cmask)

@@ -52,6 +52,9 @@ def forward(XP, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, Y, st
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_sigmoid_s[ti, b, j] = np.float32(0.0)
+                    SV_sigmoid[ti, b, j] = np.float32(0.0)
+                    SV_g[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

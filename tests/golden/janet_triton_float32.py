@@ -60,15 +60,15 @@ def fwd_step0(L, P_b_f, P_b_g, SQ_h, UT0, XP, SV_sigmoid_s, SV_sigmoid, SV_g, Y,
     xp_W_f = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     t_s = xp_W_f + rp0_U_f + p_b_f
     sv_sigmoid_s = _sigmoid(t_s)
-    tl.store(SV_sigmoid_s + rt + obh, sv_sigmoid_s, mask=m2)
+    tl.store(SV_sigmoid_s + rt + obh, tl.where(live, sv_sigmoid_s, 0.0), mask=m2)
     sv_sigmoid = _sigmoid(t_s - 1.0)
-    tl.store(SV_sigmoid + rt + obh, sv_sigmoid, mask=m2)
+    tl.store(SV_sigmoid + rt + obh, tl.where(live, sv_sigmoid, 0.0), mask=m2)
     xp_W_g = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_g = _tanh(xp_W_g + rp0_U_g + p_b_g)
-    tl.store(SV_g + rt + obh, sv_g, mask=m2)
+    tl.store(SV_g + rt + obh, tl.where(live, sv_g, 0.0), mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     n_h = sv_sigmoid_s * s_h + (1.0 - sv_sigmoid) * sv_g
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -101,10 +101,10 @@ def bwd_step0(L, SV_sigmoid, DS_h, dY, SQ_h, SV_sigmoid_s, SV_g, dRP0, DP, t, B,
     sv_sigmoid_s = tl.load(SV_sigmoid_s + rt + obh, mask=m2, other=0.0).to(CT)
     sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_f = dn_h * s_h * sv_sigmoid_s * (1.0 - sv_sigmoid_s) - dn_h * sv_g * sv_sigmoid * t_sub
-    drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: no gradient
+    drp0_U_f = tl.where(live, drp0_U_f, 0.0)
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
     drp0_U_g = dn_h * t_sub * (1.0 - sv_g * sv_g)
-    drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: no gradient
+    drp0_U_g = tl.where(live, drp0_U_g, 0.0)
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
     dxp_W_f = drp0_U_f
     dxp_W_g = drp0_U_g
@@ -187,14 +187,14 @@ def fwd_persistent(L, P_b_f, P_b_g, SQ_h, UT0, XP, SV_sigmoid_s, SV_sigmoid, SV_
         xp_W_f = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         t_s = xp_W_f + rp0_U_f + p_b_f
         sv_sigmoid_s = _sigmoid(t_s)
-        if STORE_TAPE: tl.store(SV_sigmoid_s + rt + obh, sv_sigmoid_s, mask=m2)
+        if STORE_TAPE: tl.store(SV_sigmoid_s + rt + obh, tl.where(live, sv_sigmoid_s, 0.0), mask=m2)
         sv_sigmoid = _sigmoid(t_s - 1.0)
-        if STORE_TAPE: tl.store(SV_sigmoid + rt + obh, sv_sigmoid, mask=m2)
+        if STORE_TAPE: tl.store(SV_sigmoid + rt + obh, tl.where(live, sv_sigmoid, 0.0), mask=m2)
         xp_W_g = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_g = _tanh(xp_W_g + rp0_U_g + p_b_g)
-        if STORE_TAPE: tl.store(SV_g + rt + obh, sv_g, mask=m2)
+        if STORE_TAPE: tl.store(SV_g + rt + obh, tl.where(live, sv_g, 0.0), mask=m2)
         n_h = sv_sigmoid_s * s_h + (1.0 - sv_sigmoid) * sv_g
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_h = w_h
@@ -236,10 +236,10 @@ def bwd_persistent(L, DS_h, SV_sigmoid, dY, SQ_h, SV_sigmoid_s, SV_g, dRP0, U0, 
         sv_sigmoid_s = tl.load(SV_sigmoid_s + rt + obh, mask=m2, other=0.0).to(CT)
         sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_f = dn_h * s_h * sv_sigmoid_s * (1.0 - sv_sigmoid_s) - dn_h * sv_g * sv_sigmoid * t_sub
-        drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: no gradient
+        drp0_U_f = tl.where(live, drp0_U_f, 0.0)
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
         drp0_U_g = dn_h * t_sub * (1.0 - sv_g * sv_g)
-        drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: no gradient
+        drp0_U_g = tl.where(live, drp0_U_g, 0.0)
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
         dxp_W_f = drp0_U_f
         dxp_W_g = drp0_U_g
@@ -253,7 +253,7 @@ def bwd_persistent(L, DS_h, SV_sigmoid, dY, SQ_h, SV_sigmoid_s, SV_g, dRP0, U0, 
         dv0 = _dot(drp0_U_g.to(DT), V0_1, dv0, DOT_F32, PREC)
         # block 1
         ds_h = dv0 + dn_h * sv_sigmoid_s
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DP + pid_b * (2 * H) + 0 * H + cols, dpa_b_f, mask=cmask)
     tl.store(DP + pid_b * (2 * H) + 1 * H + cols, dpa_b_g, mask=cmask)

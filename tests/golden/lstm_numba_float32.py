@@ -59,7 +59,12 @@ def forward(XP, U0, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b_
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_o[ti, b, j] = np.float32(0.0)
+                    SV_f[ti, b, j] = np.float32(0.0)
+                    SV_i[ti, b, j] = np.float32(0.0)
+                    SV_g[ti, b, j] = np.float32(0.0)
                     nxt_c[b, j] = cur_c[b, j]
+                    SV_tanh_c1[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

@@ -45,6 +45,10 @@ def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride
                     SV_f[ti, b, j] = sv_f
                     sv_mul_f_h = sv_f * cur_h[b, j]
                     SV_mul_f_h[ti, b, j] = sv_mul_f_h
+            else:
+                for j in range(H):
+                    SV_f[ti, b, j] = np.float32(0.0)
+                    SV_mul_f_h[ti, b, j] = np.float32(0.0)
         if b1 - b0 <= SMALL_ROWS:  # [U_n]^T
             _mm_nt(SV_mul_f_h[ti, b0:b1], U1, RP1[b0:b1])
         else:
@@ -60,6 +64,7 @@ def forward(XP, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, Y, stride
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_n[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

@@ -55,10 +55,10 @@ def fwd_step0(L, P_b_f, SQ_h, UT0, XP, SV_f, SV_mul_f_h, t, ci, ni, ti, B, H, BB
     # block 1
     xp_W_f = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_f = _sigmoid(xp_W_f + rp0_U_f + p_b_f)
-    tl.store(SV_f + rt + obh, sv_f, mask=m2)
+    tl.store(SV_f + rt + obh, tl.where(live, sv_f, 0.0), mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_mul_f_h = sv_f * s_h
-    tl.store(SV_mul_f_h + rt + obh, sv_mul_f_h, mask=m2)
+    tl.store(SV_mul_f_h + rt + obh, tl.where(live, sv_mul_f_h, 0.0), mask=m2)
 
 
 # forward segment 1 of one step: GEMM[U_n] + block 2
@@ -92,11 +92,11 @@ def fwd_step1(L, P_b_n, SV_mul_f_h, UT1, XP, SV_n, SV_f, SQ_h, Y, t, ci, ni, ti,
     # block 2
     xp_W_n = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
     sv_n = _tanh(xp_W_n + rp1_U_n + p_b_n)
-    tl.store(SV_n + rt + obh, sv_n, mask=m2)
+    tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
     sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     n_h = (1.0 - sv_f) * s_h + sv_f * sv_n
-    w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+    w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
     tl.store(SQ_h + rn + obh, w_h, mask=m2)
     tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
 
@@ -126,7 +126,7 @@ def bwd_step0(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, DP, t, B, H, BB: tl.constexpr,
     sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp1_U_n = dn_h * sv_f * (1.0 - sv_n * sv_n)
-    drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: no gradient
+    drp1_U_n = tl.where(live, drp1_U_n, 0.0)
     tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
     dxp_W_n = drp1_U_n
     dxp_W_n = tl.where(live, dxp_W_n, 0.0)
@@ -174,7 +174,7 @@ def bwd_step1(L, dRP1, U1, DV1, SV_f, BT_sub, SQ_h, DS_h, dY, SV_n, dRP0, dXP, D
     dn_h = go_h + tl.load(dY + ry + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_f = (dv1 * s_h + dn_h * sv_n - dn_h * s_h) * sv_f * t_sub
-    drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: no gradient
+    drp0_U_f = tl.where(live, drp0_U_f, 0.0)
     tl.store(dRP0 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
     dxp_W_f = drp0_U_f
     dxp_W_f = tl.where(live, dxp_W_f, 0.0)
@@ -254,18 +254,18 @@ def fwd_persistent(L, P_b_f, P_b_n, SQ_h, UT0, XP, SV_f, SV_mul_f_h, UT1, SV_n, 
         # block 1
         xp_W_f = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_f = _sigmoid(xp_W_f + rp0_U_f + p_b_f)
-        if STORE_TAPE: tl.store(SV_f + rt + obh, sv_f, mask=m2)
+        if STORE_TAPE: tl.store(SV_f + rt + obh, tl.where(live, sv_f, 0.0), mask=m2)
         sv_mul_f_h = sv_f * s_h
-        if STORE_TAPE: tl.store(SV_mul_f_h + rt + obh, sv_mul_f_h, mask=m2)
+        if STORE_TAPE: tl.store(SV_mul_f_h + rt + obh, tl.where(live, sv_mul_f_h, 0.0), mask=m2)
         # GEMM [U_n]: sv_mul_f_h @ UT1 (weights in registers)
         a = tl.where(cmask[None, :], sv_mul_f_h, 0.0).to(DT)
         rp1_U_n = _dot(a, W1_0, ZT, DOT_F32, PREC)
         # block 2
         xp_W_n = tl.load(XP + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], mask=m2, other=0.0).to(CT)
         sv_n = _tanh(xp_W_n + rp1_U_n + p_b_n)
-        if STORE_TAPE: tl.store(SV_n + rt + obh, sv_n, mask=m2)
+        if STORE_TAPE: tl.store(SV_n + rt + obh, tl.where(live, sv_n, 0.0), mask=m2)
         n_h = (1.0 - sv_f) * s_h + sv_f * sv_n
-        w_h = tl.where(live, n_h, s_h)  # rows past their length keep their state
+        w_h = tl.where(live, n_h, s_h)  # rows past their length: program.past_length
         if STORE_TAPE: tl.store(SQ_h + rn + obh, w_h, mask=m2)
         tl.store(Y + ry + obh, tl.where(live, n_h, 0.0), mask=m2)
         s_h = w_h
@@ -304,7 +304,7 @@ def bwd_persistent(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, U1, SQ_h, dRP0, U0, DP, T
         sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
         sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
         drp1_U_n = dn_h * sv_f * (1.0 - sv_n * sv_n)
-        drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: no gradient
+        drp1_U_n = tl.where(live, drp1_U_n, 0.0)
         tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
         dxp_W_n = drp1_U_n
         dxp_W_n = tl.where(live, dxp_W_n, 0.0)
@@ -318,7 +318,7 @@ def bwd_persistent(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, U1, SQ_h, dRP0, U0, DP, T
         t_sub = 1.0 - sv_f
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_f = (dv1 * s_h + dn_h * sv_n - dn_h * s_h) * sv_f * t_sub
-        drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: no gradient
+        drp0_U_f = tl.where(live, drp0_U_f, 0.0)
         tl.store(dRP0 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
         dxp_W_f = drp0_U_f
         dxp_W_f = tl.where(live, dxp_W_f, 0.0)
@@ -330,7 +330,7 @@ def bwd_persistent(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, U1, SQ_h, dRP0, U0, DP, T
         dv0 = _dot(drp0_U_f.to(DT), V0_0, dv0, DOT_F32, PREC)
         # block 2
         ds_h = dv0 + dv1 * sv_f + dn_h * t_sub
-        gs_h = tl.where(live, ds_h, gs_h)  # rows past their length pass it through
+        gs_h = tl.where(live, ds_h, gs_h)
     tl.store(DS_h + obh, gs_h, mask=m2)
     tl.store(DP + pid_b * (2 * H) + 1 * H + cols, dpa_b_n, mask=cmask)
     tl.store(DP + pid_b * (2 * H) + 0 * H + cols, dpa_b_f, mask=cmask)

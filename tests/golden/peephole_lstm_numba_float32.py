@@ -59,7 +59,12 @@ def forward(XP, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, Sq
                     Y[t, b, j] = n_h
             else:
                 for j in range(H):
+                    SV_f[ti, b, j] = np.float32(0.0)
+                    SV_i[ti, b, j] = np.float32(0.0)
+                    SV_g[ti, b, j] = np.float32(0.0)
                     nxt_c[b, j] = cur_c[b, j]
+                    SV_o[ti, b, j] = np.float32(0.0)
+                    SV_tanh_c1[ti, b, j] = np.float32(0.0)
                     nxt_h[b, j] = cur_h[b, j]
                     Y[t, b, j] = np.float32(0.0)
 

@@ -18,7 +18,7 @@ import re
 
 from ...ir import Node, var, var_name as ir_name, walk
 from ...lower import Block, Program
-from ..render import PREFIX, check_spelling, ident, render_expr, render_template
+from ..render import PREFIX, check_spelling, ident, past_value, render_expr, render_template
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
@@ -103,24 +103,28 @@ class _BlockRenderer:
         raise KeyError(key)  # pragma: no cover
 
     # stores ---------------------------------------------------------------------------------
-    def stores(self, key: tuple, name: str, is_buffer: bool) -> list[str]:
-        kind = key[0]
-        out = []
+    def dests(self, key: tuple, is_buffer: bool) -> list[tuple[str | None, str, str | None]]:
+        """Where the value `key` is stored: (its kind in program.past_length or None, the array
+        element, the element's value before the step for rows past their length)."""
+        kind, name = key[0], key[1]
         if kind == "s1":
-            out.append(f"{ident('nxt_', key[1])}[b, j] = {name}")
-            if key[1] == self.p.cell.output:
-                out.append(f"Y[t, b, j] = {name}")
-        elif kind == "sv":
-            out.append(f"{ident('SV_', key[1])}[ti, b, j] = {name}")
-        elif kind == "t" and is_buffer:
-            out.append(f"{ident('BT_', key[1])}[b, j] = {name}")
-        elif kind == "drp":  # per-slot scratch (one store stream per array: see _slot_copies)
-            out.append(f"GR{key[1]}_{self.gslot[(key[1], key[2])]}[b, j] = {name}")
-        elif kind == "dxp" and self.dxp_alias is None:
-            out.append(f"GX{self.xslot[key[1]]}[b, j] = {name}")
-        elif kind == "ds":
-            out.append(f"{ident('dSn_', key[1])}[b, j] = {name}")
-        elif kind == "dp" and key[1] not in self.p.dp_shared:   # a shared sum is accumulated once
+            out = [("s1", f"{ident('nxt_', name)}[b, j]", f"{ident('cur_', name)}[b, j]")]
+            return out + ([("y", "Y[t, b, j]", None)] if name == self.p.cell.output else [])
+        if kind == "sv":
+            return [("sv", f"{ident('SV_', name)}[ti, b, j]", None)]
+        if kind == "t" and is_buffer:      # read only by later blocks of the same row
+            return [(None, f"{ident('BT_', name)}[b, j]", None)]
+        if kind == "drp":  # per-slot scratch (one store stream per array: see _slot_copies)
+            return [("drp", f"GR{name}_{self.gslot[(name, key[2])]}[b, j]", None)]
+        if kind == "dxp" and self.dxp_alias is None:
+            return [("dxp", f"GX{self.xslot[name]}[b, j]", None)]
+        if kind == "ds":
+            return [("ds", f"{ident('dSn_', name)}[b, j]", f"{ident('dS_', name)}[b, j]")]
+        return []
+
+    def stores(self, key: tuple, name: str, is_buffer: bool) -> list[str]:
+        out = [f"{dst} = {name}" for _, dst, _ in self.dests(key, is_buffer)]
+        if key[0] == "dp" and key[1] not in self.p.dp_shared:   # a shared sum is accumulated once
             out.append(f"{ident('DP_', key[1])}[j] += {name}")
         return out
 
@@ -141,21 +145,16 @@ class _BlockRenderer:
             body.append(f"{name} = {rhs}")
             body.extend(self.stores(let.key, name, let.buffer))
             local.add(let.key)
-        # rows past their length, as the Program's past_length table says (keep / zero / pass)
-        past = self.p.past_length
+        # rows past their length get what the Program's past_length table says (keep / zero / pass);
+        # a vector parameter's gradient sum skips them (past_value checks that the table says zero)
         zero = self.const(0.0)
         skip = []
         for let in block.lets:
-            if self.dir == "fwd" and let.key[0] == "s1":
-                s = let.key[1]
-                skip.append(f"{ident('nxt_', s)}[b, j] = " + (f"{ident('cur_', s)}[b, j]" if past["s1"] == "keep" else zero))
-                if s == self.p.cell.output:
-                    skip.append("Y[t, b, j] = " + zero)           # past_length["y"] is "zero"
-            if self.dir == "bwd" and let.key[0] == "ds":
-                s = let.key[1]
-                skip.append(f"{ident('dSn_', s)}[b, j] = " + (f"{ident('dS_', s)}[b, j]" if past["ds"] == "pass" else zero))
-            if self.dir == "bwd" and (let.key[0] == "drp" or (let.key[0] == "dxp" and self.dxp_alias is None)):
-                skip.append(f"{self.stores(let.key, zero, True)[0].split(' = ')[0]} = {zero}")
+            for kind, dst, before in self.dests(let.key, let.buffer):
+                if kind is not None:
+                    skip.append(f"{dst} = {past_value(self.p, kind, before, zero)}")
+            if let.key[0] == "dp":
+                past_value(self.p, "dp", None, zero)
         lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", "        for j in range(H):"]
         lines += ["            " + ln for ln in body]
         if skip:

@@ -33,7 +33,8 @@ import numpy as np
 
 from ...ir import Node, var, walk
 from ...lower import Block, Gemm, Program
-from ..render import check_spelling, ident, is_batched, key_name, render_expr, render_template, value_name
+from ..render import (check_spelling, ident, is_batched, key_name, past_value, render_expr, render_template,
+                      value_name)
 
 # storage dtype -> compute dtype (arithmetic, accumulation, states)
 STORAGE = {"float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32"}
@@ -253,6 +254,10 @@ class _Kernel:
             self.local.add(var(*let.key))
             self.store(let.key, name, let.expr)
 
+    def past(self, kind: str, new: str, before: str | None = None) -> str:
+        """`new` for live rows; for rows past their length what program.past_length says."""
+        return f"tl.where(live, {new}, {past_value(self.p, kind, before, '0.0')})"
+
     def store(self, key: tuple, name: str, expr: Node | None = None) -> None:
         kind = key[0]
         st = "if STORE_TAPE: " if self.persistent else ""   # persistent forward: the tape is optional
@@ -261,36 +266,36 @@ class _Kernel:
             self.ensure(Node("state", (), s))
             w = ident("w_", s)
             old = value_name(Node("state", (), s))
-            self.emit(f"{w} = tl.where(live, {name}, {old})  # rows past their length keep their state")
+            self.emit(f"{w} = {self.past('s1', name, old)}  # rows past their length: program.past_length")
             self.emit(f"{st}tl.store({self.arr(ident('SQ_', s))} + rn + obh, {w}, mask=m2)")
             if s == self.p.cell.output:
-                self.emit(f"tl.store({self.arr('Y')} + ry + obh, tl.where(live, {name}, 0.0), mask=m2)")
+                self.emit(f"tl.store({self.arr('Y')} + ry + obh, {self.past('y', name)}, mask=m2)")
             if self.persistent:
                 self.m.carry.append(f"{old} = {w}")
         elif kind == "sv":
-            self.emit(f"{st}tl.store({self.arr(ident('SV_', key[1]))} + rt + obh, {name}, mask=m2)")
+            self.emit(f"{st}tl.store({self.arr(ident('SV_', key[1]))} + rt + obh, {self.past('sv', name)}, mask=m2)")
         elif kind == "t":
             if key in self.later:
                 self.emit(f"tl.store({self.arr(ident('BT_', key[1]))} + obh, {name}, mask=m2)")
         elif kind == "drp":
             g, slot, k = key[1], self.gslot[(key[1], key[2])], self.gsize[key[1]]
-            self.emit(f"{name} = tl.where(live, {name}, 0.0)  # rows past their length: no gradient")
+            self.emit(f"{name} = {self.past('drp', name)}  # rows past their length: program.past_length")
             self.emit(f"tl.store({self.arr(f'dRP{g}')} + ry * {k} + rows[:, None] * ({k} * H) + {slot} * H "
                       f"+ cols[None, :], {name}, mask=m2)")
         elif kind == "dxp":
             if self.alias is None:
                 slot = self.xslot[key[1]]
-                self.emit(f"{name} = tl.where(live, {name}, 0.0)")
+                self.emit(f"{name} = {self.past('dxp', name)}")
                 self.emit(f"tl.store({self.arr('dXP')} + ry * {self.nx} + rows[:, None] * ({self.nx} * H) "
                           f"+ {slot} * H + cols[None, :], {name}, mask=m2)")
         elif kind == "ds":
             s = key[1]
             if self.persistent:
                 g = ident("gs_", s)
-                self.m.carry.append(f"{g} = tl.where(live, {name}, {g})  # rows past their length pass it through")
+                self.m.carry.append(f"{g} = {self.past('ds', name, g)}")
             else:
                 old = self.incoming(s)
-                self.emit(f"tl.store({self.arr(ident('DSN_', s))} + obh, tl.where(live, {name}, {old}), mask=m2)")
+                self.emit(f"tl.store({self.arr(ident('DSN_', s))} + obh, {self.past('ds', name, old)}, mask=m2)")
         elif kind == "dp":
             # one batch reduction per distinct expression (the LSTM's b_ih and b_hh gradients are the
             # same sum): stored to each parameter's row, reduced once
@@ -302,11 +307,11 @@ class _Kernel:
                 a = ident("dpa_", rep)
                 self.dp_acc[key[1]] = a
                 if first:
-                    self.emit(f"{a} += tl.sum(tl.where(live, {name}, 0.0), axis=0)")
+                    self.emit(f"{a} += tl.sum({self.past('dp', name)}, axis=0)")
             else:
                 sm = ident("dsum_", rep)
                 if first:
-                    self.emit(f"{sm} = tl.sum(tl.where(live, {name}, 0.0), axis=0)")
+                    self.emit(f"{sm} = tl.sum({self.past('dp', name)}, axis=0)")
                 self.emit(f"dpp = {self.arr('DP')} + pid_b * ({len(self.vec_index)} * H) + "
                           f"{self.vec_index[key[1]]} * H + cols")
                 self.emit(f"tl.store(dpp, tl.load(dpp, mask=cmask, other=0.0) + {sm}, mask=cmask)")
