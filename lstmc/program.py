@@ -13,7 +13,7 @@ pointwise blocks between them, plus what the time loop around the step must agre
 
 These are decided here once (`decide`); renderers, hosts and the sequence driver read them.
 
-Value names (`var` keys) used in blocks:
+Value names (`var` keys) used in blocks (their table, with each local's prefix, is lstmc/names.py):
   ('xp', M)          input product M @ x_t              ('rp', g, M)   recurrent product M @ v_g
   ('s1', s)          new state s'                        ('sv', name)   a value saved in the tape
   ('t', name)        a temporary inside/between blocks   ('ds1', s)     adjoint of s' (input to a bwd step)
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from . import ir
 from .ir import Node, var, walk
+from .names import VALUES
 from .spec import Cell
 
 __all__ = ["Program", "Block", "Gemm", "Let", "Group", "ProgramError", "PAST_LENGTH", "describe", "decide"]
@@ -44,13 +45,8 @@ PAST_LENGTH = {
     "dp": "zero",     # backward: the row adds nothing to the vector parameters' gradients
 }
 
-KINDS = {  # var kind -> (arity of its key after the kind, meaning)
-    "xp": (1, "input product M @ x_t"), "rp": (2, "recurrent product M @ v_g"), "s1": (1, "new state s'"),
-    "sv": (1, "a value saved in the tape"), "t": (1, "a temporary"), "ds1": (1, "incoming adjoint of s'"),
-    "dv": (1, "adjoint of group g's operand"), "drp": (2, "adjoint of a recurrent product"),
-    "dxp": (1, "adjoint of an input product"), "ds": (1, "adjoint of the state before the step"),
-    "dp": (1, "gradient of a vector parameter"),
-}
+# var kind -> (arity of its key after the kind, meaning): the naming table's VALUES (lstmc/names.py)
+KINDS = {k: (v.arity, v.meaning) for k, v in VALUES.items()}
 
 
 class ProgramError(ValueError):

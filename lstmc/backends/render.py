@@ -1,55 +1,32 @@
 """Shared rendering helpers: value names -> identifiers, IR expressions -> source text, templates.
 
 A backend is a renderer: it supplies a spelling table (one row per primitive) and a leaf-naming
-function, and fills a template. Every identifier that reaches generated code is built here from a
-fixed prefix plus a validated name, so a spec can never shadow an import, a builtin or a keyword.
+function, and fills a template. Every identifier that reaches generated code comes from the naming
+table (lstmc/names.py): a fixed prefix plus a validated name, so a spec can never shadow an import,
+a builtin or a keyword.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import re
 from pathlib import Path
 
 import jinja2
 
 from ..version import __version__
 from ..ir import Node, walk
+from ..names import LEAVES, ident, local_name
 from ..ops import POINTWISE
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-# var kind -> identifier prefix in generated code
-PREFIX = {"s1": "n_", "sv": "sv_", "t": "t_", "ds1": "dn_", "ds": "ds_", "dp": "dp_", "dxp": "dxp_", "xp": "xp_"}
-
-
-def ident(prefix: str, name: str) -> str:
-    """`prefix` + a spec name, checked to be a plain identifier (mangling primes)."""
-    name = str(name).replace("'", "1")
-    out = prefix + name
-    if not _IDENT.match(out):  # pragma: no cover - spec.py only admits identifiers
-        raise ValueError(f"refusing to emit identifier {out!r}")
-    return out
-
-
 def value_name(node: Node) -> str:
-    """The generated-code identifier of a leaf: state, parameter or var."""
-    if node.op == "state":
-        return ident("s_", node.attr)
-    if node.op == "param":
-        return ident("p_", node.attr)
-    kind, *rest = node.attr
-    if kind in ("rp", "drp"):
-        return ident(f"{kind}{int(rest[0])}_", rest[1])
-    if kind == "dv":
-        return f"dv{int(rest[0])}"
-    return ident(PREFIX[kind], rest[0])
+    """The generated-code identifier of a leaf: state, parameter or var (names.py's table)."""
+    if node.op in LEAVES:
+        return ident(LEAVES[node.op], node.attr)
+    return local_name(node.attr)
 
 
 def key_name(key: tuple) -> str:
-    from ..ir import var
-
-    return value_name(var(*key))
+    return local_name(key)
 
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3}

@@ -115,13 +115,13 @@ def bwd_step0(L, DS_c, DS_h, dY, SV_o, SV_tanh_c1, SV_i, SV_g, SQ_c, dRP0, DSN_c
     sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
     s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
     drp0_U_i = (t_add * sv_g - t_add * s_c) * sv_i * t_sub
-    drp0_U_i = tl.where(live, drp0_U_i, 0.0)
+    drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
     drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-    drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+    drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
     drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-    drp0_U_o = tl.where(live, drp0_U_o, 0.0)
+    drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_o, mask=m2)
     ds_c = t_add * t_sub
     tl.store(DSN_c + obh, tl.where(live, ds_c, go_c), mask=m2)
@@ -276,13 +276,13 @@ def bwd_persistent(L, DS_h, DS_c, dY, SV_o, SV_tanh_c1, SV_i, SV_g, SQ_c, dRP0, 
         sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
         s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_i = (t_add * sv_g - t_add * s_c) * sv_i * t_sub
-        drp0_U_i = tl.where(live, drp0_U_i, 0.0)
+        drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
         drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-        drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+        drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
         drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-        drp0_U_o = tl.where(live, drp0_U_o, 0.0)
+        drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_o, mask=m2)
         ds_c = t_add * t_sub
         dxp_W_i = drp0_U_i

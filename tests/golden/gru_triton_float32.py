@@ -113,14 +113,14 @@ def bwd_step0(L, SV_z, DS_h, dY, SV_n, dXP, SV_add, SV_r, dRP0, SQ_h, DP, t, B, 
     sv_add = tl.load(SV_add + rt + obh, mask=m2, other=0.0).to(CT)
     sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_r = dxp_W_n * sv_add * sv_r * (1.0 - sv_r)
-    drp0_U_r = tl.where(live, drp0_U_r, 0.0)
+    drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_r, mask=m2)
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-    drp0_U_z = tl.where(live, drp0_U_z, 0.0)
+    drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_z, mask=m2)
     drp0_U_n = dxp_W_n * sv_r
-    drp0_U_n = tl.where(live, drp0_U_n, 0.0)
+    drp0_U_n = tl.where(live, drp0_U_n, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_n, mask=m2)
     dxp_W_r = drp0_U_r
     dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -284,14 +284,14 @@ def bwd_persistent(L, DS_h, SV_z, dY, SV_n, dXP, SV_add, SV_r, dRP0, SQ_h, U0, D
         sv_add = tl.load(SV_add + rt + obh, mask=m2, other=0.0).to(CT)
         sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_r = dxp_W_n * sv_add * sv_r * (1.0 - sv_r)
-        drp0_U_r = tl.where(live, drp0_U_r, 0.0)
+        drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 0 * H + cols[None, :], drp0_U_r, mask=m2)
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-        drp0_U_z = tl.where(live, drp0_U_z, 0.0)
+        drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 1 * H + cols[None, :], drp0_U_z, mask=m2)
         drp0_U_n = dxp_W_n * sv_r
-        drp0_U_n = tl.where(live, drp0_U_n, 0.0)
+        drp0_U_n = tl.where(live, drp0_U_n, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 3 + rows[:, None] * (3 * H) + 2 * H + cols[None, :], drp0_U_n, mask=m2)
         dxp_W_r = drp0_U_r
         dxp_W_r = tl.where(live, dxp_W_r, 0.0)

@@ -135,10 +135,10 @@ def bwd_step0(L, SV_z, DS_h, dY, SQ_h, SV_n, dRP0, dRP1, dXP, DP, t, B, H, BB: t
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-    drp0_U_z = tl.where(live, drp0_U_z, 0.0)
+    drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_z, mask=m2)
     drp1_U_n = dn_h * t_sub * (1.0 - sv_n * sv_n)
-    drp1_U_n = tl.where(live, drp1_U_n, 0.0)
+    drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: program.past_length
     tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
     dxp_W_z = drp0_U_z
     dxp_W_z = tl.where(live, dxp_W_z, 0.0)
@@ -188,7 +188,7 @@ def bwd_step1(L, dRP1, U1, DV1, SQ_h, SV_r, dRP0, dXP, DP, t, B, H, BB: tl.const
     s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
     sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_r = dv1 * s_h * sv_r * (1.0 - sv_r)
-    drp0_U_r = tl.where(live, drp0_U_r, 0.0)
+    drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_r, mask=m2)
     dxp_W_r = drp0_U_r
     dxp_W_r = tl.where(live, dxp_W_r, 0.0)
@@ -328,10 +328,10 @@ def bwd_persistent(L, DS_h, SV_z, dY, SQ_h, SV_n, dRP0, dRP1, dXP, U1, SV_r, U0,
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_z = (dn_h * s_h - dn_h * sv_n) * sv_z * t_sub
-        drp0_U_z = tl.where(live, drp0_U_z, 0.0)
+        drp0_U_z = tl.where(live, drp0_U_z, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_z, mask=m2)
         drp1_U_n = dn_h * t_sub * (1.0 - sv_n * sv_n)
-        drp1_U_n = tl.where(live, drp1_U_n, 0.0)
+        drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: program.past_length
         tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
         dxp_W_z = drp0_U_z
         dxp_W_z = tl.where(live, dxp_W_z, 0.0)
@@ -349,7 +349,7 @@ def bwd_persistent(L, DS_h, SV_z, dY, SQ_h, SV_n, dRP0, dRP1, dXP, U1, SV_r, U0,
         # block 1
         sv_r = tl.load(SV_r + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_r = dv1 * s_h * sv_r * (1.0 - sv_r)
-        drp0_U_r = tl.where(live, drp0_U_r, 0.0)
+        drp0_U_r = tl.where(live, drp0_U_r, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_r, mask=m2)
         dxp_W_r = drp0_U_r
         dxp_W_r = tl.where(live, dxp_W_r, 0.0)

@@ -101,10 +101,10 @@ def bwd_step0(L, SV_sigmoid, DS_h, dY, SQ_h, SV_sigmoid_s, SV_g, dRP0, DP, t, B,
     sv_sigmoid_s = tl.load(SV_sigmoid_s + rt + obh, mask=m2, other=0.0).to(CT)
     sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_f = dn_h * s_h * sv_sigmoid_s * (1.0 - sv_sigmoid_s) - dn_h * sv_g * sv_sigmoid * t_sub
-    drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+    drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
     drp0_U_g = dn_h * t_sub * (1.0 - sv_g * sv_g)
-    drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+    drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
     dxp_W_f = drp0_U_f
     dxp_W_g = drp0_U_g
@@ -236,10 +236,10 @@ def bwd_persistent(L, DS_h, SV_sigmoid, dY, SQ_h, SV_sigmoid_s, SV_g, dRP0, U0, 
         sv_sigmoid_s = tl.load(SV_sigmoid_s + rt + obh, mask=m2, other=0.0).to(CT)
         sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_f = dn_h * s_h * sv_sigmoid_s * (1.0 - sv_sigmoid_s) - dn_h * sv_g * sv_sigmoid * t_sub
-        drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+        drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
         drp0_U_g = dn_h * t_sub * (1.0 - sv_g * sv_g)
-        drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+        drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 2 + rows[:, None] * (2 * H) + 1 * H + cols[None, :], drp0_U_g, mask=m2)
         dxp_W_f = drp0_U_f
         dxp_W_g = drp0_U_g

@@ -126,7 +126,7 @@ def bwd_step0(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, DP, t, B, H, BB: tl.constexpr,
     sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp1_U_n = dn_h * sv_f * (1.0 - sv_n * sv_n)
-    drp1_U_n = tl.where(live, drp1_U_n, 0.0)
+    drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: program.past_length
     tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
     dxp_W_n = drp1_U_n
     dxp_W_n = tl.where(live, dxp_W_n, 0.0)
@@ -174,7 +174,7 @@ def bwd_step1(L, dRP1, U1, DV1, SV_f, BT_sub, SQ_h, DS_h, dY, SV_n, dRP0, dXP, D
     dn_h = go_h + tl.load(dY + ry + obh, mask=m2, other=0.0).to(CT)
     sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_f = (dv1 * s_h + dn_h * sv_n - dn_h * s_h) * sv_f * t_sub
-    drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+    drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
     dxp_W_f = drp0_U_f
     dxp_W_f = tl.where(live, dxp_W_f, 0.0)
@@ -304,7 +304,7 @@ def bwd_persistent(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, U1, SQ_h, dRP0, U0, DP, T
         sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
         sv_n = tl.load(SV_n + rt + obh, mask=m2, other=0.0).to(CT)
         drp1_U_n = dn_h * sv_f * (1.0 - sv_n * sv_n)
-        drp1_U_n = tl.where(live, drp1_U_n, 0.0)
+        drp1_U_n = tl.where(live, drp1_U_n, 0.0)  # rows past their length: program.past_length
         tl.store(dRP1 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp1_U_n, mask=m2)
         dxp_W_n = drp1_U_n
         dxp_W_n = tl.where(live, dxp_W_n, 0.0)
@@ -318,7 +318,7 @@ def bwd_persistent(L, DS_h, dY, SV_f, SV_n, dRP1, dXP, U1, SQ_h, dRP0, U0, DP, T
         t_sub = 1.0 - sv_f
         s_h = tl.load(SQ_h + rc + obh, mask=m2, other=0.0).to(CT)
         drp0_U_f = (dv1 * s_h + dn_h * sv_n - dn_h * s_h) * sv_f * t_sub
-        drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+        drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 1 + rows[:, None] * (1 * H) + 0 * H + cols[None, :], drp0_U_f, mask=m2)
         dxp_W_f = drp0_U_f
         dxp_W_f = tl.where(live, dxp_W_f, 0.0)

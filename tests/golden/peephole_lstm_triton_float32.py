@@ -121,7 +121,7 @@ def bwd_step0(L, P_p_o, P_p_i, P_p_f, DS_h, dY, SV_tanh_c1, SV_o, dRP0, DS_c, SV
     sv_tanh_c1 = tl.load(SV_tanh_c1 + rt + obh, mask=m2, other=0.0).to(CT)
     sv_o = tl.load(SV_o + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-    drp0_U_o = tl.where(live, drp0_U_o, 0.0)
+    drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 3 * H + cols[None, :], drp0_U_o, mask=m2)
     go_c = tl.load(DS_c + obh, mask=m2, other=0.0).to(CT)
     dn_c = go_c
@@ -129,15 +129,15 @@ def bwd_step0(L, P_p_o, P_p_i, P_p_f, DS_h, dY, SV_tanh_c1, SV_o, dRP0, DS_c, SV
     sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
     sv_i = tl.load(SV_i + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_i = t_add * sv_g * sv_i * (1.0 - sv_i)
-    drp0_U_i = tl.where(live, drp0_U_i, 0.0)
+    drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
     s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
     sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
     drp0_U_f = t_add * s_c * sv_f * (1.0 - sv_f)
-    drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+    drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 1 * H + cols[None, :], drp0_U_f, mask=m2)
     drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-    drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+    drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
     tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 2 * H + cols[None, :], drp0_U_g, mask=m2)
     ds_c = drp0_U_i * p_p_i + t_add * sv_f + drp0_U_f * p_p_f
     tl.store(DSN_c + obh, tl.where(live, ds_c, go_c), mask=m2)
@@ -321,22 +321,22 @@ def bwd_persistent(L, P_p_o, P_p_i, P_p_f, DS_h, DS_c, dY, SV_tanh_c1, SV_o, dRP
         sv_tanh_c1 = tl.load(SV_tanh_c1 + rt + obh, mask=m2, other=0.0).to(CT)
         sv_o = tl.load(SV_o + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_o = dn_h * sv_tanh_c1 * sv_o * (1.0 - sv_o)
-        drp0_U_o = tl.where(live, drp0_U_o, 0.0)
+        drp0_U_o = tl.where(live, drp0_U_o, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 3 * H + cols[None, :], drp0_U_o, mask=m2)
         dn_c = gs_c
         t_add = dn_c + dn_h * sv_o * (1.0 - sv_tanh_c1 * sv_tanh_c1) + drp0_U_o * p_p_o
         sv_g = tl.load(SV_g + rt + obh, mask=m2, other=0.0).to(CT)
         sv_i = tl.load(SV_i + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_i = t_add * sv_g * sv_i * (1.0 - sv_i)
-        drp0_U_i = tl.where(live, drp0_U_i, 0.0)
+        drp0_U_i = tl.where(live, drp0_U_i, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 0 * H + cols[None, :], drp0_U_i, mask=m2)
         s_c = tl.load(SQ_c + rc + obh, mask=m2, other=0.0).to(CT)
         sv_f = tl.load(SV_f + rt + obh, mask=m2, other=0.0).to(CT)
         drp0_U_f = t_add * s_c * sv_f * (1.0 - sv_f)
-        drp0_U_f = tl.where(live, drp0_U_f, 0.0)
+        drp0_U_f = tl.where(live, drp0_U_f, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 1 * H + cols[None, :], drp0_U_f, mask=m2)
         drp0_U_g = t_add * sv_i * (1.0 - sv_g * sv_g)
-        drp0_U_g = tl.where(live, drp0_U_g, 0.0)
+        drp0_U_g = tl.where(live, drp0_U_g, 0.0)  # rows past their length: program.past_length
         tl.store(dRP0 + ry * 4 + rows[:, None] * (4 * H) + 2 * H + cols[None, :], drp0_U_g, mask=m2)
         ds_c = drp0_U_i * p_p_i + t_add * sv_f + drp0_U_f * p_p_f
         dp_p_i = drp0_U_i * s_c

@@ -18,7 +18,8 @@ import re
 
 from ...ir import Node, var, var_name as ir_name, walk
 from ...lower import Block, Program
-from ..render import PREFIX, check_spelling, ident, past_value, render_expr, render_template
+from ...names import ident, local_name
+from ..render import check_spelling, past_value, render_expr, render_template
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
@@ -43,19 +44,6 @@ def _const(dtype):
     return lambda v: repr(float(v))
 
 
-class _Names:
-    """Array and local names of the generated kernels."""
-
-    @staticmethod
-    def local(key: tuple) -> str:
-        kind, *rest = key
-        if kind in ("rp", "drp"):
-            return ident(f"{kind}{int(rest[0])}_", rest[1])
-        if kind == "dv":
-            return f"dv{int(rest[0])}_"
-        return ident(PREFIX[kind], rest[0])
-
-
 class _BlockRenderer:
     """Renders one Block as a fused loop nest, given how each leaf is loaded and each key stored."""
 
@@ -77,7 +65,7 @@ class _BlockRenderer:
                     else f"{ident('Sq_', node.attr)}[t, b, j]")
         key = node.attr
         if key in local:
-            return _Names.local(key)
+            return local_name(key)
         kind = key[0]
         if kind == "xp":
             return f"XP[t, b, {self.xslot[key[1]]} * H + j]"
@@ -134,14 +122,14 @@ class _BlockRenderer:
         # incoming adjoints of the new states (dy added for the output state), read once per element
         seeds = sorted({n.attr for let in block.lets for n in walk([let.expr]) if n.op == "var" and n.attr[0] == "ds1"})
         for key in seeds:
-            body.append(f"{_Names.local(key)} = {self.load(var(*key), local)}")
+            body.append(f"{local_name(key)} = {self.load(var(*key), local)}")
             local.add(key)
         for let in block.lets:
             rhs = render_expr(let.expr, SPELL, leaf=lambda n, _l=local: self.load(n, _l),
                               const=self.const)
             if let.expr.op == "const":
                 rhs = self.const(let.expr.attr)
-            name = _Names.local(let.key)
+            name = local_name(let.key)
             body.append(f"{name} = {rhs}")
             body.extend(self.stores(let.key, name, let.buffer))
             local.add(let.key)

@@ -8,9 +8,22 @@ import hashlib
 from ...lower import Program
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, asked_interpreting
-from .render import STORAGE, render
+from ...names import ARRAYS, array_dtype
+from .render import STORAGE, KernelMeta, render
 from .schedule import _pow2, persistent_warps
 from .slp import _install_slp_guard, _NoSLP
+
+
+_SHORT = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16", "int32": "i32"}
+
+
+def signature(meta: KernelMeta, storage: str, compute: str) -> dict:
+    """Triton's signature of one generated kernel: each pointer's dtype from the naming table
+    (names.ARRAYS: storage, compute or index), runtime ints, constexprs."""
+    sig = {a: "*" + _SHORT[array_dtype(ARRAYS[meta.array_of[a][0]], storage, compute)] for a in meta.arrays}
+    sig.update({sc: "i32" for sc in meta.scalars})
+    sig.update({c: "constexpr" for c in meta.constexprs})
+    return sig
 
 
 def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capability: int = 90,
@@ -37,23 +50,13 @@ def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capab
     safe = "".join(ch if ch.isalnum() else "_" for ch in program.cell.name)
     with _lock, _InterpretEnv(False):
         mod = build_module(rendered.source, f"{safe}_{storage}_aot_{digest}", "triton")
-    short = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16"}
     cx = {"BB": block_b, "BH": block_h, "BK": block_k, "DT": getattr(tl, storage), "CT": getattr(tl, compute),
           "DOT_F32": False, "PREC": "tf32" if tf32 else "ieee", "STORE_TAPE": True}
     out = {}
     for name, meta in rendered.kernels.items():
         if kernels is not None and name not in kernels:
             continue
-        sig = {}
-        for a in meta.arrays:
-            if a == "L":
-                sig[a] = "*i32"
-            elif a.startswith(("SQ_", "DS_", "DSN_", "DP", "RS", "DV", "BT_")):
-                sig[a] = "*" + short[compute]
-            else:
-                sig[a] = "*" + short[storage]
-        sig.update({sc: "i32" for sc in meta.scalars})
-        sig.update({c: "constexpr" for c in meta.constexprs})
+        sig = signature(meta, storage, compute)
         consts = {c: cx[c] for c in meta.constexprs}
         if meta.variant == "persistent":
             consts["BH"] = max(16, _pow2(H))

@@ -39,7 +39,8 @@ from ..torch import TorchOps
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
 from .graphs import GRAPH_CACHE, GraphWorkspaces, _env_graphs, _Lease, _Workspace
-from .render import STORAGE, _mangle, _param_args, render
+from ...names import array_name
+from .render import STORAGE, _param_args, render
 from .schedule import Schedule, Scheduling, _pow2, triton_cdiv
 from .slp import _install_slp_guard, _NoSLP
 
@@ -204,8 +205,8 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
             e = dict(env)
             for s in self.program.cell.states:
-                e[f"DS_{_mangle(s)}"] = cur[s]
-                e[f"DSN_{_mangle(s)}"] = nxt[s]
+                e[array_name("DS_", s)] = cur[s]
+                e[array_name("DSN_", s)] = nxt[s]
             phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.bwd_steps])
         return phases
 
@@ -278,7 +279,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         if nx:
             env["XP"] = input_products(self.ops, prog, x, Wcat, H)
         for g in prog.groups:
-            env[f"UT{g.index}"] = Ucat[g.index].t().contiguous()
+            env[array_name("UT", g.index)] = Ucat[g.index].t().contiguous()
         persistent = sched.variant == "persistent"
         rows = T + 1 if need_tape else 2
         Sq, SV = {}, {}
@@ -288,11 +289,11 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
                 Sq[s][0] = state[s]
             else:
                 Sq[s][0] = 0.0
-            env[f"SQ_{_mangle(s)}"] = Sq[s]
+            env[array_name("SQ_", s)] = Sq[s]
         for n, _ in prog.saved:
             shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
             SV[n] = torch.empty(shape, dtype=DT, device=dev)
-            env[f"SV_{_mangle(n)}"] = SV[n]
+            env[array_name("SV_", n)] = SV[n]
         Y = torch.empty((T, B, H), dtype=DT, device=dev)
         env["Y"] = Y
         Lt = Lcpu.to(dev)
@@ -301,7 +302,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             persistent, sched = False, self._step_for(sched, H)
             if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
                 for n, _ in prog.saved:
-                    SV[n] = env[f"SV_{_mangle(n)}"] = torch.empty((1, B, H), dtype=DT, device=dev)
+                    SV[n] = env[array_name("SV_", n)] = torch.empty((1, B, H), dtype=DT, device=dev)
         if persistent:
             last = T if need_tape else 1
         else:
@@ -357,11 +358,11 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
         env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
         for g in prog.groups:
-            env[f"U{g.index}"] = tape.packed["U"][g.index]
+            env[array_name("U", g.index)] = tape.packed["U"][g.index]
         for s in prog.cell.states:
-            env[f"SQ_{_mangle(s)}"] = tape.states[s]
+            env[array_name("SQ_", s)] = tape.states[s]
         for n, _ in prog.saved:
-            env[f"SV_{_mangle(n)}"] = tape.saved[n]
+            env[array_name("SV_", n)] = tape.saved[n]
         DS = {}
         for s in prog.cell.states:
             if dstate is not None and s in dstate:
@@ -377,11 +378,11 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
         dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
         for g, a in dRP.items():
-            env[f"dRP{g}"] = a
+            env[array_name("dRP", g)] = a
         persistent = sched.variant == "persistent" and self._fits(H, sched)
         if persistent:
             for s in prog.cell.states:
-                env[f"DS_{_mangle(s)}"] = DS[s]
+                env[array_name("DS_", s)] = DS[s]
             persistent = self._run_persistent("bwd", env, sched, T, B, H)
         if not persistent:
             sched = self._step_for(sched, H) if sched.variant == "persistent" else sched

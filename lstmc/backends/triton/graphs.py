@@ -9,7 +9,8 @@ import os
 import warnings
 
 from ..sequence import input_products
-from .render import _mangle, _param_args
+from ...names import array_name
+from .render import _param_args
 from .schedule import Schedule, triton_cdiv
 
 GRAPH_CACHE = 8   # workspaces (static buffers + captured graphs) one cell keeps, least recently used first out
@@ -119,7 +120,7 @@ class GraphWorkspaces:
         al = lambda n: -(-n // 128) * 128          # noqa: E731 - sub-arrays start 128 elements apart (aligned)
         parts = []
         if need_tape:
-            parts = [(f"dRP{g.index}", len(g.mats) * H) for g in prog.groups]
+            parts = [(array_name("dRP", g.index), len(g.mats) * H) for g in prog.groups]
             if nx and self.rendered.alias is None:
                 parts.append(("dXP", nx * H))
         size = max(al(T * B * nx * H), sum(al(T * B * w) for _, w in parts), 1)
@@ -133,15 +134,15 @@ class GraphWorkspaces:
         e["Y"] = e["dY"] = torch.empty((T, B, H), dtype=DT, device=dev)   # Y is copied out before backward
         rows = T + 1 if need_tape else 2
         for s in prog.cell.states:
-            e[f"SQ_{_mangle(s)}"] = torch.empty((rows, B, H), dtype=CT, device=dev)
+            e[array_name("SQ_", s)] = torch.empty((rows, B, H), dtype=CT, device=dev)
         for n, _ in prog.saved:
-            e[f"SV_{_mangle(n)}"] = torch.empty((T if need_tape else 1, B, H), dtype=DT, device=dev)
+            e[array_name("SV_", n)] = torch.empty((T if need_tape else 1, B, H), dtype=DT, device=dev)
         e["L"] = torch.empty((B,), dtype=torch.int32, device=dev)
         self._scratch(B, H, e)
         if need_tape:
             for s in prog.cell.states:
-                e[f"DS_{_mangle(s)}"] = torch.empty((B, H), dtype=CT, device=dev)
-                e[f"DSN_{_mangle(s)}"] = torch.empty((B, H), dtype=CT, device=dev)
+                e[array_name("DS_", s)] = torch.empty((B, H), dtype=CT, device=dev)
+                e[array_name("DSN_", s)] = torch.empty((B, H), dtype=CT, device=dev)
             e["DP"] = torch.empty((triton_cdiv(B, sched.block_b), max(len(prog.vector_params), 1), H), dtype=CT,
                                   device=dev)
         ws.env = e
@@ -190,14 +191,14 @@ class GraphWorkspaces:
         if nx:
             input_products(self.ops, prog, x, Wcat, H, out=e["XP"].view(T * B, nx * H))
         for g in prog.groups:
-            _put(e, f"UT{g.index}", Ucat[g.index].t())
+            _put(e, array_name("UT", g.index), Ucat[g.index].t())
         for p, a in _param_args(prog):
             _put(e, a, params[p])
         e["L"].copy_(Lcpu)
 
         def initial_state():
             for s in prog.cell.states:
-                row = e[f"SQ_{_mangle(s)}"][0]
+                row = e[array_name("SQ_", s)][0]
                 if state is not None and s in state:
                     row.copy_(state[s])
                 else:
@@ -215,8 +216,8 @@ class GraphWorkspaces:
                 initial_state()                     # the ring of two state rows overwrote row 0
         if ws.fwd is not None:
             self._replay(ws.fwd)                    # (on first use too: every result comes from the graph)
-        return (e["Y"], {s: e[f"SQ_{_mangle(s)}"] for s in prog.cell.states},
-                {n: e[f"SV_{_mangle(n)}"] for n, _ in prog.saved}, e["L"])
+        return (e["Y"], {s: e[array_name("SQ_", s)] for s in prog.cell.states},
+                {n: e[array_name("SV_", n)] for n, _ in prog.saved}, e["L"])
 
 
     def _backward_graph(self, ws, tape, dy, dstate, sched, T, B, H):
@@ -224,10 +225,10 @@ class GraphWorkspaces:
         prog = self.program
         e = ws.env
         states = prog.cell.states
-        DS = {s: e[f"DS_{_mangle(s)}"] for s in states}
-        DSN = {s: e[f"DSN_{_mangle(s)}"] for s in states}
+        DS = {s: e[array_name("DS_", s)] for s in states}
+        DSN = {s: e[array_name("DSN_", s)] for s in states}
         for g in prog.groups:
-            _put(e, f"U{g.index}", tape.packed["U"][g.index])
+            _put(e, array_name("U", g.index), tape.packed["U"][g.index])
 
         def prepare():
             e["dY"].copy_(dy)
@@ -250,7 +251,7 @@ class GraphWorkspaces:
                 prepare()                      # the eager run consumed DS and accumulated into DP
         if ws.bwd is not None:
             self._replay(ws.bwd)
-        dRP = {g.index: e[f"dRP{g.index}"] for g in prog.groups}
+        dRP = {g.index: e[array_name("dRP", g.index)] for g in prog.groups}
         dXP = None
         if prog.input_mats:
             dXP = e["dXP"] if self.rendered.alias is None else dRP[self.rendered.alias]

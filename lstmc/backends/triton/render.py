@@ -17,8 +17,8 @@ elementwise code is the Program's blocks rendered as tile expressions, and the r
   registers, and carries the states (forward) or their adjoints (backward) from step to step on
   chip. A multi-phase step needs no grid-wide sync because each program owns whole rows.
 
-Conventions inside kernels: locals are named by `render.value_name` (s_h, xp_W_i, rp0_U_i, sv_g,
-dn_h, drp0_U_i, dv0, ...); arrays are upper-case (XP, Y, L, SQ_h, SV_g, UT0, U0, P_b, dY, DS_h,
+Conventions inside kernels: locals and arrays are named by the naming table, lstmc/names.py:
+locals s_h, xp_W_i, rp0_U_i, sv_g, dn_h, drp0_U_i, dv0, ...; arrays are upper-case (XP, Y, L, SQ_h, SV_g, UT0, U0, P_b, dY, DS_h,
 DSN_h, dXP, dRP0, DP, scratch). Masks: `m2` = valid element, `live` = valid and t < length[row].
 States are stored in the compute type CT (float32 for float32/bfloat16/float16 storage), every
 [T, B, *] sequence and the weights in the storage type DT, and `tl.dot` accumulates in CT.
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...ir import Node, var, walk
+from ...names import ARRAYS, array_name
 from ...lower import Block, Gemm, Program
 from ..render import (check_spelling, ident, is_batched, key_name, past_value, render_expr, render_template,
                       value_name)
@@ -60,14 +61,9 @@ def prelude_names() -> list[str]:
     return sorted({re.match(r"(_\w+)\(", v).group(1) for v in SPELL.values() if v.startswith("_")} | {"_dot"})
 
 
-def _mangle(name: str) -> str:
-    """A spec name as the kernels' array arguments spell it (ident's mangling: primes -> 1)."""
-    return str(name).replace("'", "1")
-
-
 def _param_args(program: Program):
     """(vector parameter, its kernel argument P_<name>), in DP row order."""
-    return [(p, f"P_{_mangle(p)}") for p in program.vector_params]
+    return [(p, array_name("P_", p)) for p in program.vector_params]
 
 
 def const(v) -> str:
@@ -86,6 +82,7 @@ class KernelMeta:
     direction: str                 # "fwd" | "bwd"
     variant: str                   # "step" | "persistent"
     arrays: list[str] = field(default_factory=list)     # pointer arguments, in order
+    array_of: dict = field(default_factory=dict)        # argument -> (names.ARRAYS prefix, name or group)
     scalars: list[str] = field(default_factory=list)    # runtime integers, in order
     constexprs: list[str] = field(default_factory=list)
     # for the template
@@ -171,10 +168,13 @@ class _Kernel:
         self.nx = len(program.input_mats)
         self.lines = meta.body
 
-    def arr(self, name: str) -> str:
-        if name not in self.m.arrays:
-            self.m.arrays.append(name)
-        return name
+    def arr(self, prefix: str, name=None) -> str:
+        """The kernel argument of the naming table's array `prefix` (+ name or group), declared on first use."""
+        arg = array_name(prefix, name)
+        if arg not in self.m.arrays:
+            self.m.arrays.append(arg)
+            self.m.array_of[arg] = (prefix, name)
+        return arg
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -184,7 +184,7 @@ class _Kernel:
         """Load expression of the [BB, BH] tile of `base` ([T?, B, slots*H] array) at `slot`."""
         off = f"rows[:, None] * ({slots} * H) + {slot} * H + cols[None, :]" if slots > 1 or slot else "obh"
         r = f"{row} + " if row else ""
-        return f"tl.load({self.arr(base)} + {r}{off}, mask=m2, other=0.0).to(CT)"
+        return f"tl.load({base} + {r}{off}, mask=m2, other=0.0).to(CT)"
 
     def ensure(self, node: Node) -> None:
         """Bind `node` (a leaf) to a local, loading it if it is not one yet."""
@@ -196,47 +196,47 @@ class _Kernel:
 
     def load_expr(self, node: Node) -> str:
         if node.op == "param":
-            return f"tl.load({self.arr(ident('P_', node.attr))} + cols, mask=cmask, other=0.0).to(CT)[None, :]"
+            return f"tl.load({self.arr('P_', node.attr)} + cols, mask=cmask, other=0.0).to(CT)[None, :]"
         if node.op == "state":
-            return self.tile(ident("SQ_", node.attr), "rc")
+            return self.tile(self.arr('SQ_', node.attr), "rc")
         kind, *rest = node.attr
         if kind == "xp":
-            return self.tile("XP", f"ry * {self.nx}", self.nx, self.xslot[rest[0]])
+            return self.tile(self.arr('XP'), f"ry * {self.nx}", self.nx, self.xslot[rest[0]])
         if kind == "rp":
             g = rest[0]
-            return self.tile(f"RS{g}", None, self.gsize[g], self.gslot[(g, rest[1])])
+            return self.tile(self.arr('RS', g), None, self.gsize[g], self.gslot[(g, rest[1])])
         if kind == "s1":
-            return self.tile(ident("SQ_", rest[0]), "rn")
+            return self.tile(self.arr('SQ_', rest[0]), "rn")
         if kind == "sv":
-            return self.tile(ident("SV_", rest[0]), "rt")
+            return self.tile(self.arr('SV_', rest[0]), "rt")
         if kind == "t":
-            return self.tile(ident("BT_", rest[0]))
+            return self.tile(self.arr('BT_', rest[0]))
         if kind == "ds1":
             s = rest[0]
             base = ident("gs_", s) if self.persistent else self.incoming(s)
             if s == self.p.dy_state:
-                return f"{base} + {self.tile('dY', 'ry')}"
+                return f"{base} + {self.tile(self.arr('dY'), 'ry')}"
             return base
         if kind == "dv":
-            return self.tile(f"DV{rest[0]}")
+            return self.tile(self.arr('DV', rest[0]))
         if kind == "drp":
             g = rest[0]
-            return self.tile(f"dRP{g}", f"ry * {self.gsize[g]}", self.gsize[g], self.gslot[(g, rest[1])])
+            return self.tile(self.arr('dRP', g), f"ry * {self.gsize[g]}", self.gsize[g], self.gslot[(g, rest[1])])
         if kind == "dxp":
             if self.alias is not None:
                 g = self.alias
                 m = self.p.groups[g].mats[self.xslot[rest[0]]]
-                return self.tile(f"dRP{g}", f"ry * {self.gsize[g]}", self.gsize[g], self.gslot[(g, m)])
-            return self.tile("dXP", f"ry * {self.nx}", self.nx, self.xslot[rest[0]])
+                return self.tile(self.arr('dRP', g), f"ry * {self.gsize[g]}", self.gsize[g], self.gslot[(g, m)])
+            return self.tile(self.arr('dXP'), f"ry * {self.nx}", self.nx, self.xslot[rest[0]])
         if kind == "ds":
-            return self.tile(ident("DSN_", rest[0]))
+            return self.tile(self.arr('DSN_', rest[0]))
         raise KeyError(node.attr)  # pragma: no cover - lower.py defines no other leaves
 
     def incoming(self, s: str) -> str:
         """(step kernels) the local holding this step's incoming adjoint of state s, loaded once."""
         name = ident("go_", s)
         if name not in self.helpers:
-            self.emit(f"{name} = {self.tile(ident('DS_', s))}")
+            self.emit(f"{name} = {self.tile(self.arr('DS_', s))}")
             self.helpers.add(name)
         return name
 
@@ -267,20 +267,20 @@ class _Kernel:
             w = ident("w_", s)
             old = value_name(Node("state", (), s))
             self.emit(f"{w} = {self.past('s1', name, old)}  # rows past their length: program.past_length")
-            self.emit(f"{st}tl.store({self.arr(ident('SQ_', s))} + rn + obh, {w}, mask=m2)")
+            self.emit(f"{st}tl.store({self.arr('SQ_', s)} + rn + obh, {w}, mask=m2)")
             if s == self.p.cell.output:
                 self.emit(f"tl.store({self.arr('Y')} + ry + obh, {self.past('y', name)}, mask=m2)")
             if self.persistent:
                 self.m.carry.append(f"{old} = {w}")
         elif kind == "sv":
-            self.emit(f"{st}tl.store({self.arr(ident('SV_', key[1]))} + rt + obh, {self.past('sv', name)}, mask=m2)")
+            self.emit(f"{st}tl.store({self.arr('SV_', key[1])} + rt + obh, {self.past('sv', name)}, mask=m2)")
         elif kind == "t":
             if key in self.later:
-                self.emit(f"tl.store({self.arr(ident('BT_', key[1]))} + obh, {name}, mask=m2)")
+                self.emit(f"tl.store({self.arr('BT_', key[1])} + obh, {name}, mask=m2)")
         elif kind == "drp":
             g, slot, k = key[1], self.gslot[(key[1], key[2])], self.gsize[key[1]]
             self.emit(f"{name} = {self.past('drp', name)}  # rows past their length: program.past_length")
-            self.emit(f"tl.store({self.arr(f'dRP{g}')} + ry * {k} + rows[:, None] * ({k} * H) + {slot} * H "
+            self.emit(f"tl.store({self.arr('dRP', g)} + ry * {k} + rows[:, None] * ({k} * H) + {slot} * H "
                       f"+ cols[None, :], {name}, mask=m2)")
         elif kind == "dxp":
             if self.alias is None:
@@ -295,7 +295,7 @@ class _Kernel:
                 self.m.carry.append(f"{g} = {self.past('ds', name, g)}")
             else:
                 old = self.incoming(s)
-                self.emit(f"tl.store({self.arr(ident('DSN_', s))} + obh, {self.past('ds', name, old)}, mask=m2)")
+                self.emit(f"tl.store({self.arr('DSN_', s)} + obh, {self.past('ds', name, old)}, mask=m2)")
         elif kind == "dp":
             # one batch reduction per distinct expression (the LSTM's b_ih and b_hh gradients are the
             # same sum): stored to each parameter's row, reduced once
@@ -322,8 +322,8 @@ class _Kernel:
         g, k = gm.group, len(gm.mats)
         if not gm.transposed:
             a = gm.a[0]
-            src = (f"{self.arr(ident('SQ_', a.attr))} + rc" if a.op == "state"
-                   else f"{self.arr(ident('SV_', a.attr[1]))} + rt")
+            src = (f"{self.arr('SQ_', a.attr)} + rc" if a.op == "state"
+                   else f"{self.arr('SV_', a.attr[1])} + rt")
             outs = [value_name(o) for o in gm.out]
             self.emit(f"# GEMM [{', '.join(gm.mats)}]: {value_name(a)} @ UT{g}, K in chunks of BK")
             for o in outs:
@@ -334,13 +334,13 @@ class _Kernel:
             self.emit(f"    a = tl.load({src} + rows[:, None] * H + kk[None, :], "
                       f"mask=rmask[:, None] & kmask[None, :], other=0.0).to(DT)")
             for s, o in enumerate(outs):
-                self.emit(f"    w = tl.load({self.arr(f'UT{g}')} + kk[:, None] * ({k} * H) + {s} * H + cols[None, :], "
+                self.emit(f"    w = tl.load({self.arr('UT', g)} + kk[:, None] * ({k} * H) + {s} * H + cols[None, :], "
                           f"mask=kmask[:, None] & cmask[None, :], other=0.0)")
                 self.emit(f"    {o} = _dot(a, w, {o}, DOT_F32, PREC)")
             for s, o in enumerate(gm.out):
                 self.local.add(o)
                 if o.attr in self.later:
-                    self.emit(f"tl.store({self.arr(f'RS{g}')} + rows[:, None] * ({k} * H) + {s} * H + cols[None, :], "
+                    self.emit(f"tl.store({self.arr('RS', g)} + rows[:, None] * ({k} * H) + {s} * H + cols[None, :], "
                               f"{value_name(o)}, mask=m2)")
         else:
             out = value_name(gm.out[0])
@@ -349,14 +349,14 @@ class _Kernel:
             self.emit(f"for k0 in range(0, {k} * H, BK):")
             self.emit("    kk = k0 + tl.arange(0, BK)")
             self.emit(f"    kmask = kk < {k} * H")
-            self.emit(f"    a = tl.load({self.arr(f'dRP{g}')} + ry * {k} + rows[:, None] * ({k} * H) + kk[None, :], "
+            self.emit(f"    a = tl.load({self.arr('dRP', g)} + ry * {k} + rows[:, None] * ({k} * H) + kk[None, :], "
                       f"mask=rmask[:, None] & kmask[None, :], other=0.0)")
-            self.emit(f"    w = tl.load({self.arr(f'U{g}')} + kk[:, None] * H + cols[None, :], "
+            self.emit(f"    w = tl.load({self.arr('U', g)} + kk[:, None] * H + cols[None, :], "
                       f"mask=kmask[:, None] & cmask[None, :], other=0.0)")
             self.emit(f"    {out} = _dot(a, w, {out}, DOT_F32, PREC)")
             self.local.add(gm.out[0])
             if gm.out[0].attr in self.later:
-                self.emit(f"tl.store({self.arr(f'DV{g}')} + obh, {out}, mask=m2)")
+                self.emit(f"tl.store({self.arr('DV', g)} + obh, {out}, mask=m2)")
 
     def gemm_persistent(self, gm: Gemm) -> None:
         """One product of a persistent kernel: operands and weights are already on chip."""
@@ -369,7 +369,7 @@ class _Kernel:
             self.emit(f"a = tl.where(cmask[None, :], {value_name(a)}, 0.0).to(DT)")
             for s, o in enumerate(gm.out):
                 wn = f"W{g}_{s}"
-                self.m.prologue.append(f"{wn} = tl.load({self.arr(f'UT{g}')} + cols[:, None] * ({k} * H) + {s} * H "
+                self.m.prologue.append(f"{wn} = tl.load({self.arr('UT', g)} + cols[:, None] * ({k} * H) + {s} * H "
                                        f"+ cols[None, :], {wmask})")
                 self.emit(f"{value_name(o)} = _dot(a, {wn}, ZT, DOT_F32, PREC)")
                 self.local.add(o)
@@ -381,7 +381,7 @@ class _Kernel:
             for s, a in enumerate(gm.a):
                 self.ensure(a)
                 wn = f"V{g}_{s}"
-                self.m.prologue.append(f"{wn} = tl.load({self.arr(f'U{g}')} + ({s} * H + cols)[:, None] * H "
+                self.m.prologue.append(f"{wn} = tl.load({self.arr('U', g)} + ({s} * H + cols)[:, None] * H "
                                        f"+ cols[None, :], {wmask})")
                 self.emit(f"{out} = _dot({value_name(a)}.to(DT), {wn}, {out}, DOT_F32, PREC)")
             self.local.add(gm.out[0])
@@ -445,15 +445,15 @@ def _persistent_kernel(program: Program, direction: str, alias, vec_index) -> Ke
     if direction == "fwd":
         for s in cell.states:   # the states live in registers for the whole sequence
             st = Node("state", (), s)
-            meta.prologue.append(f"{value_name(st)} = {kb.tile(ident('SQ_', s))}")
+            meta.prologue.append(f"{value_name(st)} = {kb.tile(kb.arr('SQ_', s))}")
             kb.local.add(st)
             meta.epilogue.append("if not STORE_TAPE:  # the final state goes to row 1 of the 2-row buffer")
-            meta.epilogue.append(f"    tl.store({ident('SQ_', s)} + BHs + obh, {value_name(st)}, mask=m2)")
+            meta.epilogue.append(f"    tl.store({array_name('SQ_', s)} + BHs + obh, {value_name(st)}, mask=m2)")
     else:
         for s in cell.states:   # adjoints of the states, carried backwards in time
             g = ident("gs_", s)
-            meta.prologue.append(f"{g} = {kb.tile(ident('DS_', s))}")
-            meta.epilogue.append(f"tl.store({ident('DS_', s)} + obh, {g}, mask=m2)")
+            meta.prologue.append(f"{g} = {kb.tile(kb.arr('DS_', s))}")
+            meta.epilogue.append(f"tl.store({array_name('DS_', s)} + obh, {g}, mask=m2)")
     for st in stages:
         if isinstance(st, Block):
             kb.block(st)
@@ -480,11 +480,9 @@ def render(program: Program, storage: str, compute: str, key: str = "") -> Rende
                                  _persistent_kernel(program, "bwd", alias, vec_index)]
     scratch = {}
     for k in kernels:
-        for a in k.arrays:
-            if a.startswith("RS"):
-                scratch[a] = len(program.groups[int(a[2:])].mats)
-            elif a.startswith(("DV", "BT_")):
-                scratch[a] = 1
+        for a, (prefix, name) in k.array_of.items():
+            if ARRAYS[prefix].scratch:
+                scratch[a] = len(program.groups[name].mats) if prefix == "RS" else 1
     source = render_template("triton_cell.py.j2", cell=program.cell.name, key=key, storage=storage, compute=compute,
                              kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps), prelude=prelude_names())
     return Rendered(source=source, kernels={k.name: k for k in kernels}, fwd_steps=[k.name for k in fsteps],
