@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["Node", "const", "var", "state", "param", "input_", "matvec", "walk", "to_text"]
+__all__ = ["Node", "const", "var", "state", "param", "input_", "matvec", "walk", "to_text", "print_infix", "PRINTED_INFIX"]
 
 
 class Node:
@@ -114,6 +114,7 @@ def walk(roots) -> list[Node]:
 # ---------------------------------------------------------------------------------------- printing
 
 _INFIX = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2)}
+PRINTED_INFIX = frozenset(_INFIX) | {"neg"}     # ops print_infix spells itself; a backend spells the rest
 
 
 def var_name(key: tuple) -> str:
@@ -136,14 +137,43 @@ def _fmt_const(v: float) -> str:
     return repr(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
+def print_infix(expr: Node, atom, memo: dict | None = None) -> str:
+    """The one expression printer: `expr` with + - * / and unary minus as infix, parenthesised only
+    where precedence needs it. Every other node is printed by `atom(node, args)`, where args are its
+    arguments' (text, precedence) pairs, and returns its own (text, precedence): leaves, constants
+    and calls (5 binds tightest; a negative constant may say 0 to be parenthesised as an operand).
+    `memo` (Node -> (text, precedence)) may hold nodes already printed. Used by `to_text` and by
+    every backend's renderer (backends/render.py), so the IR and the generated code read alike."""
+    memo = {} if memo is None else memo
+    for n in walk([expr]):
+        if n in memo:
+            continue
+        args = [memo[a] for a in n.args]
+        if n.op in _INFIX:
+            sym, p = _INFIX[n.op]
+            (lt, lp), (rt, rp) = args
+            lt = lt if lp >= p else f"({lt})"
+            # the right operand of - and / needs parentheses at equal precedence
+            rt = rt if (rp > p or (rp == p and n.op in ("add", "mul"))) else f"({rt})"
+            memo[n] = (f"{lt} {sym} {rt}", p)
+        elif n.op == "neg":
+            (at, ap), = args
+            memo[n] = (f"-{at}" if ap > 3 else f"-({at})", 3)
+        else:
+            memo[n] = atom(n, args)
+    return memo[expr][0]
+
+
 def to_text(node: Node) -> str:
-    """A canonical one-line text for a node: used for debugging, golden tests and cache keys."""
+    """A canonical one-line text for a node: used for debugging, golden tests and cache keys.
+    Each node keeps its text (interned nodes are shared, so a subexpression is printed once)."""
     if node._text is not None:
         return node._text
-    for n in walk([node]):
-        if n._text is not None:
-            continue
-        object.__setattr__(n, "_text", _text1(n))
+    memo = {n: (n._text, _prec(n)) for n in walk([node]) if n._text is not None}
+    print_infix(node, _atom, memo)
+    for n, (text, _) in memo.items():
+        if n._text is None:
+            object.__setattr__(n, "_text", text)
     return node._text
 
 
@@ -157,28 +187,18 @@ def _prec(n: Node) -> int:
     return 5
 
 
-def _text1(n: Node) -> str:
+def _atom(n: Node, args) -> tuple[str, int]:
+    """IR text of a node that is not infix: leaves by name, M @ v, op(args)."""
     op = n.op
     if op == "const":
-        return _fmt_const(n.attr)
+        return _fmt_const(n.attr), 5
     if op == "input":
-        return "x"
+        return "x", 5
     if op in ("state", "param"):
-        return n.attr
+        return n.attr, 5
     if op == "var":
-        return var_name(n.attr)
+        return var_name(n.attr), 5
     if op == "matvec":
-        a = n.args[0]
-        inner = a._text if _prec(a) >= 5 else f"({a._text})"
-        return f"{n.attr} @ {inner}"
-    if op in _INFIX:
-        sym, p = _INFIX[op]
-        left, right = n.args
-        lt = left._text if _prec(left) >= p else f"({left._text})"
-        # right operand of - and / needs parentheses at equal precedence
-        rt = right._text if (_prec(right) > p or (_prec(right) == p and op in ("add", "mul"))) else f"({right._text})"
-        return f"{lt} {sym} {rt}"
-    if op == "neg":
-        a = n.args[0]
-        return f"-{a._text}" if _prec(a) >= 3 else f"-({a._text})"
-    return f"{op}({', '.join(a._text for a in n.args)})"
+        (at, ap), = args
+        return f"{n.attr} @ {at if ap >= 5 else f'({at})'}", 4
+    return f"{op}({', '.join(t for t, _ in args)})", 5

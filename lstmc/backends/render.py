@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from ..version import __version__
-from ..ir import Node, walk
+from ..ir import PRINTED_INFIX, Node, print_infix, walk
 from ..names import LEAVES, ident, local_name
 from ..ops import POINTWISE
 
@@ -29,32 +29,17 @@ def key_name(key: tuple) -> str:
     return local_name(key)
 
 
-_PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3}
-_SYM = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-
-
 def render_expr(expr: Node, spell: dict, leaf=value_name, const=repr) -> str:
-    """Source text of `expr`: + - * / and unary - as Python infix, other ops through `spell`
-    (a format string with {0}, {1}), leaves through `leaf`, numbers through `const`."""
-    text: dict[Node, tuple[str, int]] = {}
-    for n in walk([expr]):
+    """Source text of `expr` through the IR's printer (ir.print_infix: + - * / and unary - as
+    infix), other ops through `spell` (a format string with {0}, {1}), leaves through `leaf`,
+    numbers through `const` (a negative number is parenthesised as an operand)."""
+    def atom(n: Node, args):
         if n.op == "const":
-            v = n.attr
-            text[n] = (const(v), 5 if v >= 0 else 0)
-        elif n.is_leaf:
-            text[n] = (leaf(n), 5)
-        elif n.op in _SYM:
-            p = _PREC[n.op]
-            (lt, lp), (rt, rp) = (text[a] for a in n.args)
-            lt = lt if lp >= p else f"({lt})"
-            rt = rt if (rp > p or (rp == p and n.op in ("add", "mul"))) else f"({rt})"
-            text[n] = (f"{lt} {_SYM[n.op]} {rt}", p)
-        elif n.op == "neg":
-            at, ap = text[n.args[0]]
-            text[n] = (f"-{at}" if ap > 3 else f"-({at})", 3)
-        else:
-            text[n] = (spell[n.op].format(*(text[a][0] for a in n.args)), 5)
-    return text[expr][0]
+            return const(n.attr), (5 if n.attr >= 0 else 0)
+        if n.is_leaf:
+            return leaf(n), 5
+        return spell[n.op].format(*(t for t, _ in args)), 5
+    return print_infix(expr, atom)
 
 
 def past_value(program, kind: str, old: str | None, zero: str) -> str:
@@ -70,7 +55,7 @@ def past_value(program, kind: str, old: str | None, zero: str) -> str:
 
 
 def check_spelling(spell: dict, backend: str) -> None:
-    missing = [op for op in POINTWISE if op not in _SYM and op != "neg" and op not in spell]
+    missing = [op for op in POINTWISE if op not in PRINTED_INFIX and op not in spell]
     if missing:  # pragma: no cover - guarded by tests/test_tables.py
         raise RuntimeError(f"backend {backend} has no spelling for {missing}")
 
