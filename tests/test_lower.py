@@ -1,4 +1,4 @@
-"""The lowering plan (DESIGN.md §3): what the compiler decides for each cell."""
+"""The lowering plan (docs/design.md, "Lowering: the Program"): what the compiler decides for each cell."""
 
 import pytest
 
