@@ -114,6 +114,8 @@ def walk(roots) -> list[Node]:
 # ---------------------------------------------------------------------------------------- printing
 
 _INFIX = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2)}
+# comparisons print infix in the IR's text (`where(a > b, p, q)`); backends spell them as masks
+COMPARISONS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 PRINTED_INFIX = frozenset(_INFIX) | {"neg"}     # ops print_infix spells itself; a backend spells the rest
 
 
@@ -201,4 +203,7 @@ def _atom(n: Node, args) -> tuple[str, int]:
     if op == "matvec":
         (at, ap), = args
         return f"{n.attr} @ {at if ap >= 5 else f'({at})'}", 4
+    if op in COMPARISONS:
+        (lt, _), (rt, _) = args
+        return f"{lt} {COMPARISONS[op]} {rt}", 0
     return f"{op}({', '.join(t for t, _ in args)})", 5

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ir
 from .ir import Node, const
 
-UNARY = ("neg", "exp", "log", "sigmoid", "tanh", "relu", "softplus", "step", "sqrt", "abs", "sign")
-BINARY = ("add", "sub", "mul", "div")
-POINTWISE = UNARY + BINARY
+UNARY = ("neg", "exp", "log", "sigmoid", "tanh", "relu", "softplus", "step", "sqrt", "abs", "sign", "logsigmoid")
+BINARY = ("add", "sub", "mul", "div", "max", "min", "gt", "ge", "lt", "le")
+TERNARY = ("where",)
+POINTWISE = UNARY + BINARY + TERNARY
 
-ARITY = {**{op: 1 for op in UNARY}, **{op: 2 for op in BINARY}}
+ARITY = {**{op: 1 for op in UNARY}, **{op: 2 for op in BINARY}, **{op: 3 for op in TERNARY}}
+
+# Comparisons: a mask of 1.0 where the comparison holds, else 0.0. The language allows them only as
+# where's first argument (spec.py); where(c, p, q) is p where c != 0, else q (a select: the branch
+# not taken never reaches the result, even when it is inf or NaN).
+COMPARISONS = ir.COMPARISONS      # op -> its symbol in the language
 
 # spec-language function name -> primitive
 FUNCTIONS = {
@@ -34,6 +41,10 @@ FUNCTIONS = {
     "softplus": "softplus",
     "sqrt": "sqrt",
     "abs": "abs",
+    "logsigmoid": "logsigmoid",
+    "max": "max",
+    "min": "min",
+    "where": "where",
 }
 
 
@@ -53,6 +64,11 @@ def _softplus(a):
     return np.maximum(a, 0) + np.log1p(np.exp(-np.abs(a)))
 
 
+def _mask(cmp):
+    """A comparison's mask: 1.0 where it holds, else 0.0 (a float, so a tape can hold it)."""
+    return lambda a, b: np.where(cmp(a, b), 1.0, 0.0).astype(np.result_type(a, b))
+
+
 EVAL = {
     "neg": np.negative,
     "exp": np.exp,
@@ -65,14 +81,27 @@ EVAL = {
     "sqrt": np.sqrt,
     "abs": np.abs,
     "sign": np.sign,
+    "logsigmoid": lambda a: -_softplus(-a),
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
     "div": np.divide,
+    "max": lambda a, b: np.where(a >= b, a, b),     # ties: the first argument (its gradient too)
+    "min": lambda a, b: np.where(a <= b, a, b),
+    "gt": _mask(np.greater),
+    "ge": _mask(np.greater_equal),
+    "lt": _mask(np.less),
+    "le": _mask(np.less_equal),
+    "where": lambda c, p, q: np.where(c != 0, p, q),
 }
 
 ONE = const(1.0)
 ZERO = const(0.0)
+
+def _select(cond: Node, g: Node) -> tuple[Node, Node]:
+    """The adjoints of a select's two branches: g where cond holds / 0, and 0 / g."""
+    return mk("where", cond, g, ZERO), mk("where", cond, ZERO, g)
+
 
 DERIV = {
     # node is the forward node (its value is the op's output), g the adjoint flowing into it
@@ -91,7 +120,16 @@ DERIV = {
     "sub": lambda n, g: (g, mk("neg", g)),
     "mul": lambda n, g: (mk("mul", g, n.args[1]), mk("mul", g, n.args[0])),
     "div": lambda n, g: (mk("div", g, n.args[1]), mk("neg", mk("mul", g, mk("div", n, n.args[1])))),
+    "logsigmoid": lambda n, g: (mk("mul", g, mk("sigmoid", mk("neg", n.args[0]))),),
+    # max/min: the adjoint goes to the chosen side (ties: the first), as the forward chooses
+    "max": lambda n, g: _select(mk("ge", *n.args), g),
+    "min": lambda n, g: _select(mk("le", *n.args), g),
+    "gt": lambda n, g: (ZERO, ZERO),
+    "ge": lambda n, g: (ZERO, ZERO),
+    "lt": lambda n, g: (ZERO, ZERO),
+    "le": lambda n, g: (ZERO, ZERO),
+    "where": lambda n, g: (ZERO, *_select(n.args[0], g)),
 }
 
 # ops whose outputs backward reads rather than recomputes (the saved-activation policy, lower.py)
-TRANSCENDENTAL = frozenset({"exp", "log", "sigmoid", "tanh", "softplus", "sqrt"})
+TRANSCENDENTAL = frozenset({"exp", "log", "sigmoid", "tanh", "softplus", "sqrt", "logsigmoid"})

@@ -129,7 +129,7 @@ class Program:
                 out.extend("    " + line for line in describe(st))
         out.append("  after the loop: dW = dxp^T @ x, dU_g = drp_g^T @ v_g, dx = dxp @ W (whole-sequence GEMMs)")
         out.append("  decisions:")
-        out.append(f"    rows past their length: " + ", ".join(f"{k} {v}" for k, v in self.past_length.items()))
+        out.append("    rows past their length: " + ", ".join(f"{k} {v}" for k, v in self.past_length.items()))
         out.append(f"    dy seeds the adjoint of {self.dy_state}'")
         out.append("    dxp " + (f"is drp[{self.dxp_alias}] slot for slot (not stored)" if self.dxp_alias is not None
                                   else "is stored"))

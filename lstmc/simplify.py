@@ -2,7 +2,7 @@
 
 CSE needs no pass of its own: IR nodes are interned (ir.py), so equal subexpressions are one node
 and every consumer shares it. `simplify` rewrites a DAG bottom-up with local identities
-(x + 0, x * 1, x * 0, --x, constant folding, ...) until nothing changes. It is iterative and
+(x + 0, x * 1, x * 0, --x, where(c, p, p), constant folding, ...) until nothing changes. It is iterative and
 memoised across calls, so simplifying many expressions that share a DAG costs the size of the
 DAG once, and it has no recursion limit.
 """
@@ -85,6 +85,15 @@ def _rule(n: Node) -> Node:
         if a.op == "neg":
             return mk("neg", mk("div", a.args[0], b))
         return n
+    if op == "where":
+        c, p, q = args
+        if p is q:
+            return p
+        if c.op == "const":
+            return p if c.attr != 0 else q
+        return n
+    if op in ("max", "min") and args[0] is args[1]:
+        return args[0]
     if op in ("step", "sign") and args[0].op in ("sigmoid", "exp"):
         return const(1.0)  # always positive
     return n

@@ -37,7 +37,8 @@ def test_triton_math_lives_in_its_table_row_or_the_prelude():
               and any(ast.unparse(d) == "triton.jit" for d in f.decorator_list)}
     assert jitted == set(triton_render.prelude_names())
     for op, row in triton_render.SPELL.items():
-        assert re.fullmatch(r"(tl\.\w+|_\w+)\(\{0\}\)", row), (op, row)
+        args = ", ".join(f"{{{k}}}" for k in range(ops.ARITY[op]))
+        assert re.fullmatch(r"(tl\.\w+|_\w+)\(" + re.escape(args) + r"\)", row), (op, row)
     shell = (Path(template_dir()) / "triton_cell.py.j2").read_text()
     assert not re.search(r"^def _", shell, re.M)
     assert "from lstmc.backends.triton.prelude import {{ prelude" in shell
@@ -66,7 +67,8 @@ def test_numba_math_lives_in_its_prelude(dtype):
         opts = getattr(mod, k).targetoptions          # (Numba keeps `cache` elsewhere)
         assert opts["inline"] == "always" and all(opts[o] == v for o, v in options.JIT.items() if o != "cache"), k
     for op, row in numba_render.SPELL.items():
-        assert re.fullmatch(r"_\w+\(\{0\}\)", row), (op, row)
+        args = ", ".join(f"{{{k}}}" for k in range(ops.ARITY[op]))
+        assert re.fullmatch(r"_\w+\(" + re.escape(args) + r"\)", row), (op, row)
     shell = (Path(template_dir()) / "numba_cell.py.j2").read_text()
     assert not re.search(r"^def _", shell, re.M)
     assert "from {{ prelude }} import {{ prelude_names" in shell

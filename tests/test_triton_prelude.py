@@ -23,7 +23,8 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from lstmc.backends import triton as tb  # noqa: E402
-from lstmc.backends.triton.prelude import _dot, _relu, _sigmoid, _sign, _softplus, _step, _tanh  # noqa: E402
+from lstmc.backends.triton.prelude import (  # noqa: E402
+    _dot, _ge, _gt, _le, _logsigmoid, _lt, _max, _min, _relu, _sigmoid, _sign, _softplus, _step, _tanh, _where)
 
 if not tb.interpreting() and not torch.cuda.is_available():
     pytest.skip("triton was imported for a GPU and there is none: run with TRITON_INTERPRET=1",
@@ -48,6 +49,8 @@ def _apply(X, Y, N, OP: tl.constexpr, BLOCK: tl.constexpr):
         y = _step(x)
     elif OP == "sign":
         y = _sign(x)
+    elif OP == "logsigmoid":
+        y = _logsigmoid(x)
     else:
         y = _softplus(x)
     tl.store(Y + offs, y, mask=m)
@@ -73,6 +76,7 @@ ORACLE = {
     "step": lambda x: (x > 0).astype(np.float64),
     "sign": np.sign,
     "softplus": _softplus64,
+    "logsigmoid": lambda x: -np.logaddexp(0.0, -x),
 }
 OPS = list(ORACLE)
 TOL = {"float64": dict(rtol=1e-14, atol=1e-15), "float32": dict(rtol=2e-6, atol=1e-7)}
@@ -178,3 +182,54 @@ def test_dot_bfloat16_widened_on_the_interpreter():
     assert got.dtype == torch.float32
     want = a.double() @ b.double() + c.double()      # exact products of the bfloat16 values
     torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-5)
+
+
+@triton.jit
+def _apply2(A, B, Y, N, OP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    a = tl.load(A + offs, mask=m, other=0.0)
+    b = tl.load(B + offs, mask=m, other=0.0)
+    if OP == "max":
+        y = _max(a, b)
+    elif OP == "min":
+        y = _min(a, b)
+    elif OP == "gt":
+        y = _gt(a, b)
+    elif OP == "ge":
+        y = _ge(a, b)
+    elif OP == "lt":
+        y = _lt(a, b)
+    elif OP == "le":
+        y = _le(a, b)
+    else:                      # a select whose other branch overflows: inf must not reach the result
+        y = _where(_lt(a, 1.0), tl.exp(a), a + 0.5)
+    tl.store(Y + offs, y, mask=m)
+
+
+# independent oracles of the selects and masks (no NaN in these grids: NumPy's maximum and lstmc's
+# select differ only there)
+ORACLE2 = {
+    "max": np.maximum, "min": np.minimum,
+    "gt": lambda a, b: (a > b).astype(np.float64), "ge": lambda a, b: (a >= b).astype(np.float64),
+    "lt": lambda a, b: (a < b).astype(np.float64), "le": lambda a, b: (a <= b).astype(np.float64),
+    "where": lambda a, b: np.where(a < 1.0, np.exp(np.minimum(a, 1.0)), a + 0.5),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("op", list(ORACLE2))
+def test_prelude_selects_and_masks_match_oracle(op, dtype):
+    """Pairs from the grid against each other, ties (a == b) and ±inf included."""
+    g = np.concatenate([grid()[::7], [np.inf, -np.inf, 1.0]])
+    a, b = (np.repeat(g, len(g)), np.tile(g, len(g)))
+    with np.errstate(over="ignore"):
+        a, b = a.astype(dtype), b.astype(dtype)
+    at, bt = (torch.from_numpy(np.ascontiguousarray(v)).to(DEVICE) for v in (a, b))
+    yt = torch.empty_like(at)
+    _apply2[(triton.cdiv(a.size, BLOCK),)](at, bt, yt, a.size, OP=op, BLOCK=BLOCK)
+    got = yt.cpu().numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = ORACLE2[op](a.astype(np.float64), b.astype(np.float64))
+    assert np.isfinite(got).sum() == np.isfinite(want).sum()
+    np.testing.assert_allclose(got.astype(np.float64), want, **TOL[dtype], err_msg=f"{op} {dtype}")

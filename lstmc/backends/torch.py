@@ -29,6 +29,14 @@ SPELL = {
     "sqrt": "torch.sqrt({0})",
     "abs": "torch.abs({0})",
     "sign": "torch.where(torch.isnan({0}), {0}, torch.sign({0}))",   # torch.sign(NaN) is 0; NaN as NumPy
+    "logsigmoid": "F.logsigmoid({0})",
+    "max": "torch.where({0} >= {1}, {0}, {1})",     # ties (and NaN) as the reference: not torch.maximum
+    "min": "torch.where({0} <= {1}, {0}, {1})",
+    "gt": "torch.where({0} > {1}, 1.0, 0.0)",
+    "ge": "torch.where({0} >= {1}, 1.0, 0.0)",
+    "lt": "torch.where({0} < {1}, 1.0, 0.0)",
+    "le": "torch.where({0} <= {1}, 1.0, 0.0)",
+    "where": "torch.where({0} != 0, {1}, {2})",
 }
 check_spelling(SPELL, "torch")
 

@@ -1,5 +1,6 @@
 """The math every float32 numba kernel calls: the activations (`_tanh`, `_sigmoid`, `_relu`, `_step`,
-`_sign`, `_softplus`; `_abs`, `_exp`, `_log`, `_sqrt` from prelude.py) and the in-kernel products
+`_sign`, `_softplus`, `_logsigmoid`; the selects `_max`, `_min`, `_where` and the comparison masks
+`_gt`, `_ge`, `_lt`, `_le`; `_abs`, `_exp`, `_log`, `_sqrt` from prelude.py) and the in-kernel products
 of steps with at most SMALL_ROWS rows (`_mm_nt`, `_mm_nn`). Generated float32 modules import them
 (`from lstmc.backends.numba.prelude_f32 import SMALL_ROWS, _abs, ...`: render.prelude_names); they
 are `inline="always"`, so Numba inlines them into the kernels and the fused loops see their
@@ -26,8 +27,8 @@ from .options import JIT
 from .prelude import SMALL_ROWS, _abs, _exp, _log, _sqrt  # the same for both dtypes
 
 # what a generated module imports (render.prelude_names; tests/test_tables.py checks they agree)
-__all__ = ["SMALL_ROWS", "_abs", "_exp", "_log", "_mm_nn", "_mm_nt", "_relu", "_sigmoid", "_sign", "_softplus",
-           "_sqrt", "_step", "_tanh"]
+__all__ = ["SMALL_ROWS", "_abs", "_exp", "_ge", "_gt", "_le", "_log", "_logsigmoid", "_lt", "_max", "_min",
+           "_mm_nn", "_mm_nt", "_relu", "_sigmoid", "_sign", "_softplus", "_sqrt", "_step", "_tanh", "_where"]
 
 # Rational minimax approximation of tanh on [-7.9053, 7.9053] (the coefficients Eigen uses for float):
 # tanh(x) ~ x * P(x^2) / Q(x^2); beyond the clamp tanh rounds to +-1 in float32.
@@ -95,6 +96,46 @@ def _sign(x):
 @njit(inline="always", **JIT)
 def _softplus(x):
     return max(x, np.float32(0.0)) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(inline="always", **JIT)
+def _logsigmoid(x):
+    return -_softplus(-x)          # log(sigmoid(x)), stable for large |x|
+
+
+@njit(inline="always", **JIT)
+def _max(a, b):
+    return a if a >= b else b      # ties: the first, as the gradient (lstmc/ops.py)
+
+
+@njit(inline="always", **JIT)
+def _min(a, b):
+    return a if a <= b else b
+
+
+@njit(inline="always", **JIT)
+def _gt(a, b):
+    return np.float32(1.0) if a > b else np.float32(0.0)
+
+
+@njit(inline="always", **JIT)
+def _ge(a, b):
+    return np.float32(1.0) if a >= b else np.float32(0.0)
+
+
+@njit(inline="always", **JIT)
+def _lt(a, b):
+    return np.float32(1.0) if a < b else np.float32(0.0)
+
+
+@njit(inline="always", **JIT)
+def _le(a, b):
+    return np.float32(1.0) if a <= b else np.float32(0.0)
+
+
+@njit(inline="always", **JIT)
+def _where(c, p, q):
+    return p if c != np.float32(0.0) else q  # a select: the branch not taken never reaches the result
 
 
 # The in-kernel products (prelude_f64.py has the same code, with float64 zeros: tests/test_tables.py).

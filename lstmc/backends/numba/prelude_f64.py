@@ -1,5 +1,6 @@
 """The math every float64 numba kernel calls: the activations (`_tanh`, `_sigmoid`, `_relu`, `_step`,
-`_sign`, `_softplus`; `_abs`, `_exp`, `_log`, `_sqrt` from prelude.py) and the in-kernel products
+`_sign`, `_softplus`, `_logsigmoid`; the selects `_max`, `_min`, `_where` and the comparison masks
+`_gt`, `_ge`, `_lt`, `_le`; `_abs`, `_exp`, `_log`, `_sqrt` from prelude.py) and the in-kernel products
 of steps with at most SMALL_ROWS rows (`_mm_nt`, `_mm_nn`), under the names prelude_f32.py uses.
 float64 kernels use libm and match the reference to rounding. Generated float64 modules import these
 (`from lstmc.backends.numba.prelude_f64 import ...`); they are `inline="always"`, so Numba inlines
@@ -16,8 +17,8 @@ from .options import JIT
 from .prelude import SMALL_ROWS, _abs, _exp, _log, _sqrt  # the same for both dtypes
 
 # what a generated module imports (render.prelude_names; tests/test_tables.py checks they agree)
-__all__ = ["SMALL_ROWS", "_abs", "_exp", "_log", "_mm_nn", "_mm_nt", "_relu", "_sigmoid", "_sign", "_softplus",
-           "_sqrt", "_step", "_tanh"]
+__all__ = ["SMALL_ROWS", "_abs", "_exp", "_ge", "_gt", "_le", "_log", "_logsigmoid", "_lt", "_max", "_min",
+           "_mm_nn", "_mm_nt", "_relu", "_sigmoid", "_sign", "_softplus", "_sqrt", "_step", "_tanh", "_where"]
 
 
 # float64: libm, matching the reference to rounding.
@@ -52,6 +53,46 @@ def _sign(x):
 @njit(inline="always", **JIT)
 def _softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(inline="always", **JIT)
+def _logsigmoid(x):
+    return -_softplus(-x)          # log(sigmoid(x)), stable for large |x|
+
+
+@njit(inline="always", **JIT)
+def _max(a, b):
+    return a if a >= b else b      # ties: the first, as the gradient (lstmc/ops.py)
+
+
+@njit(inline="always", **JIT)
+def _min(a, b):
+    return a if a <= b else b
+
+
+@njit(inline="always", **JIT)
+def _gt(a, b):
+    return 1.0 if a > b else 0.0
+
+
+@njit(inline="always", **JIT)
+def _ge(a, b):
+    return 1.0 if a >= b else 0.0
+
+
+@njit(inline="always", **JIT)
+def _lt(a, b):
+    return 1.0 if a < b else 0.0
+
+
+@njit(inline="always", **JIT)
+def _le(a, b):
+    return 1.0 if a <= b else 0.0
+
+
+@njit(inline="always", **JIT)
+def _where(c, p, q):
+    return p if c != 0.0 else q  # a select: the branch not taken never reaches the result
 
 
 # The in-kernel products (prelude_f32.py has the same code, with float32 zeros: tests/test_tables.py).

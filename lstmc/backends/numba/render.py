@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import re
 
-from ...ir import Node, var, var_name as ir_name, walk
+from ...ir import PRINTED_INFIX, Node, var, var_name as ir_name, walk
+from ...ops import ARITY, POINTWISE
 from ...lower import Block, Program
 from ...names import ident, local_name
 from ..render import check_spelling, past_value, render_expr, render_template
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
-SPELL = {op: f"_{op}({{0}})" for op in ("exp", "log", "sigmoid", "tanh", "relu", "softplus", "step", "sqrt",
-                                         "abs", "sign")}
+SPELL = {op: f"_{op}({', '.join(f'{{{k}}}' for k in range(ARITY[op]))})" for op in POINTWISE
+         if op not in PRINTED_INFIX}
 check_spelling(SPELL, "numba")
 
 # the module a generated module of each dtype imports its math from

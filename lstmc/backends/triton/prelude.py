@@ -1,5 +1,7 @@
 """The math every generated Triton module calls: the activations whose stable forms are more than
-one `tl` call (`_sigmoid`, `_tanh`, `_relu`, `_step`, `_sign`, `_softplus`) and `_dot`, the tl.dot
+one `tl` call (`_sigmoid`, `_tanh`, `_relu`, `_step`, `_sign`, `_softplus`, `_logsigmoid`), the
+selects (`_max`, `_min`, `_where`), the comparison masks (`_gt`, `_ge`, `_lt`, `_le`: 1.0 or 0.0 in
+float32, whatever the compute type; `_where` only tests them against 0) and `_dot`, the tl.dot
 precision policy. Generated modules import these (`from lstmc.backends.triton.prelude import ...`);
 the renderer's spelling table (`render.SPELL`) names them, one row per primitive, and a primitive's
 Triton math lives either in its row there or here, nowhere else. tests/test_triton_prelude.py checks
@@ -63,3 +65,43 @@ def _sign(x):
 @triton.jit
 def _softplus(x):
     return tl.where(x > 0.0, x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _logsigmoid(x):
+    return -_softplus(-x)                     # log(sigmoid(x)), stable for large |x|
+
+
+@triton.jit
+def _max(a, b):
+    return tl.where(a >= b, a, b)             # ties: the first, as the gradient (lstmc/ops.py)
+
+
+@triton.jit
+def _min(a, b):
+    return tl.where(a <= b, a, b)
+
+
+@triton.jit
+def _gt(a, b):
+    return tl.where(a > b, 1.0, 0.0)
+
+
+@triton.jit
+def _ge(a, b):
+    return tl.where(a >= b, 1.0, 0.0)
+
+
+@triton.jit
+def _lt(a, b):
+    return tl.where(a < b, 1.0, 0.0)
+
+
+@triton.jit
+def _le(a, b):
+    return tl.where(a <= b, 1.0, 0.0)
+
+
+@triton.jit
+def _where(c, p, q):
+    return tl.where(c != 0.0, p, q)           # a select: the branch not taken never reaches the result

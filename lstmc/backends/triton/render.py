@@ -53,6 +53,14 @@ SPELL = {
     "sqrt": "tl.sqrt({0})",
     "abs": "tl.abs({0})",
     "sign": "_sign({0})",
+    "logsigmoid": "_logsigmoid({0})",
+    "max": "_max({0}, {1})",
+    "min": "_min({0}, {1})",
+    "gt": "_gt({0}, {1})",
+    "ge": "_ge({0}, {1})",
+    "lt": "_lt({0}, {1})",
+    "le": "_le({0}, {1})",
+    "where": "_where({0}, {1}, {2})",
 }
 check_spelling(SPELL, "triton")
 
