@@ -6,6 +6,7 @@ The language (README, "The cell language") is line oriented:
     state s1, s2, ...         recurrent state vectors; s is the value at t-1, s' the value at t
     output s                  optional; default the first state
     init NAME = VALUE         optional; VALUE is a number or zeros|ones|uniform|normal|xavier|orthogonal
+    param NAME, ...           optional; once present, every free name must be declared
     NAME = EXPR               an intermediate, assigned once, in any order (no cycles)
     s' = EXPR                 each state updated exactly once
 
@@ -21,12 +22,12 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from lark import Lark, Tree
+from lark import Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from . import ir
 from .ir import Node
-from .ops import FUNCTIONS, mk
+from .ops import FUNCTIONS
+from .spec_expr import Expressions, _parser
 from .spec_errors import CHAR_HINTS, DIRECTIVES, FUNCS_TEXT, Diagnostics, SpecError, did_you_mean, with_article
 
 __all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
@@ -39,40 +40,6 @@ MAX_STATEMENTS = 2_000
 INIT_KINDS = ("zeros", "ones", "uniform", "normal", "xavier", "orthogonal")
 RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
 
-
-# ----------------------------------------------------------------------------------- the grammar
-
-_GRAMMAR = r"""
-start: target "=" expr
-
-target: NAME PRIME?
-
-?expr: sum
-?sum: product
-    | sum "+" product      -> add
-    | sum "-" product      -> sub
-?product: unary
-    | product "*" unary    -> mul
-    | product "/" unary    -> div
-    | product "@" unary    -> matmul
-?unary: atom
-    | "-" unary            -> neg
-    | "+" unary            -> pos
-?atom: NUMBER              -> number
-    | NAME PRIME?          -> name
-    | NAME "(" [args] ")"  -> call
-    | "(" expr ")"
-args: arg ("," arg)*
-?arg: expr
-    | NAME "=" expr        -> kwarg
-
-PRIME: "'"
-NAME: /[A-Za-z_][A-Za-z0-9_]*/
-NUMBER: /([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?/
-%ignore /[ \t\f\r]+/
-"""
-
-_parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
 
 # a number as the language writes it (the NUMBER terminal, optionally signed): used for `init` values
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -119,12 +86,15 @@ def parse(text: str, filename: str = "<string>") -> Cell:
     return _Parser(text, filename).run()
 
 
-class _Parser(Diagnostics):
+class _Parser(Expressions, Diagnostics):
     def __init__(self, text: str, filename: str):
         self.text = text
         self.filename = filename
         self.lines = text.split("\n")
         self._vector: dict[Node, bool] = {}
+        self._conditions: set[int] = set()
+        self._declared: dict | None = None     # `param` lines (None: free names are parameters)
+        self._known: set[str] = set()          # every name the cell declares or defines (for hints)
 
     # top level ------------------------------------------------------------------------------
     def run(self) -> Cell:
@@ -203,6 +173,9 @@ class _Parser(Diagnostics):
         if len(names) != 1:
             raise self.err("`output` takes exactly one state name", lineno, fix="write `output h`")
         return _Stmt("output", lineno, line, names[0])
+
+    def d_param(self, rest, lineno, line):
+        return _Stmt("param", lineno, line, self._names(rest, lineno, line, "parameter"))
 
     def d_init(self, rest, lineno, line):
         m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", rest)
@@ -312,6 +285,7 @@ class _Parser(Diagnostics):
         state_line = 0
         output = None
         inits: dict[str, tuple] = {}
+        declared: dict[str, tuple[int, int]] = {}    # `param` lines: name -> (line, col)
         assigns: dict[str, tuple] = {}      # target ("s'" for states) -> (tree, stmt)
         for st in stmts[1:]:
             if st.kind == "cell":
@@ -330,6 +304,12 @@ class _Parser(Diagnostics):
                 if output is not None:
                     raise self.err("a second `output` statement", st.lineno, fix="name one output state")
                 output = (st.data[0], st.lineno, st.data[1])
+            elif st.kind == "param":
+                for pname, col in st.data:
+                    if pname in declared:
+                        raise self.err(f"parameter '{pname}' is declared twice (first on line {declared[pname][0]})",
+                                       st.lineno, col, fix="declare each parameter once")
+                    declared[pname] = (st.lineno, col)
             elif st.kind == "init":
                 pname, value = st.data
                 if pname in inits:
@@ -374,6 +354,13 @@ class _Parser(Diagnostics):
             if out_name not in state_set:
                 raise self.err(f"output '{out_name}' is not a state", oline, ocol,
                                fix=f"name one of the states: {', '.join(state_names)}")
+        self._declared = declared if declared else None
+        self._known = set(declared) | {k.rstrip("'") for k in assigns} | state_set
+        for pname, (line, col) in declared.items():
+            if pname in state_set or pname in assigns:
+                raise self.err(f"'{pname}' is declared as a parameter but is "
+                               + ("a state" if pname in state_set else "an intermediate"), line, col,
+                               fix="declare only free names (matrices and vectors that are learned)")
         return self.build(name, state_names, out_name, inits, assigns)
 
     @staticmethod
@@ -433,6 +420,7 @@ class _Parser(Diagnostics):
             values[key] = node
             names.setdefault(node, key)
             equations.append((key, node))
+        self.unused(assigns, deps, params)
         # parameters in order of first appearance in the source
         pkinds = {p: k for p, (k, _, _) in sorted(params.items(), key=lambda kv: kv[1][1:])}
         init_vals = {}
@@ -450,6 +438,25 @@ class _Parser(Diagnostics):
         return Cell(name=name, states=tuple(states), output=output, new=new, params=pkinds, inits=init_vals,
                     equations=equations, names=names, source=self.text, filename=self.filename)
 
+    def unused(self, assigns, deps, params) -> None:
+        """The typo rules: an intermediate never used, or a declared parameter never used, is an error
+        (a misspelt use leaves the real name unused and quietly becomes a learned parameter)."""
+        used = {r for refs in deps.values() for r in refs}
+        for key, (tree, st) in assigns.items():
+            if key.endswith("'") or key in used:
+                continue
+            close = [p for p in params if did_you_mean(p, [key])]
+            hint = (f"; '{close[0]}' on line {params[close[0]][1]} is taken as a learned parameter: a misspelling "
+                    f"of '{key}'?" if close else "")
+            raise self.err(f"intermediate '{key}' is defined but never used{hint}", st.lineno,
+                           tree.children[0].children[0].column,
+                           fix=(f"write '{key}' where '{close[0]}' is written" if close
+                                else "use it in an equation or delete the line"))
+        for pname, (line, col) in (self._declared or {}).items():
+            if pname not in params:
+                raise self.err(f"parameter '{pname}' is declared but never used", line, col,
+                               fix="use it in an equation or remove it from the `param` line")
+
     @staticmethod
     def refs(tree: Tree, assigned: set, state_set: set) -> list[str]:
         out = []
@@ -459,142 +466,3 @@ class _Parser(Diagnostics):
                 if n in assigned and n not in out:
                     out.append(n)
         return out
-
-    def is_vector(self, node: Node) -> bool:
-        """Does `node` depend on x, a state or a parameter? (Memoised over the interned nodes, so a long
-        chain of intermediates costs linear time, not quadratic.)"""
-        memo = self._vector
-        stack = [node]
-        while stack:
-            n = stack[-1]
-            if n in memo:
-                stack.pop()
-                continue
-            todo = [a for a in n.args if a not in memo]
-            if todo:
-                stack.extend(todo)
-                continue
-            stack.pop()
-            memo[n] = n.op in ("state", "param", "input", "matvec") or any(memo[a] for a in n.args)
-        return memo[node]
-
-    def expr(self, tree, st: _Stmt, values, state_set, params) -> Node:
-        """Lark tree -> IR, iteratively (post-order), checking names and shapes."""
-        result: dict[int, Node] = {}
-        stack = [(tree, False)]
-        while stack:
-            t, done = stack.pop()
-            if done:
-                result[id(t)] = self.node(t, result, st, values, state_set, params)
-                continue
-            stack.append((t, True))
-            for c in self.operands(t, st):
-                stack.append((c, False))
-        return result[id(tree)]
-
-    def operands(self, t: Tree, st) -> list:
-        """The sub-expressions of `t` to convert first (checking call syntax on the way down)."""
-        if t.data == "matmul":
-            return [t.children[1]]          # the left side is a parameter name, checked in node()
-        if t.data == "call":
-            args = self.call_args(t, st)
-            return args
-        return [c for c in t.children if isinstance(c, Tree)]
-
-    def call_args(self, t: Tree, st) -> list:
-        tok = t.children[0]
-        fname = str(tok)
-        args = t.children[1].children if len(t.children) > 1 else []
-        for a in args:
-            if isinstance(a, Tree) and a.data == "kwarg":
-                raise self.err("keyword arguments are not part of the cell language", st.lineno,
-                               a.children[0].column, fix=f"call {fname}(EXPR) with one positional argument")
-        return list(args)
-
-    def _use_param(self, pname, kind, tok, st, params):
-        prev = params.get(pname)
-        if prev is None:
-            self.check_name(pname, st.lineno, tok.column, "parameter")
-            params[pname] = (kind, st.lineno, tok.column)
-            return
-        if prev[0] != kind:
-            desc = {"W": "a matrix applied to x ([H, I])", "U": "a matrix applied to a hidden vector ([H, H])",
-                    "b": "a per-unit vector ([H])"}
-            raise self.err(f"parameter '{pname}' is used as {desc[kind]} here but as {desc[prev[0]]} on line "
-                           f"{prev[1]}", st.lineno, tok.column, fix="use a separate parameter for each role")
-
-    def node(self, t: Tree, result, st, values, state_set, params) -> Node:
-        d = t.data
-        kids = [result.get(id(c)) for c in t.children]
-        if d == "number":
-            tok = t.children[0]
-            v = float(tok)
-            if not math.isfinite(v):
-                raise self.err(f"the number {tok!s:.20} is too large", st.lineno, tok.column,
-                               fix="numbers must be finite in float64 (below about 1.8e308)")
-            return ir.const(v)
-        if d == "name":
-            tok = t.children[0]
-            nm = str(tok)
-            primed = len(t.children) > 1
-            key = nm + ("'" if primed else "")
-            if nm == "x":
-                if primed:
-                    raise self.err("x has no primed value", st.lineno, tok.column, fix="write x")
-                return ir.input_()
-            if primed:
-                if nm not in state_set:
-                    raise self.err(f"'{key}' is primed but '{nm}' is not a state", st.lineno, tok.column,
-                                   fix="only states have new (primed) values")
-                return values[key]
-            if nm in state_set:
-                return ir.state(nm)
-            if key in values:
-                return values[key]
-            if nm in FUNCTIONS:
-                raise self.err(f"function '{nm}' used without arguments", st.lineno, tok.column,
-                               fix=f"call it: {nm}(...)")
-            self._use_param(nm, "b", tok, st, params)
-            return ir.param(nm)
-        if d == "call":
-            tok = t.children[0]
-            fname = str(tok)
-            args = self.call_args(t, st)
-            if fname not in FUNCTIONS:
-                known = fname in values or fname in state_set or fname in params or fname == "x"
-                raise self.err((f"'{fname}' is not a function and cannot be called" if known
-                                else f"unknown function '{fname}'{did_you_mean(fname, FUNCTIONS)}"),
-                               st.lineno, tok.column,
-                               fix=f"functions are: {', '.join(FUNCTIONS)}" + ("; to multiply write a * (b)"
-                                                                            if known else ""))
-            if len(args) != 1:
-                raise self.err(f"{fname}() takes exactly one argument, got {len(args)}", st.lineno, tok.column,
-                               fix=f"write {fname}(EXPR)")
-            arg = result[id(args[0])]
-            self.no_bare_x(arg, st, args[0])
-            return mk(FUNCTIONS[fname], arg)
-        if d == "matmul":
-            left_tree, right_tree = t.children
-            right = result[id(right_tree)]
-            lname = (str(left_tree.children[0]) if isinstance(left_tree, Tree) and left_tree.data == "name"
-                     and len(left_tree.children) == 1 else None)
-            if lname is None or lname == "x" or lname in state_set or lname in values or lname in FUNCTIONS:
-                self.bad_matmul_left(left_tree, lname, st, state_set, values)
-            if right.op == "input":
-                kind = "W"
-            elif self.is_vector(right):   # x elsewhere in `right` was already rejected by no_bare_x
-                kind = "U"
-            else:
-                raise self.err("the right side of @ must be a vector (x, a state or a vector expression)",
-                               st.lineno, self.col_of(right_tree, st),
-                               fix="a constant cannot be multiplied by a matrix")
-            self._use_param(lname, kind, left_tree.children[0], st, params)
-            return ir.matvec(lname, right)
-        if d in ("neg", "pos"):
-            self.no_bare_x(kids[0], st, t)
-            return mk("neg", kids[0]) if d == "neg" else kids[0]
-        if d in ("add", "sub", "mul", "div"):
-            for child, k in zip(t.children, kids):
-                self.no_bare_x(k, st, child)
-            return mk(d, kids[0], kids[1])
-        raise self.err(f"unsupported construct '{d}'", st.lineno)  # pragma: no cover

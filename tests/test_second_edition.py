@@ -1,0 +1,170 @@
+"""The cell language's second edition, pointwise part: max/min, where with comparisons, logsigmoid
+(README, "The cell language"). One table of cells drives one checker on every backend, float32 and float64,
+forward and backward, with lengths (the problem has rows of length 6, 0 and 3) and reverse; plus
+the tie rule of max/min, a select over an overflowing branch, and sLSTM against an independent
+PyTorch implementation written here from the paper's equations."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if "triton" not in sys.modules and not torch.cuda.is_available():   # as tests/test_triton.py does
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import lstmc  # noqa: E402
+from lstmc.check import backend_vs_reference, run_checks  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# every new construct at least once; `selects` is an sLSTM-like cell with extra selects in it
+SELECTS = """
+cell selects
+state h, c, m
+it = W_i @ x + U_i @ h + b_i
+ft = W_f @ x + U_f @ h + b_f
+m' = max(logsigmoid(ft) + m, it)
+i  = exp(it - m')
+f  = exp(logsigmoid(ft) + m - m')
+g  = where(it >= 0, it + 0.5, sigmoid(it))
+c' = f * c + i * min(g, tanh(W_z @ x + U_z @ h + b_z))
+h' = where(c' < b_o, c', where(c' > 1, 1 - c', 0.5 * c')) * sigmoid(W_o @ x + U_o @ h + b_o)
+"""
+CLIPPED = """
+cell clipped
+state h
+param W, U, b, lo
+a  = W @ x + U @ h + b
+h' = min(max(a, lo), 1) + 0.1 * where(a <= 0, a, -a)
+"""
+CELLS = {"selects": SELECTS, "clipped": CLIPPED, "mingru": str(EXAMPLES / "mingru.cell"),
+         "slstm": str(EXAMPLES / "slstm.cell")}
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_the_ladder_passes(name):
+    """Finite differences in float64 (x, initial state, every parameter), torch autograd and numba."""
+    bad = [(r.name, r.error, r.tolerance) for r in run_checks(CELLS[name], backend="numba", dtype="float64")
+           if not r.ok]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_every_backend_matches_the_reference(name, backend, dtype, reverse):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    bad = [(r.name, r.error, r.tolerance) for r in backend_vs_reference(CELLS[name], backend, dtype, reverse=reverse)
+           if not r.ok]
+    assert not bad, bad
+
+
+TIES = {  # a cell whose two arguments are equal when W_b = W_a, and the same cell with the first alone
+    "max": ("cell t\nstate h\nh' = tanh(max(W_a @ x, W_b @ x) + U @ h)\n", "cell t\nstate h\nh' = tanh(W_a @ x + U @ h)\n"),
+    "min": ("cell t\nstate h\nh' = tanh(min(W_a @ x, W_b @ x) + U @ h)\n", "cell t\nstate h\nh' = tanh(W_a @ x + U @ h)\n"),
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("fn", list(TIES))
+def test_ties_send_the_gradient_to_the_first_argument(fn, backend):
+    tied, alone = TIES[fn]
+    T, B, I, H = 5, 3, 4, 6
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I))
+    dy = rng.standard_normal((T, B, H))
+    ref = lstmc.compile(alone, "reference", "float64")
+    p1 = ref.init_params(I, H, seed=1)
+    params = {"W_a": p1["W_a"], "W_b": p1["W_a"].copy(), "U": p1["U"]}
+    prog = lstmc.compile(tied, backend, "float64")
+    y, _, tape = prog.forward(x, params)
+    dx, _, dp = prog.backward(tape, dy)
+    y1, _, tape1 = ref.forward(x, p1)
+    dx1, _, dp1 = ref.backward(tape1, dy)
+    np.testing.assert_allclose(y, y1, rtol=0, atol=1e-14)
+    assert not np.any(dp["W_b"]), "a tie's gradient went to the second argument"
+    np.testing.assert_allclose(dp["W_a"], dp1["W_a"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-14)
+
+
+SOFTPLUS_BY_HAND = """
+cell soft
+state h
+a  = W @ x + U @ h + b
+h' = tanh(where(a > 30, a, log(1 + exp(a))))
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba", "triton"])
+def test_a_branch_that_overflows_where_it_is_not_taken_never_reaches_the_output(backend):
+    """exp(a) is inf in float32 for a > 88; where picks a there, so the output stays finite."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    prog = lstmc.compile(SOFTPLUS_BY_HAND, backend, "float32")
+    T, B, I, H = 4, 2, 3, 5
+    params = prog.init_params(I, H, seed=0)
+    x = np.full((T, B, I), 400.0, np.float32)
+    params["W"] = np.abs(params["W"]).astype(np.float32) + 0.5       # a = W @ x > 600: exp overflows
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, _, _ = prog.forward(x, params, need_tape=False)
+    y = np.asarray(y)
+    assert np.all(np.isfinite(y)) and np.all(y > 0.99)
+
+
+def _slstm_torch(x, p, H):
+    """sLSTM, one head, from Beck et al. 2024 (eqs. 8-17), written independently of lstmc."""
+    T, B, _ = x.shape
+    h = c = n = m = torch.zeros(B, H, dtype=x.dtype)
+    ys = []
+    for t in range(T):
+        pre = {g: x[t] @ p[f"W_{g}"].T + h @ p[f"U_{g}"].T + p[f"b_{g}"] for g in "ifzo"}
+        log_f = torch.nn.functional.logsigmoid(pre["f"])
+        m_new = torch.maximum(log_f + m, pre["i"])
+        i = torch.exp(pre["i"] - m_new)
+        f = torch.exp(log_f + m - m_new)
+        c = f * c + i * torch.tanh(pre["z"])
+        n = f * n + i
+        h = torch.sigmoid(pre["o"]) * c / n
+        m = m_new
+        ys.append(h)
+    return torch.stack(ys)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_slstm_matches_an_independent_torch_implementation(backend):
+    T, B, I, H = 7, 3, 5, 6
+    prog = lstmc.compile(str(EXAMPLES / "slstm.cell"), backend, "float64")
+    params = prog.init_params(I, H, seed=3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, B, I))
+    dy = rng.standard_normal((T, B, H))
+    y, _, tape = prog.forward(x, params)
+    dx, _, dp = prog.backward(tape, dy)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    tx = torch.tensor(x, requires_grad=True)
+    ty = _slstm_torch(tx, tp, H)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(dp[k]), tp[k].grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numba", "triton"])
+def test_emitted_code_spells_the_new_constructs_through_the_prelude(backend, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lstmc", "compile", str(EXAMPLES / "slstm.cell"), "--backend", backend,
+                        "--emit", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stderr
+    src = next(tmp_path.glob("slstm_*.py")).read_text()
+    assert "_max(" in src and "_logsigmoid(" in src and "_ge(" in src and "_where(" in src
+    show = subprocess.run([sys.executable, "-m", "lstmc", "show", str(EXAMPLES / "slstm.cell")], capture_output=True,
+                          text=True, timeout=300)
+    assert show.returncode == 0, show.stderr
+    assert "max(" in show.stdout and ">=" in show.stdout
