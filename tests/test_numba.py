@@ -249,10 +249,21 @@ def _no_product(a, W, out):
     pass
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_v1"])
+# a cell of selects and comparisons (max, min, where): they must vectorise like arithmetic
+SELECTS = """
+cell clip
+state h, c
+a  = W_a @ x + U_a @ h + b_a
+g  = where(a >= 0, a + 0.5, sigmoid(a))
+c' = max(min(c + g, 1), -1)
+h' = tanh(c') * sigmoid(W_o @ x + U_o @ h + b_o)
+"""
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects"])
 def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
     """The fused blocks must compile to packed SIMD (…ps on ymm/zmm), not only scalar (…ss) code."""
-    nb = lstmc.compile(name, "numba", "float32")
+    nb = lstmc.compile(SELECTS if name == "selects" else name, "numba", "float32")
     mod = _fresh_module(nb.source, tmp_path)
     # the small-batch products (the prelude's _mm_nt/_mm_nn) vectorise on their own: rebind the
     # module's names to a no-op before its kernels compile (Numba reads a kernel's globals when it
