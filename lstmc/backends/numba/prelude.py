@@ -1,5 +1,5 @@
 """The part of the numba prelude that is the same for both dtypes: SMALL_ROWS and the helpers with
-no literal in them (`_abs`, `_exp`, `_log`, `_sqrt`). Generated modules import these through the
+no float literal in them (`_abs`, `_exp`, `_log`, `_sqrt`, the selects `_max`, `_min`, `_where`). Generated modules import these through the
 prelude of their dtype (prelude_f32.py, prelude_f64.py), which re-exports them, so a kernel imports
 its whole prelude from one module. Numba's math functions keep the argument's type (float32 in,
 float32 out), so nothing here promotes a float32 kernel to float64.
@@ -37,3 +37,18 @@ def _log(x):
 @njit(inline="always", **JIT)
 def _sqrt(x):
     return math.sqrt(x)
+
+
+@njit(inline="always", **JIT)
+def _max(a, b):
+    return a if a >= b else b      # ties: the first, as the gradient (lstmc/ops.py)
+
+
+@njit(inline="always", **JIT)
+def _min(a, b):
+    return a if a <= b else b
+
+
+@njit(inline="always", **JIT)
+def _where(c, p, q):
+    return q if c == 0 else p      # a select: the branch not taken never reaches the result

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from .options import JIT
-from .prelude import SMALL_ROWS, _abs, _exp, _log, _sqrt  # the same for both dtypes
+from .prelude import SMALL_ROWS, _abs, _exp, _log, _max, _min, _sqrt, _where  # the same for both dtypes
 
 # what a generated module imports (render.prelude_names; tests/test_tables.py checks they agree)
 __all__ = ["SMALL_ROWS", "_abs", "_exp", "_ge", "_gt", "_le", "_log", "_logsigmoid", "_lt", "_max", "_min",
@@ -104,16 +104,6 @@ def _logsigmoid(x):
 
 
 @njit(inline="always", **JIT)
-def _max(a, b):
-    return a if a >= b else b      # ties: the first, as the gradient (lstmc/ops.py)
-
-
-@njit(inline="always", **JIT)
-def _min(a, b):
-    return a if a <= b else b
-
-
-@njit(inline="always", **JIT)
 def _gt(a, b):
     return np.float32(1.0) if a > b else np.float32(0.0)
 
@@ -131,11 +121,6 @@ def _lt(a, b):
 @njit(inline="always", **JIT)
 def _le(a, b):
     return np.float32(1.0) if a <= b else np.float32(0.0)
-
-
-@njit(inline="always", **JIT)
-def _where(c, p, q):
-    return p if c != np.float32(0.0) else q  # a select: the branch not taken never reaches the result
 
 
 # The in-kernel products (prelude_f64.py has the same code, with float64 zeros: tests/test_tables.py).
