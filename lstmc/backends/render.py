@@ -9,6 +9,7 @@ a builtin or a keyword.
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 
 import jinja2
@@ -79,6 +80,21 @@ def render_template(name: str, **ctx) -> str:
                                   autoescape=False)
     ctx.setdefault("version", __version__)
     return _env.get_template(name).render(**ctx)
+
+
+def ops_used(program) -> set[str]:
+    """The primitives a Program's blocks use (a generated module imports only their math)."""
+    from ..program import Block
+
+    roots = [let.expr for st in program.fwd + program.bwd if isinstance(st, Block) for let in st.lets]
+    return {n.op for n in walk(roots)}
+
+
+def spelled_functions(spell: dict, ops=None) -> set[str]:
+    """The prelude functions a spelling table names (`_sigmoid` of "_sigmoid({0})"), for `ops` only
+    when given."""
+    return {re.match(r"(_\w+)\(", row).group(1) for op, row in spell.items()
+            if row.startswith("_") and (ops is None or op in ops)}
 
 
 def is_batched(expr: Node) -> bool:

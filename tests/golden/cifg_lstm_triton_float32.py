@@ -21,7 +21,7 @@ lstmc/backends/triton/prelude.py.
 import triton
 import triton.language as tl
 
-from lstmc.backends.triton.prelude import _dot, _relu, _sigmoid, _sign, _softplus, _step, _tanh
+from lstmc.backends.triton.prelude import _dot, _sigmoid, _tanh
 
 
 # forward segment 0 of one step: GEMM[U_i, U_g, U_o] + block 1

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from lstmc.backends.numba.options import JIT as _JIT  # cache, error_model="numpy", fastmath, noalias
-from lstmc.backends.numba.prelude_f32 import SMALL_ROWS, _abs, _exp, _log, _mm_nn, _mm_nt, _relu, _sigmoid, _sign, _softplus, _sqrt, _step, _tanh
+from lstmc.backends.numba.prelude_f32 import SMALL_ROWS, _mm_nn, _mm_nt, _relu, _step
 
 
 @njit(**_JIT)

@@ -14,13 +14,11 @@ silently promotes to float64.
 
 from __future__ import annotations
 
-import re
-
 from ...ir import PRINTED_INFIX, Node, var, var_name as ir_name, walk
 from ...ops import ARITY, POINTWISE
 from ...lower import Block, Program
 from ...names import ident, local_name
-from ..render import check_spelling, past_value, render_expr, render_template
+from ..render import check_spelling, ops_used, past_value, render_expr, render_template, spelled_functions
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
@@ -32,10 +30,11 @@ check_spelling(SPELL, "numba")
 PRELUDE = {"float32": "lstmc.backends.numba.prelude_f32", "float64": "lstmc.backends.numba.prelude_f64"}
 
 
-def prelude_names() -> list[str]:
-    """What a generated module imports from its prelude: the functions SPELL names, the in-kernel
-    products `_mm_nt`/`_mm_nn` and SMALL_ROWS (the most rows they multiply)."""
-    spelled = {re.match(r"(_\w+)\(", v).group(1) for v in SPELL.values() if v.startswith("_")}
+def prelude_names(program: Program | None = None) -> list[str]:
+    """What a generated module imports from its prelude: the functions SPELL names (for the
+    primitives `program` uses, when given), the in-kernel products `_mm_nt`/`_mm_nn` and SMALL_ROWS
+    (the most rows they multiply)."""
+    spelled = spelled_functions(SPELL, None if program is None else ops_used(program))
     return sorted(spelled | {"_mm_nn", "_mm_nt", "SMALL_ROWS"})
 
 
@@ -225,7 +224,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
     bwd_swap = [f"{ident('dS_', s)}[b0:b1, :] = {ident('dSn_', s)}[b0:b1]" for s in states]
     return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype, prelude=PRELUDE[dtype],
-                           prelude_names=prelude_names(), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
+                           prelude_names=prelude_names(program), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,
                            bwd_body=bwd_body, bwd_swap=bwd_swap)
 

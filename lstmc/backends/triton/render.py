@@ -26,7 +26,6 @@ States are stored in the compute type CT (float32 for float32/bfloat16/float16 s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,8 +33,8 @@ import numpy as np
 from ...ir import Node, var, walk
 from ...names import ARRAYS, array_name
 from ...lower import Block, Gemm, Program
-from ..render import (check_spelling, ident, is_batched, key_name, past_value, render_expr, render_template,
-                      value_name)
+from ..render import (check_spelling, ident, is_batched, key_name, ops_used, past_value, render_expr,
+                      render_template, spelled_functions, value_name)
 
 # storage dtype -> compute dtype (arithmetic, accumulation, states)
 STORAGE = {"float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32"}
@@ -64,9 +63,10 @@ SPELL = {
 }
 check_spelling(SPELL, "triton")
 
-def prelude_names() -> list[str]:
-    """What a generated module imports from prelude.py: the functions SPELL names, and `_dot`."""
-    return sorted({re.match(r"(_\w+)\(", v).group(1) for v in SPELL.values() if v.startswith("_")} | {"_dot"})
+def prelude_names(program: Program | None = None) -> list[str]:
+    """What a generated module imports from prelude.py: the functions SPELL names (for the
+    primitives `program` uses, when given), and `_dot`."""
+    return sorted(spelled_functions(SPELL, None if program is None else ops_used(program)) | {"_dot"})
 
 
 def _param_args(program: Program):
@@ -492,6 +492,6 @@ def render(program: Program, storage: str, compute: str, key: str = "") -> Rende
             if ARRAYS[prefix].scratch:
                 scratch[a] = len(program.groups[name].mats) if prefix == "RS" else 1
     source = render_template("triton_cell.py.j2", cell=program.cell.name, key=key, storage=storage, compute=compute,
-                             kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps), prelude=prelude_names())
+                             kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps), prelude=prelude_names(program))
     return Rendered(source=source, kernels={k.name: k for k in kernels}, fwd_steps=[k.name for k in fsteps],
                     bwd_steps=[k.name for k in bsteps], scratch=scratch, alias=alias, vec_index=vec_index)
