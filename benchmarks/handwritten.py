@@ -97,4 +97,29 @@ def decay_gru(x, p):
     return torch.stack(ys)
 
 
-HANDWRITTEN = {"peephole_lstm": peephole_lstm, "cifg_lstm": cifg_lstm, "gru_v1": gru_v1, "decay_gru": decay_gru}
+def slstm(x, p):
+    """sLSTM, one head (examples/slstm.cell; Beck et al. 2024)."""
+    T, B, _ = x.shape
+    H = p["U_i"].shape[0]
+    h, c, n, m = (x.new_zeros(B, H) for _ in range(4))
+    W = torch.cat([p["W_i"], p["W_f"], p["W_z"], p["W_o"]])
+    U = torch.cat([p["U_i"], p["U_f"], p["U_z"], p["U_o"]])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 4 * H)
+    ys = []
+    for t in range(T):
+        gi, gf, gz, go = (xw[t] + h @ U.T).chunk(4, 1)
+        it, ft = gi + p["b_i"], gf + p["b_f"]
+        log_f = torch.nn.functional.logsigmoid(ft)
+        m_new = torch.maximum(log_f + m, it)
+        i = torch.exp(it - m_new)
+        f = torch.exp(log_f + m - m_new)
+        c = f * c + i * torch.tanh(gz + p["b_z"])
+        n = f * n + i
+        h = torch.sigmoid(go + p["b_o"]) * c / n
+        m = m_new
+        ys.append(h)
+    return torch.stack(ys)
+
+
+HANDWRITTEN = {"peephole_lstm": peephole_lstm, "cifg_lstm": cifg_lstm, "gru_v1": gru_v1, "decay_gru": decay_gru,
+               "slstm": slstm}

@@ -40,7 +40,11 @@ def _run(benchmark, fn, **info):
 
 
 def _cell(name):
-    return lstmc.parse(USER_CELL) if name == "decay_gru" else lstmc.load(name)
+    if name == "decay_gru":
+        return lstmc.parse(USER_CELL)
+    if name == "slstm":       # a cell of the language's second edition (max, logsigmoid)
+        return lstmc.load(str(Path(__file__).resolve().parents[1] / "examples" / "slstm.cell"))
+    return lstmc.load(name)
 
 
 def _problem(cell, T, B, I, H, seed=0):
@@ -100,7 +104,7 @@ def test_vs_native(benchmark, case, who, machine):
 
 # ------------------------------------------------------------------- vs eager PyTorch of the same cell
 
-CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru"]
+CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm"]
 
 
 @pytest.mark.parametrize("who", ["lstmc-numba", "lstmc-torch-backend", "handwritten-torch"])
