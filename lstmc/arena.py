@@ -61,12 +61,17 @@ def rank_task(entries: list[Entry]) -> list[tuple[int, Entry]]:
         return -m if hib else m
 
     ordered = sorted(entries, key=lambda e: (key(e), e.cell))
-    out, rank, prev = [], 0, None
-    for i, e in enumerate(ordered):
-        if prev is None or key(e) != prev:
-            rank = i + 1
-            prev = key(e)
-        out.append((rank, e))
+    return list(zip(places([key(e) for e in ordered]), ordered))
+
+
+def places(sorted_keys: list) -> list[int]:
+    """1-based places of sorted keys, equal keys sharing the first place of their run (1, 1, 3):
+    the one tie rule of every arena table (per task and overall)."""
+    out, place, prev = [], 0, object()
+    for i, k in enumerate(sorted_keys):
+        if k != prev:
+            place, prev = i + 1, k
+        out.append(place)
     return out
 
 
@@ -196,12 +201,14 @@ def report_md(entries: list[Entry], command: str = "", machine: dict | None = No
                   "| rank | cell | test metric (mean ± std) | seeds | params | hidden | steps/s | wall time |",
                   "|---|---|---|---|---|---|---|---|"]
         for r, e in ranked:
-            lines.append(f"| {r} | {e.cell} | {e.mean:.4f} ± {e.std:.4f} | {len(e.values)} | {e.params} | {e.hidden} | "
+            spread = f"{e.std:.4f}" if len(e.values) > 1 else "n/a"      # one seed has no spread
+            lines.append(f"| {r} | {e.cell} | {e.mean:.4f} ± {spread} | {len(e.values)} | {e.params} | {e.hidden} | "
                          f"{e.steps_per_s:.1f} | {e.wall_time:.0f} s |")
         lines.append("")
     lines += ["## Overall (mean rank over tasks)", "", "| place | cell | mean rank | ranks |", "|---|---|---|---|"]
-    for i, (c, mr, rs) in enumerate(overall(entries), 1):
-        lines.append(f"| {i} | {c} | {mr:.2f} | {', '.join(f'{t}: {r}' for t, r in sorted(rs.items()))} |")
+    board = overall(entries)
+    for place, (c, mr, rs) in zip(places([mr for _, mr, _ in board]), board):
+        lines.append(f"| {place} | {c} | {mr:.2f} | {', '.join(f'{t}: {r}' for t, r in sorted(rs.items()))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,9 +224,10 @@ def plot_curves(entries: list[Entry], out: Path) -> list[str]:
         for e in [e for e in entries if e.task == t]:
             for k, curve in enumerate(e.curves):
                 pts = [(s, v) for s, v in curve if s is not None and v is not None]
-                if pts:
+                if pts:   # few evaluations: markers, so that one point is not an invisible line
                     ax.plot(*zip(*pts), color=f"C{sorted({x.cell for x in entries}).index(e.cell)}",
-                            alpha=0.8, label=e.cell if k == 0 else None)
+                            alpha=0.8, label=e.cell if k == 0 else None, marker="o" if len(pts) <= 20 else None,
+                            markersize=4)
             ax.axhline(e.baseline, color="gray", ls="--", lw=1)
         e0 = next(e for e in entries if e.task == t)
         ax.set_title(f"{t}: validation {e0.metric} (dashed: {e0.baseline_name} baseline)")
@@ -234,28 +242,39 @@ def plot_curves(entries: list[Entry], out: Path) -> list[str]:
 
 
 def report_html(md: str, images: list[str]) -> str:
+    """The markdown report as a standalone HTML page: headings, paragraphs (inline `code` kept) and
+    each markdown table as one <table> with a header row (tests/test_arena.py parses the result)."""
     import html
+    import re
 
-    body = []
-    for line in md.splitlines():
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("|") and not line.startswith("|---"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    def inline(text: str) -> str:
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+    def table(rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
+        body = "\n".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+    blocks, rows = [], None
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line.strip()):      # the |---| separator row
+                rows = (rows or []) + [[c.strip() for c in line.strip().strip("|").split("|")]]
+            continue
+        if rows:
+            blocks.append(table(rows))
+            rows = None
+        if line.startswith("## "):
+            blocks.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            blocks.append(f"<h1>{inline(line[2:])}</h1>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    text = "\n".join(body)
-    text = text.replace("</p>\n<tr>", "</p>\n<table>\n<tr>").replace("</tr>\n<h", "</tr>\n</table>\n<h")
-    text = text.replace("</h2>\n<tr>", "</h2>\n<table>\n<tr>")
-    if text.rstrip().endswith("</tr>"):
-        text += "\n</table>"
+            blocks.append(f"<p>{inline(line)}</p>")
+    text = "\n".join(blocks)
     imgs = "\n".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
     return ("<!doctype html><html><head><meta charset='utf-8'><title>lstmc arena</title><style>"
             "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-            "td{border:1px solid #ccc;padding:2px 8px}tr:first-child td{font-weight:bold}</style></head><body>"
+            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
             f"{text}\n<h2>Learning curves</h2>\n{imgs}\n</body></html>\n")
 
 

@@ -36,6 +36,55 @@ def test_overall_mean_rank_and_missing_task():
                      ("c", 2.0, {"t1": 1, "t2": 3})]
 
 
+class _StrictHTML:
+    """Parse HTML with the standard library and check that every element is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr"}
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+
+        self.stack, self.counts, self.text = [], {}, []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                outer.counts[tag] = outer.counts.get(tag, 0) + 1
+                if tag not in outer.VOID:
+                    outer.stack.append(tag)
+
+            def handle_endtag(self, tag):
+                assert outer.stack and outer.stack[-1] == tag, f"</{tag}> closes {outer.stack[-1:]}"
+                outer.stack.pop()
+
+            def handle_data(self, data):
+                outer.text.append(data)
+
+        P().feed(text)
+        assert not self.stack, f"unclosed: {self.stack}"
+
+
+def test_report_html_is_valid_with_one_table_per_markdown_table():
+    entries = [E("a", "t1", [0.1, 0.2]), E("b", "t1", [0.15]), E("a", "t2", [0.9], hib=True),
+               E("b", "t2", [0.8], hib=True)]
+    md = arena.report_md(entries, command="lstmc arena a b --tasks t1,t2")
+    page = arena.report_html(md, ["curves_t1.png"])
+    doc = _StrictHTML(page)
+    separators = [line for line in md.splitlines() if line.startswith("|---")]
+    assert doc.counts["table"] == len(separators) == 3          # two tasks and the overall board
+    assert doc.counts["th"] > 0 and doc.counts["img"] == 1
+    assert "|" not in "".join(doc.text) and "<code>lstmc arena a b --tasks t1,t2</code>" in page
+
+
+def test_one_seed_has_no_spread_and_ties_share_a_place_everywhere():
+    entries = [E("a", "t1", [0.1]), E("b", "t1", [0.2]), E("a", "t2", [0.2]), E("b", "t2", [0.1])]
+    md = arena.report_md(entries)
+    assert "0.1000 ± n/a" in md and "± 0.0000" not in md
+    board = [line for line in md.splitlines() if line.startswith("| 1 |")]
+    assert len(board) == 2 + 2         # a and b tie overall (mean rank 1.5): both in first place
+    assert arena.places([1.0, 1.0, 2.0, 3.0, 3.0]) == [1, 1, 3, 4, 4]
+
+
 def test_mean_and_std_over_seeds():
     e = E("a", "t", [1.0, 2.0, 3.0])
     assert e.mean == 2.0 and e.std == pytest.approx(1.0)
