@@ -310,15 +310,18 @@ def _budget(s: str) -> float:
 def add_parser(sub) -> None:
     p = sub.add_parser("arena", help="train cells on tasks with one budget and rank them")
     p.add_argument("cells", nargs="+", help="built-in names or .cell paths")
-    p.add_argument("--tasks", default="adding,copy,digits,charlm,sunspots")
+    from .tasks import TASKS
+
+    p.add_argument("--tasks", default="adding,copy,digits,charlm,sunspots",
+                   help=f"comma-separated tasks, from: {', '.join(TASKS)} (default: all)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", default=None, help="wall time per run, e.g. 120s (not reproducible: steps vary)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps per run (reproducible)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="training runs per cell and task (default: 3)")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (of the first cell with --match-params)")
     p.add_argument("--match-params", action="store_true", help="pick hidden sizes so parameter counts match")
-    p.add_argument("--out", default="arena")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="arena", help="output directory (default: arena)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(fn=cli_main)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import ir
+from .backends.base import BackendUnavailable
 from .spec import SpecError
 
 
@@ -103,21 +104,27 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .build import BACKENDS
 
+    from .version import __version__
+
     p = argparse.ArgumentParser(prog="lstmc", description="A compiler for recurrent neural-network cells.")
+    p.add_argument("--version", action="version", version=f"lstmc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("show", help="print the parsed equations, parameter shapes, backward and lowered program")
     s.add_argument("cell", help="a built-in cell name or a path to a .cell file")
     s.set_defaults(fn=cmd_show)
     c = sub.add_parser("check", help="gradient checks and oracle comparisons; exit 0 only if all pass")
     c.add_argument("cells", nargs="+", help="built-in cell names or .cell paths")
-    c.add_argument("--backend", choices=BACKENDS, default=None, help="also compare this backend with the reference")
-    c.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    c.add_argument("--backend", choices=BACKENDS, default="numba",
+                   help="compare this backend with the reference too, forward and backward (default: numba, the CPU "
+                        "default); `reference` runs the ladder alone")
+    c.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="dtype of the compared backend (default: float64)")
     c.set_defaults(fn=cmd_check)
     k = sub.add_parser("compile", help="compile a cell; --emit DIR writes the generated source")
-    k.add_argument("cell")
-    k.add_argument("--backend", choices=BACKENDS, default="torch")
-    k.add_argument("--dtype", choices=("float64", "float32"), default="float32")
-    k.add_argument("--emit", metavar="DIR", default=None)
+    k.add_argument("cell", help="a built-in cell name or a path to a .cell file")
+    k.add_argument("--backend", choices=BACKENDS, default="torch", help="the code generator (default: torch)")
+    k.add_argument("--dtype", choices=("float64", "float32"), default="float32", help="(default: float32)")
+    k.add_argument("--emit", metavar="DIR", default=None, help="write the generated source into DIR")
     k.set_defaults(fn=cmd_compile)
     from . import arena, bench
 
@@ -127,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_parser(sub)
     d = sub.add_parser("demo", help="the main job: compile, check, train and benchmark the built-in cells")
-    d.add_argument("--quick", action="store_true", help="a shorter run")
+    d.add_argument("--quick", action="store_true",
+                   help="a shorter run: 1,000 training steps instead of 2,000 and T=50 instead of 100 in the speed stage")
     d.set_defaults(fn=cmd_demo)
     return p
 
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, BackendUnavailable) as e:
         print(f"lstmc: error: {e}", file=sys.stderr)
         return 2
 

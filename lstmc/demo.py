@@ -66,6 +66,8 @@ def speed(T=100, B=64, I=256, H=256) -> None:
 
 
 def main(args=None) -> int:
+    """`--quick` (args.quick): half the training steps and a shorter sequence in the speed stage."""
+    quick = bool(getattr(args, "quick", False))
     t0 = time.perf_counter()
     print("lstmc demo 1/3: compile every built-in cell for the CPU (numba) and check it\n")
     failed = check_builtins()
@@ -78,9 +80,9 @@ def main(args=None) -> int:
     except ImportError:
         print("  (training runtime not installed in this build)\n")
     else:
-        if demo_run() != 0:
+        if demo_run(quick=quick) != 0:
             return 1
     print("\nlstmc demo 3/3: speed against PyTorch\n")
-    speed()
+    speed(T=50 if quick else 100)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     return 0

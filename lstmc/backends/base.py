@@ -43,6 +43,11 @@ def check_dtype(dtype) -> str:
     return name
 
 
+class BackendUnavailable(RuntimeError):
+    """A backend that this machine cannot run (the triton backend without a CUDA GPU): an expected
+    condition, which the command line reports in one line rather than with a traceback."""
+
+
 @dataclass
 class Tape:
     """What backward needs from a forward call (arrays of the backend's library)."""

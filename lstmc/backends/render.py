@@ -97,6 +97,17 @@ def spelled_functions(spell: dict, ops=None) -> set[str]:
             if row.startswith("_") and (ops is None or op in ops)}
 
 
+def compile_spec(cell) -> str:
+    """What `lstmc compile` takes to regenerate a cell's module (the header of generated code): its
+    name for a built-in, the file name for a .cell file, a placeholder for a spec given as text."""
+    fn = getattr(cell, "filename", "") or ""
+    if fn.startswith("<builtin "):
+        return cell.name
+    if fn.startswith("<"):
+        return "CELL_FILE.cell"
+    return Path(fn).name
+
+
 def is_batched(expr: Node) -> bool:
     """Does `expr` vary over batch rows (reads a state, a product, a seed...)? Otherwise it is [H] or scalar."""
     return any(n.op in ("state", "var") for n in walk([expr]))

@@ -18,7 +18,8 @@ from ...ir import PRINTED_INFIX, Node, var, var_name as ir_name, walk
 from ...ops import ARITY, POINTWISE
 from ...lower import Block, Program
 from ...names import ident, local_name
-from ..render import check_spelling, ops_used, past_value, render_expr, render_template, spelled_functions
+from ..render import (check_spelling, compile_spec, ops_used, past_value, render_expr, render_template,
+                      spelled_functions)
 
 # One row per primitive: a function of the dtype's prelude (prelude_f32.py / prelude_f64.py), where
 # its math lives.
@@ -223,7 +224,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                          f"    np.dot(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])"]
     # (a copy, not a swap of the two arrays: LLVM must see distinct arrays to vectorise the blocks)
     bwd_swap = [f"{ident('dS_', s)}[b0:b1, :] = {ident('dSn_', s)}[b0:b1]" for s in states]
-    return render_template("numba_cell.py.j2", cell=cell.name, key=key, dtype=dtype, prelude=PRELUDE[dtype],
+    return render_template("numba_cell.py.j2", spec=compile_spec(program.cell), cell=cell.name, key=key, dtype=dtype,
+                           prelude=PRELUDE[dtype],
                            prelude_names=prelude_names(program), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,
                            bwd_body=bwd_body, bwd_swap=bwd_swap)

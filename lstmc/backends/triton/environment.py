@@ -9,7 +9,10 @@ import os
 import sys
 import threading
 
+from ..base import BackendUnavailable
+
 # held while a generated module is built and decorated (TRITON_INTERPRET is process-wide)
+
 _lock = threading.Lock()
 
 PRELUDE = "lstmc.backends.triton.prelude"
@@ -97,6 +100,6 @@ def environment():
         raise RuntimeError("TRITON_INTERPRET=1 is set, but only after `import triton` ran: Triton chooses between "
                            "its CPU interpreter and the GPU compiler when it is first imported. Set it before "
                            "Python starts (TRITON_INTERPRET=1 python ...) or before the first `import triton`.")
-    raise RuntimeError("the triton backend needs a CUDA GPU, and torch.cuda.is_available() is False here. "
+    raise BackendUnavailable("the triton backend needs a CUDA GPU, and torch.cuda.is_available() is False here. "
                        "To run its kernels on the CPU (slowly; meant for tests) start Python with "
                        "TRITON_INTERPRET=1 in the environment; otherwise use backend='numba' on the CPU.")

@@ -33,7 +33,7 @@ import numpy as np
 from ...ir import Node, var, walk
 from ...names import ARRAYS, array_name
 from ...lower import Block, Gemm, Program
-from ..render import (check_spelling, ident, is_batched, key_name, ops_used, past_value, render_expr,
+from ..render import (check_spelling, compile_spec, ident, is_batched, key_name, ops_used, past_value, render_expr,
                       render_template, spelled_functions, value_name)
 
 # storage dtype -> compute dtype (arithmetic, accumulation, states)
@@ -491,7 +491,8 @@ def render(program: Program, storage: str, compute: str, key: str = "") -> Rende
         for a, (prefix, name) in k.array_of.items():
             if ARRAYS[prefix].scratch:
                 scratch[a] = len(program.groups[name].mats) if prefix == "RS" else 1
-    source = render_template("triton_cell.py.j2", cell=program.cell.name, key=key, storage=storage, compute=compute,
+    source = render_template("triton_cell.py.j2", spec=compile_spec(program.cell), cell=program.cell.name, key=key,
+                             storage=storage, compute=compute,
                              kernels=kernels, n_fwd=len(fsteps), n_bwd=len(bsteps), prelude=prelude_names(program))
     return Rendered(source=source, kernels={k.name: k for k in kernels}, fwd_steps=[k.name for k in fsteps],
                     bwd_steps=[k.name for k in bsteps], scratch=scratch, alias=alias, vec_index=vec_index)
