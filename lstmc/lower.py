@@ -20,7 +20,7 @@ from __future__ import annotations
 from . import ir
 from .grad import differentiate
 from .ir import Node, var, walk
-from .ops import TRANSCENDENTAL
+from .ops import REDUCTIONS, TRANSCENDENTAL
 from .program import Block, Gemm, Group, Let, Program, decide
 from .simplify import simplify
 from .spec import Cell
@@ -46,14 +46,14 @@ def lower(cell: Cell) -> Program:
     groups = []
     for gi, g in enumerate(prod.groups):
         operand = g["operand"] if g["operand"].op == "state" else var("sv", saver.names[g["operand"]])
-        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"]))
-    fwd_gemms = [Gemm(g.index, (g.operand,), g.mats, tuple(var("rp", g.index, m) for m in g.mats), False)
+        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"], g.get("reduce")))
+    fwd_gemms = [Gemm(g.index, (g.operand,), g.mats, tuple(var("rp", g.index, m) for m in g.mats), False, g.reduce)
                  for g in groups]
     # forward: operand values are computed under their sv name; the gemm reads that var
     fwd = _schedule(fwd_roots, fwd_gemms, prod.names, operand_nodes={
         var("sv", saver.names[g["operand"]]): g["operand"] for g in prod.groups if g["operand"].op != "state"})
-    bwd_gemms = [Gemm(g.index, tuple(var("drp", g.index, m) for m in g.mats), g.mats, (var("dv", g.index),), True)
-                 for g in groups]
+    bwd_gemms = [Gemm(g.index, tuple(var("drp", g.index, m) for m in g.mats), g.mats, (var("dv", g.index),), True,
+                      g.reduce) for g in groups]
     bwd_names = {}
     for k, n in bwd_roots.items():
         bwd_names.setdefault(n, ir.var_name(k))
@@ -75,6 +75,7 @@ def _plan_products(cell: Cell) -> _Products:
     p.input_mats = []
     p.groups = []            # dicts: operand (lowered node), mats, phase
     by_operand: dict[Node, int] = {}
+    by_reduction: dict[tuple[Node, str], int] = {}
     seen_mats: set[tuple] = set()   # ("x", M) and (group, M) already given a slot (lists keep the order)
     memo: dict[Node, Node] = {}
     phase: dict[Node, int] = {}
@@ -101,6 +102,14 @@ def _plan_products(cell: Cell) -> _Products:
                     p.groups[gi]["mats"].append(n.attr)
                 m = var("rp", gi, n.attr)
                 phase[m] = phase[v] + 1
+        elif n.op in REDUCTIONS:        # a reduction over the row: a stage of its own, like a product
+            (v,) = args
+            gi = by_reduction.get((v, n.op))
+            if gi is None:
+                gi = by_reduction[(v, n.op)] = len(p.groups)
+                p.groups.append({"operand": v, "mats": [n.op], "phase": phase[v], "reduce": n.op})
+            m = var("rp", gi, n.op)
+            phase[m] = phase[v] + 1
         else:
             m = n if args == n.args else ir.Node(n.op, args, n.attr)
             phase[m] = max((phase[a] for a in args), default=0)

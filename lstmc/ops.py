@@ -26,6 +26,12 @@ POINTWISE = UNARY + BINARY + TERNARY
 
 ARITY = {**{op: 1 for op in UNARY}, **{op: 2 for op in BINARY}, **{op: 3 for op in TERNARY}}
 
+# Reductions over the hidden axis of one batch row: structural ops like M @ v (not pointwise), a
+# per-row scalar that broadcasts back to [H]. The lowering turns each into a reduction stage between
+# pointwise blocks (lstmc/lower.py); `layernorm` is written with them by the parser.
+REDUCTIONS = ("mean", "sum")
+LAYERNORM_EPS = 1e-5      # torch.nn.functional.layer_norm's default
+
 # Comparisons: a mask of 1.0 where the comparison holds, else 0.0. The language allows them only as
 # where's first argument (spec.py); where(c, p, q) is p where c != 0, else q (a select: the branch
 # not taken never reaches the result, even when it is inf or NaN).

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from . import ir
 from .ir import Node, var, walk
 from .names import VALUES
+from .ops import REDUCTIONS
 from .spec import Cell
 
 __all__ = ["Program", "Block", "Gemm", "Let", "Group", "ProgramError", "PAST_LENGTH", "describe", "decide"]
@@ -70,21 +71,27 @@ class Block:
 @dataclass(frozen=True)
 class Gemm:
     """One matrix product per step. Forward: out[:, slot j] = A @ mats[j]^T (A is [B, H]).
-    Backward: out = concat(A slots) @ concat(mats) (A is [B, k*H], out [B, H])."""
+    Backward: out = concat(A slots) @ concat(mats) (A is [B, k*H], out [B, H]).
+    A reduction stage (`reduce` "mean" or "sum", mats ("mean",) or ("sum",)) is the product with
+    the constant [H, H] matrix J/H or J, computed as what it is: the row's mean or sum, broadcast;
+    the matrix is symmetric, so backward is the same reduction of the adjoint."""
     group: int
     a: tuple[Node, ...]      # leaf nodes whose values form A's column slots
     mats: tuple[str, ...]
     out: tuple[Node, ...]    # the var leaves this GEMM defines
     transposed: bool         # False: forward (A @ W^T), True: backward (dA @ W)
+    reduce: str | None = None
 
 
 @dataclass(frozen=True)
 class Group:
-    """A recurrent GEMM group: operand v (a state or a saved value) times each matrix in `mats`."""
+    """A recurrent GEMM group: operand v (a state or a saved value) times each matrix in `mats`;
+    or, with `reduce`, a reduction of v over the hidden axis (mats is then (reduce,), no weight)."""
     index: int
     operand: Node            # state(s) or var('sv', name)
     mats: tuple[str, ...]
     phase: int
+    reduce: str | None = None
 
 
 @dataclass
@@ -109,6 +116,11 @@ class Program:
     def dy_state(self) -> str:
         """The state whose incoming adjoint receives dy at every step."""
         return self.cell.output
+
+    @property
+    def weight_groups(self) -> tuple[Group, ...]:
+        """The groups that multiply learned matrices (not reductions)."""
+        return tuple(g for g in self.groups if g.reduce is None)
 
     def dp_sums(self) -> tuple[str, ...]:
         """The vector parameters whose gradients are accumulated (the others copy one of these)."""
@@ -144,6 +156,9 @@ class Program:
 
 
 def describe(stage) -> list[str]:
+    if isinstance(stage, Gemm) and stage.reduce:
+        a, out = ir.to_text(stage.a[0]), ir.to_text(stage.out[0])
+        return [f"REDUCE {out} = {stage.reduce}({a}) over each row's hidden axis, broadcast"]
     if isinstance(stage, Gemm):
         a = ", ".join(ir.to_text(n) for n in stage.a)
         if stage.transposed:
@@ -162,7 +177,7 @@ def decide(program: Program) -> Program:
     """Fill in the decisions that follow from the plan (aliases, shared sums); returns `program`."""
     adj = {let.key: let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets}
     program.dxp_alias = None
-    for g in program.groups:
+    for g in program.weight_groups:
         if program.input_mats and len(g.mats) == len(program.input_mats) and all(
                 adj.get(("dxp", m)) is var("drp", g.index, gm) for m, gm in zip(program.input_mats, g.mats)):
             program.dxp_alias = g.index
@@ -197,7 +212,8 @@ def _verify(p: Program) -> None:
     for i, g in enumerate(p.groups):
         if g.index != i:
             _fail(f"group {i} has index {g.index}")
-        bad = [m for m in g.mats if params.get(m) != "U"]
+        bad = [m for m in g.mats if params.get(m) != "U"] if g.reduce is None else (
+            [] if g.mats == (g.reduce,) and g.reduce in REDUCTIONS else list(g.mats))
         if bad:
             _fail(f"group {i} multiplies {bad}, which are not U parameters")
         if not (g.operand.op == "state" or (g.operand.op == "var" and g.operand.attr[0] == "sv")):
@@ -245,7 +261,8 @@ def _check_stages(p: Program, stages, available: set, direction: str) -> set:
     states, params = set(p.cell.states), set(p.cell.params)
     for st in stages:
         if isinstance(st, Gemm):
-            if not 0 <= st.group < len(p.groups) or st.mats != p.groups[st.group].mats:
+            if (not 0 <= st.group < len(p.groups) or st.mats != p.groups[st.group].mats
+                    or st.reduce != p.groups[st.group].reduce):
                 _fail(f"{direction} GEMM of group {st.group} multiplies {st.mats}, not its group's matrices")
             if st.transposed != (direction == "backward"):
                 _fail(f"{direction} GEMM of group {st.group} has the wrong orientation")
@@ -272,7 +289,7 @@ def _check_stages(p: Program, stages, available: set, direction: str) -> set:
                     _fail(f"{direction} block {st.phase} reads unknown state {n.attr}")
                 if n.op == "param" and n.attr not in params:
                     _fail(f"{direction} block {st.phase} reads unknown parameter {n.attr}")
-                if n.op in ("matvec", "input"):
+                if n.op in ("matvec", "input", *REDUCTIONS):
                     _fail(f"{direction} block {st.phase} holds an unlowered {n.op}: products belong to GEMMs")
             defined.add(let.key)
             made.add(let.key)

@@ -27,7 +27,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 from .ir import Node
 from .ops import FUNCTIONS
-from .spec_expr import Expressions, _parser
+from .spec_expr import ROW_FUNCTIONS, Expressions, _parser
 from .spec_errors import CHAR_HINTS, DIRECTIVES, FUNCS_TEXT, Diagnostics, SpecError, did_you_mean, with_article
 
 __all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
@@ -38,7 +38,7 @@ MAX_NESTING = 64
 MAX_STATEMENTS = 2_000
 
 INIT_KINDS = ("zeros", "ones", "uniform", "normal", "xavier", "orthogonal")
-RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
+RESERVED = set(DIRECTIVES) | set(FUNCTIONS) | set(ROW_FUNCTIONS) | {"x"} | set(keyword.kwlist) | set(keyword.softkwlist)
 
 
 # a number as the language writes it (the NUMBER terminal, optionally signed): used for `init` values
@@ -155,7 +155,8 @@ class _Parser(Expressions, Diagnostics):
     def check_name(self, name: str, lineno: int, col: int, what: str):
         if name in RESERVED:
             why = ("a Python keyword" if keyword.iskeyword(name) or keyword.issoftkeyword(name)
-                   else "the step input" if name == "x" else "a function" if name in FUNCTIONS else "a directive")
+                   else "the step input" if name == "x" else "a function" if name in RESERVED - set(DIRECTIVES)
+                   else "a directive")
             raise self.err(f"'{name}' is reserved ({why}) and cannot name {with_article(what)}", lineno, col,
                            fix="choose another name")
 

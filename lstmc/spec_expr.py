@@ -11,7 +11,7 @@ from lark import Lark, Tree
 
 from . import ir
 from .ir import Node
-from .ops import ARITY, COMPARISONS, FUNCTIONS, mk
+from .ops import ARITY, COMPARISONS, FUNCTIONS, LAYERNORM_EPS, REDUCTIONS, mk
 from .spec_errors import did_you_mean
 
 # ----------------------------------------------------------------------------------- the grammar
@@ -52,7 +52,11 @@ _parser = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
 
 
 # how a call is written, for error messages
-_CALL_FORM = {"where": "where(a > b, IF_TRUE, IF_FALSE)", "max": "max(A, B)", "min": "min(A, B)"}
+_CALL_FORM = {"where": "where(a > b, IF_TRUE, IF_FALSE)", "max": "max(A, B)", "min": "min(A, B)",
+              "layernorm": "layernorm(V) or layernorm(V, 1e-5)"}
+# functions over a row (not element-wise): the reductions and layernorm, which is written with them
+ROW_FUNCTIONS = (*REDUCTIONS, "layernorm")
+ALL_FUNCTIONS = (*FUNCTIONS, *ROW_FUNCTIONS)
 
 
 def _count(n: int) -> str:
@@ -136,6 +140,32 @@ class Expressions:
             raise self.err(f"parameter '{pname}' is used as {desc[kind]} here but as {desc[prev[0]]} on line "
                            f"{prev[1]}", st.lineno, tok.column, fix="use a separate parameter for each role")
 
+    def row_function(self, fname: str, tok, args, result, st) -> Node:
+        """mean(v), sum(v): over the hidden axis of one batch row, broadcast back; layernorm(v[, eps]):
+        (v - mean(v)) / sqrt(mean((v - mean(v))^2) + eps), eps 1e-5 by default (torch's)."""
+        most = 2 if fname == "layernorm" else 1
+        if not 1 <= len(args) <= most:
+            raise self.err(f"{fname}() takes {'one or two arguments' if most == 2 else 'exactly one argument'}, "
+                           f"got {len(args)}", st.lineno, tok.column,
+                           fix=f"write {_CALL_FORM.get(fname, fname + '(V)')}")
+        v = result[id(args[0])]
+        self.no_bare_x(v, st, args[0])
+        if not self.is_vector(v):
+            raise self.err(f"{fname}() of a constant", st.lineno, self.col_of(args[0], st),
+                           fix=f"{fname} reduces a vector over the hidden axis: pass an expression of x, a state "
+                               "or a parameter")
+        if fname in REDUCTIONS:
+            return Node(fname, (v,))
+        eps = LAYERNORM_EPS
+        if len(args) == 2:
+            e = result[id(args[1])]
+            if e.op != "const" or not e.attr > 0:
+                raise self.err("layernorm's eps must be a positive number", st.lineno, self.col_of(args[1], st),
+                               fix="write layernorm(V, 1e-5)")
+            eps = e.attr
+        centred = mk("sub", v, Node("mean", (v,)))
+        return mk("div", centred, mk("sqrt", mk("add", Node("mean", (mk("mul", centred, centred),)), ir.const(eps))))
+
     def node(self, t: Tree, result, st, values, state_set, params) -> Node:
         d = t.data
         kids = [result.get(id(c)) for c in t.children]
@@ -173,12 +203,14 @@ class Expressions:
             tok = t.children[0]
             fname = str(tok)
             args = self.call_args(t, st)
+            if fname in ROW_FUNCTIONS:
+                return self.row_function(fname, tok, args, result, st)
             if fname not in FUNCTIONS:
                 known = fname in values or fname in state_set or fname in params or fname == "x"
                 raise self.err((f"'{fname}' is not a function and cannot be called" if known
-                                else f"unknown function '{fname}'{did_you_mean(fname, FUNCTIONS)}"),
+                                else f"unknown function '{fname}'{did_you_mean(fname, ALL_FUNCTIONS)}"),
                                st.lineno, tok.column,
-                               fix=f"functions are: {', '.join(FUNCTIONS)}" + ("; to multiply write a * (b)"
+                               fix=f"functions are: {', '.join(ALL_FUNCTIONS)}" + ("; to multiply write a * (b)"
                                                                             if known else ""))
             op = FUNCTIONS[fname]
             if len(args) != ARITY[op]:

@@ -260,10 +260,14 @@ h' = tanh(c') * sigmoid(W_o @ x + U_o @ h + b_o)
 """
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects"])
+LAYERNORM = str(Path(__file__).resolve().parents[1] / "examples" / "layernorm_lstm.cell")   # row reductions
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects", "layernorm"])
 def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
-    """The fused blocks must compile to packed SIMD (…ps on ymm/zmm), not only scalar (…ss) code."""
-    nb = lstmc.compile(SELECTS if name == "selects" else name, "numba", "float32")
+    """The fused blocks (and the reductions between them) must compile to packed SIMD (…ps on
+    ymm/zmm), not only scalar (…ss) code."""
+    nb = lstmc.compile({"selects": SELECTS, "layernorm": LAYERNORM}.get(name, name), "numba", "float32")
     mod = _fresh_module(nb.source, tmp_path)
     # the small-batch products (the prelude's _mm_nt/_mm_nn) vectorise on their own: rebind the
     # module's names to a no-op before its kernels compile (Numba reads a kernel's globals when it

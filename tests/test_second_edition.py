@@ -1,8 +1,9 @@
-"""The cell language's second edition, pointwise part: max/min, where with comparisons, logsigmoid
-(README, "The cell language"). One table of cells drives one checker on every backend, float32 and float64,
-forward and backward, with lengths (the problem has rows of length 6, 0 and 3) and reverse; plus
-the tie rule of max/min, a select over an overflowing branch, and sLSTM against an independent
-PyTorch implementation written here from the paper's equations."""
+"""The cell language's second edition: max/min, where with comparisons, logsigmoid, and the
+reductions mean/sum/layernorm (README, "The cell language"). One table of cells drives one checker
+on every backend, float32 and float64, forward and backward, with lengths (the problem has rows of
+length 6, 0 and 3) and reverse; both Triton designs with several programs per row; the tie rule of
+max/min, a select over an overflowing branch, and sLSTM and LayerNorm LSTM against independent
+PyTorch implementations written here from the papers' equations."""
 
 import os
 import subprocess
@@ -41,8 +42,19 @@ param W, U, b, lo
 a  = W @ x + U @ h + b
 h' = min(max(a, lo), 1) + 0.1 * where(a <= 0, a, -a)
 """
+# reductions over the row: of a state, of a product, of a value that itself needs a reduction
+# (layernorm), sum and mean, one feeding a recurrent product
+REDUCES = """
+cell reduces
+state h, c
+a  = W_a @ x + U_a @ h + b_a
+n  = layernorm(a, 0.001)
+c' = sigmoid(n) * c + tanh(a - mean(h)) * 0.5
+h' = tanh(U_c @ (c' - sum(c') / 8) + n * g)
+"""
 CELLS = {"selects": SELECTS, "clipped": CLIPPED, "mingru": str(EXAMPLES / "mingru.cell"),
-         "slstm": str(EXAMPLES / "slstm.cell")}
+         "slstm": str(EXAMPLES / "slstm.cell"), "reduces": REDUCES,
+         "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell")}
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -62,6 +74,27 @@ def test_every_backend_matches_the_reference(name, backend, dtype, reverse):
         pytest.importorskip("triton")
     bad = [(r.name, r.error, r.tolerance) for r in backend_vs_reference(CELLS[name], backend, dtype, reverse=reverse)
            if not r.ok]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("variant", ["persistent", "step"])
+@pytest.mark.parametrize("name", ["reduces", "layernorm_lstm", "selects"])
+def test_both_triton_designs_with_several_programs_per_row(name, variant):
+    """H = 37 with 16-wide tiles: in the step design three programs share a row, and each reads the
+    row whole for a reduction; the persistent design owns whole rows."""
+    pytest.importorskip("triton")
+    from lstmc.backends.triton import Schedule
+
+    cc = lstmc.compile(CELLS[name], "triton", "float32")
+    old = cc.schedule
+    cc.schedule = Schedule("persistent") if variant == "persistent" else Schedule("step", block_b=16, block_h=16,
+                                                                                     block_k=16)
+    try:
+        bad = [(r.name, r.error) for rev in (False, True)
+               for r in backend_vs_reference(CELLS[name], "triton", "float32", reverse=rev, T=5, B=3, I=4, H=37)
+               if not r.ok]
+    finally:
+        cc.schedule = old
     assert not bad, bad
 
 
@@ -136,10 +169,27 @@ def _slstm_torch(x, p, H):
     return torch.stack(ys)
 
 
+def _layernorm_lstm_torch(x, p, H):
+    """LayerNorm LSTM (Ba et al. 2016, eqs. 20-22, one bias per gate), with F.layer_norm."""
+    ln = torch.nn.functional.layer_norm
+    T, B, _ = x.shape
+    h = c = torch.zeros(B, H, dtype=x.dtype)
+    ys = []
+    for t in range(T):
+        pre = {g: p[f"gx_{g}"] * ln(x[t] @ p[f"W_{g}"].T, (H,)) + p[f"gh_{g}"] * ln(h @ p[f"U_{g}"].T, (H,))
+               + p[f"b_{g}"] for g in "ifgo"}
+        c = torch.sigmoid(pre["f"]) * c + torch.sigmoid(pre["i"]) * torch.tanh(pre["g"])
+        h = torch.sigmoid(pre["o"]) * torch.tanh(p["gc"] * ln(c, (H,)) + p["bc"])
+        ys.append(h)
+    return torch.stack(ys)
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_slstm_matches_an_independent_torch_implementation(backend):
+@pytest.mark.parametrize("cell", ["slstm", "layernorm_lstm"])
+def test_matches_an_independent_torch_implementation(cell, backend):
+    oracle = {"slstm": _slstm_torch, "layernorm_lstm": _layernorm_lstm_torch}[cell]
     T, B, I, H = 7, 3, 5, 6
-    prog = lstmc.compile(str(EXAMPLES / "slstm.cell"), backend, "float64")
+    prog = lstmc.compile(str(EXAMPLES / f"{cell}.cell"), backend, "float64")
     params = prog.init_params(I, H, seed=3)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((T, B, I))
@@ -148,7 +198,7 @@ def test_slstm_matches_an_independent_torch_implementation(backend):
     dx, _, dp = prog.backward(tape, dy)
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     tx = torch.tensor(x, requires_grad=True)
-    ty = _slstm_torch(tx, tp, H)
+    ty = oracle(tx, tp, H)
     ty.backward(torch.tensor(dy))
     np.testing.assert_allclose(np.asarray(y), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy(), rtol=1e-9, atol=1e-11)

@@ -42,6 +42,10 @@ def run_stages(stages, env: dict, P: dict, B: int, H: int) -> None:
                 if np.shape(v) != (B, H):
                     v = np.broadcast_to(v, (B, H))   # parameter- or constant-only values
                 env[var(*let.key)] = v
+        elif isinstance(st, Gemm) and st.reduce:      # mean/sum over the row, broadcast (and its adjoint)
+            a = env[st.a[0]]
+            r = a.mean(axis=1, keepdims=True) if st.reduce == "mean" else a.sum(axis=1, keepdims=True)
+            env[st.out[0]] = np.broadcast_to(r, (B, H))
         elif isinstance(st, Gemm):
             U = P[f"U{st.group}"]
             if st.transposed:

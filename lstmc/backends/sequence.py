@@ -171,7 +171,7 @@ def pack(program: Program, params: dict, stack_rows) -> Packed:
     """Concatenate weights the way the GEMM plan uses them. `stack_rows(names)` is the backend's
     row-wise concatenation of params[name] for those names (into recycled memory, on a device...)."""
     W = stack_rows(program.input_mats) if program.input_mats else None
-    U = [stack_rows(g.mats) for g in program.groups]
+    U = [stack_rows(g.mats) if g.reduce is None else None for g in program.groups]   # a reduction has no weight
     return Packed(W=W, U=U, vecs={p: params[p] for p in program.vector_params})
 
 
@@ -212,7 +212,7 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
         dx = dx_out
     else:
         dx = ops.zeros((T, B, I), like=tape.x)
-    for g in program.groups:
+    for g in program.weight_groups:
         V = group_operand(program, g.index, tape.states, tape.saved, T)
         dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, H))
         for j, m in enumerate(g.mats):

@@ -87,6 +87,9 @@ def _block_lines(stages) -> list[str]:
                 if not is_batched(let.expr):
                     rhs = f"_bh({rhs}, B, H)"
                 lines.append(f"{key_name(let.key)} = {rhs}")
+        elif isinstance(st, Gemm) and st.reduce:     # mean/sum over the row, broadcast (its adjoint too)
+            a = value_name(st.a[0])
+            lines.append(f"{value_name(st.out[0])} = {a}.{st.reduce}(1, keepdim=True).expand_as({a})")
         elif isinstance(st, Gemm):
             if st.transposed:
                 a = ", ".join(value_name(n) for n in st.a)

@@ -147,7 +147,7 @@ class NumbaCell(Recycling, CompiledCell):
         nx = len(prog.input_mats)
         pk = pack(prog, params, lambda names: self._packed(params, names))
         Wcat = pk.W if nx else np.zeros((0, I), dt)
-        Ucat = pk.U                                          # [k*H, H] each
+        Ucat = [u for u in pk.U if u is not None]            # [k*H, H] per weight group (a reduction has none)
         vecs = list(pk.vecs.values())
         plan = _plan or self.plan(B, H)
         steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))

@@ -170,6 +170,22 @@ class _BlockRenderer:
         return out
 
 
+def _reduce_rows(op: str, rows: str, out: str, zero: str) -> list[str]:
+    """A reduction stage: the mean or sum of each row of `rows` ([b1 - b0, H]) over the hidden axis,
+    written to every column of the row of `out` (so a block reads it like a product's slot). `zero`
+    is the dtype's 0 literal; H is converted to the dtype before dividing (no float64 promotion)."""
+    scale = f" / {zero.replace('0.0', 'H')}" if op == "mean" else ""
+    return [f"# {op} over each row of {rows}, broadcast into {out}",
+            f"red_rows = {rows}",
+            "for b in range(b0, b1):",
+            f"    acc = {zero}",
+            "    for j in range(H):",
+            "        acc += red_rows[b - b0, j]",
+            f"    acc = acc{scale}",
+            "    for j in range(H):",
+            f"        {out}[b, j] = acc"]
+
+
 def render(program: Program, dtype: str, key: str = "") -> str:
     """The generated module's source text."""
     cell = program.cell
@@ -184,7 +200,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                 if let.key[0] == "t" and let.buffer]
 
     # ---- forward
-    fwd_args = (["XP"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
+    zero = _const(dtype)(0.0)
+    fwd_args = (["XP"] + [f"U{g.index}" for g in program.weight_groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride", "b0", "b1"])
     fr = _BlockRenderer(program, dtype, "fwd")
     fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" for g in program.groups]
@@ -198,12 +215,15 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         else:
             a = st.a[0]
             operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
+            if st.reduce:
+                fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero)
+                continue
             fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
                          f"    _mm_nt({operand}, U{st.group}, RP{st.group}[b0:b1])",
                          "else:",
                          f"    np.dot({operand}, U{st.group}.T, RP{st.group}[b0:b1])"]
     # ---- backward
-    bwd_args = (["dY"] + [f"U{g.index}" for g in program.groups] + [ident("p_", p) for p in vec] + ["L"]
+    bwd_args = (["dY"] + [f"U{g.index}" for g in program.weight_groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved]
                 + [ident("dS_", s) for s in states] + [ident("dSn_", s) for s in states]
                 + ["dXP"] + [f"dRP{g.index}" for g in program.groups] + [ident("DP_", p) for p in program.dp_sums()]
@@ -217,6 +237,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     for st in program.bwd:
         if isinstance(st, Block):
             bwd_body += br.render(st)
+        elif st.reduce:        # the adjoint of a row's mean/sum is the same reduction of its adjoint
+            bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero)
         else:
             bwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{'; '.join(st.mats)}]",
                          f"    _mm_nn(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])",

@@ -278,7 +278,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
         if nx:
             env["XP"] = input_products(self.ops, prog, x, Wcat, H)
-        for g in prog.groups:
+        for g in prog.weight_groups:
             env[array_name("UT", g.index)] = Ucat[g.index].t().contiguous()
         persistent = sched.variant == "persistent"
         rows = T + 1 if need_tape else 2
@@ -357,7 +357,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         r = self.rendered
         env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
         env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
-        for g in prog.groups:
+        for g in prog.weight_groups:
             env[array_name("U", g.index)] = tape.packed["U"][g.index]
         for s in prog.cell.states:
             env[array_name("SQ_", s)] = tape.states[s]

@@ -190,7 +190,7 @@ class GraphWorkspaces:
         nx = len(prog.input_mats)
         if nx:
             input_products(self.ops, prog, x, Wcat, H, out=e["XP"].view(T * B, nx * H))
-        for g in prog.groups:
+        for g in prog.weight_groups:
             _put(e, array_name("UT", g.index), Ucat[g.index].t())
         for p, a in _param_args(prog):
             _put(e, a, params[p])
@@ -227,7 +227,7 @@ class GraphWorkspaces:
         states = prog.cell.states
         DS = {s: e[array_name("DS_", s)] for s in states}
         DSN = {s: e[array_name("DSN_", s)] for s in states}
-        for g in prog.groups:
+        for g in prog.weight_groups:
             _put(e, array_name("U", g.index), tape.packed["U"][g.index])
 
         def prepare():

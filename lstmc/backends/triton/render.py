@@ -325,8 +325,43 @@ class _Kernel:
                 self.emit(f"tl.store(dpp, tl.load(dpp, mask=cmask, other=0.0) + {sm}, mask=cmask)")
 
     # ------------------------------------------------------------------------------------ GEMMs
+    def reduce_step(self, gm: Gemm) -> None:
+        """A reduction stage in a step kernel: every program reads its rows whole (H in chunks of BK,
+        as a product reads K) and sums them, so no result crosses programs; broadcast over its tile."""
+        g = gm.group
+        if gm.transposed:
+            src = f"{self.arr('dRP', g)} + ry"
+        else:
+            a = gm.a[0]
+            src = (f"{self.arr('SQ_', a.attr)} + rc" if a.op == "state" else f"{self.arr('SV_', a.attr[1])} + rt")
+        out = value_name(gm.out[0])
+        self.emit(f"# {gm.reduce} over each row, read whole by every program (H in chunks of BK), broadcast")
+        self.emit("red = tl.zeros([BB], CT)")
+        self.emit("for k0 in range(0, H, BK):")
+        self.emit("    kk = k0 + tl.arange(0, BK)")
+        self.emit(f"    red += tl.sum(tl.load({src} + rows[:, None] * H + kk[None, :], "
+                  f"mask=rmask[:, None] & (kk < H)[None, :], other=0.0).to(CT), axis=1)")
+        self.emit(f"{out} = ZT + red[:, None]" + (" / H" if gm.reduce == "mean" else ""))
+        self.local.add(gm.out[0])
+        if gm.out[0].attr in self.later:
+            name = "DV" if gm.transposed else "RS"
+            self.emit(f"tl.store({self.arr(name, g)} + rows[:, None] * H + cols[None, :], {out}, mask=m2)")
+
+    def reduce_persistent(self, gm: Gemm) -> None:
+        """A reduction stage in a persistent kernel: the program owns whole rows (BH >= H), so the row
+        is in registers; padding columns are masked out of the sum."""
+        a = gm.a[0]
+        self.ensure(a)
+        out = value_name(gm.out[0])
+        self.emit(f"# {gm.reduce} over each row (the program owns whole rows), broadcast")
+        self.emit(f"{out} = ZT + tl.sum(tl.where(cmask[None, :], {value_name(a)}, 0.0), axis=1)[:, None]"
+                  + (" / H" if gm.reduce == "mean" else ""))
+        self.local.add(gm.out[0])
+
     def gemm_step(self, gm: Gemm) -> None:
         """One product of a step kernel: K in chunks of BK, every slot of this hidden tile."""
+        if gm.reduce:
+            return self.reduce_step(gm)
         g, k = gm.group, len(gm.mats)
         if not gm.transposed:
             a = gm.a[0]
@@ -368,6 +403,8 @@ class _Kernel:
 
     def gemm_persistent(self, gm: Gemm) -> None:
         """One product of a persistent kernel: operands and weights are already on chip."""
+        if gm.reduce:
+            return self.reduce_persistent(gm)
         g, k = gm.group, len(gm.mats)
         wmask = "mask=cmask[:, None] & cmask[None, :], other=0.0"
         if not gm.transposed:

@@ -59,7 +59,7 @@ class Schedule:
 def persistent_weight_bytes(program: Program, H: int, itemsize: int) -> int:
     """Bytes of recurrent weights one persistent program keeps on chip (padded to the tile)."""
     HP = max(16, _pow2(H))
-    return HP * HP * sum(len(g.mats) for g in program.groups) * itemsize
+    return HP * HP * sum(len(g.mats) for g in program.weight_groups) * itemsize
 
 
 def persistent_shared_bytes(program: Program, H: int, itemsize: int) -> int:
