@@ -121,5 +121,30 @@ def slstm(x, p):
     return torch.stack(ys)
 
 
+def layernorm_lstm(x, p):
+    """LayerNorm LSTM (examples/layernorm_lstm.cell; Ba et al. 2016) with F.layer_norm."""
+    ln = torch.nn.functional.layer_norm
+    T, B, _ = x.shape
+    H = p["U_i"].shape[0]
+    h, c = x.new_zeros(B, H), x.new_zeros(B, H)
+    gates = "ifgo"
+    W = torch.cat([p[f"W_{g}"] for g in gates])
+    U = torch.cat([p[f"U_{g}"] for g in gates])
+    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 4, H)
+    xn = ln(xw, (H,))                                    # the input side is normalised for all steps at once
+    gx = torch.stack([p[f"gx_{g}"] for g in gates])
+    gh = torch.stack([p[f"gh_{g}"] for g in gates])
+    b = torch.stack([p[f"b_{g}"] for g in gates])
+    ys = []
+    for t in range(T):
+        hu = ln((h @ U.T).reshape(B, 4, H), (H,))
+        pre = gx * xn[t] + gh * hu + b
+        i, f, o = torch.sigmoid(pre[:, 0]), torch.sigmoid(pre[:, 1]), torch.sigmoid(pre[:, 3])
+        c = f * c + i * torch.tanh(pre[:, 2])
+        h = o * torch.tanh(p["gc"] * ln(c, (H,)) + p["bc"])
+        ys.append(h)
+    return torch.stack(ys)
+
+
 HANDWRITTEN = {"peephole_lstm": peephole_lstm, "cifg_lstm": cifg_lstm, "gru_v1": gru_v1, "decay_gru": decay_gru,
-               "slstm": slstm}
+               "slstm": slstm, "layernorm_lstm": layernorm_lstm}

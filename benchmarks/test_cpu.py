@@ -42,8 +42,8 @@ def _run(benchmark, fn, **info):
 def _cell(name):
     if name == "decay_gru":
         return lstmc.parse(USER_CELL)
-    if name == "slstm":       # a cell of the language's second edition (max, logsigmoid)
-        return lstmc.load(str(Path(__file__).resolve().parents[1] / "examples" / "slstm.cell"))
+    if name in ("slstm", "layernorm_lstm"):       # cells of the language's second edition (max, logsigmoid; mean)
+        return lstmc.load(str(Path(__file__).resolve().parents[1] / "examples" / f"{name}.cell"))
     return lstmc.load(name)
 
 
@@ -104,7 +104,7 @@ def test_vs_native(benchmark, case, who, machine):
 
 # ------------------------------------------------------------------- vs eager PyTorch of the same cell
 
-CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm"]
+CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm", "layernorm_lstm"]
 
 
 @pytest.mark.parametrize("who", ["lstmc-numba", "lstmc-torch-backend", "handwritten-torch"])
@@ -132,6 +132,16 @@ def test_vs_eager(benchmark, cell, who, machine):
             y = HANDWRITTEN[cell](xx, pt)
             y.backward(torch.ones_like(y))
     _run(benchmark, fn, machine=machine)
+
+
+# ---------------------------------------------------------------- what the reductions cost in lstmc
+
+@pytest.mark.parametrize("cell", ["lstm", "layernorm_lstm"])
+def test_reductions_cost(benchmark, cell, machine):
+    """layernorm_lstm (9 layer norms per step: 18 row reductions) against lstm, both lstmc numba."""
+    benchmark.group = "reductions-cost-T100-B64-H256-train"
+    nb, params, x = _problem(_cell(cell), 100, 64, 256, 256)
+    _run(benchmark, lstmc_step(nb, params, x), machine=machine)
 
 
 # ----------------------------------------------------------------------- vs the machine's sgemm rate

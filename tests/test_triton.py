@@ -571,10 +571,13 @@ except Exception as e:
     print("SKIP", e); sys.exit(0)
 import lstmc
 from lstmc.lower import lower
-from lstmc.backends.triton import compile_ahead
+from lstmc.backends.triton import compile_ahead, persistent_fits
 out = {}
 for cell, storage, kernels in json.loads(sys.argv[1]):
-    out[f"{cell}/{storage}"] = compile_ahead(lower(lstmc.load(cell)), storage, H=64, kernels=kernels)
+    prog = lower(lstmc.load(cell))
+    out[f"{cell}/{storage}"] = compile_ahead(prog, storage, H=64, kernels=kernels)
+    # would the host launch the persistent kernels on an H100 (227 KiB per block)?
+    out[f"{cell}/{storage}"]["fits"] = persistent_fits(prog, 64, 4 if storage == "float32" else 2, 227 * 1024)
 print("RESULT", json.dumps(out))
 """
 
@@ -587,8 +590,12 @@ def test_kernels_compile_for_sm90():
     import subprocess
     import sys
 
+    examples = Path(__file__).resolve().parents[1] / "examples"
     jobs = [("lstm", "float32", ["bwd_persistent", "fwd_persistent", "fwd_step0"]),
-            ("gru_v1", "bfloat16", None)]
+            ("gru_v1", "bfloat16", None),
+            # the second edition: row reductions (step and persistent forms) and selects/masks
+            (str(examples / "layernorm_lstm.cell"), "float32", None),
+            (str(examples / "slstm.cell"), "float32", ["fwd_persistent", "bwd_persistent"])]
     p = subprocess.run([sys.executable, "-c", AHEAD, json.dumps(jobs)], capture_output=True, text=True,
                        timeout=600, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     last = (p.stdout.strip().splitlines() or [""])[-1]
@@ -596,13 +603,21 @@ def test_kernels_compile_for_sm90():
         pytest.skip(f"Triton's NVIDIA backend is not available: {last}")
     assert p.returncode == 0 and last.startswith("RESULT"), (p.returncode, p.stderr[-2000:])
     res = json.loads(last[len("RESULT "):])
+    fits = {key: r.pop("fits") for key, r in res.items()}
     assert set(res["lstm/float32"]) == {"bwd_persistent", "fwd_persistent", "fwd_step0"}
     gru = res["gru_v1/bfloat16"]
     assert set(gru) == {"fwd_step0", "fwd_step1", "bwd_step0", "bwd_step1", "bwd_step2", "fwd_persistent",
                         "bwd_persistent"}
+    ln = res[f"{examples / 'layernorm_lstm.cell'}/float32"]
+    assert {"fwd_persistent", "bwd_persistent"} <= set(ln) and sum(k.startswith("fwd_step") for k in ln) >= 3
     assert all(v["spills"] == 0 for r in res.values() for v in r.values())
     assert gru["fwd_persistent"]["mma"] > 0 and gru["bwd_step2"]["mma"] > 0        # bf16 dots on tensor cores
-    assert all(v["shared"] <= 227 * 1024 for r in res.values() for v in r.values())   # an H100 block's limit
+    # an H100 block's limit: every kernel the host would launch fits it. layernorm_lstm's backward
+    # persistent kernel does not at H = 64, and the schedule's estimate knows it (the step kernels run)
+    for key, r in res.items():
+        for k, v in r.items():
+            assert v["shared"] <= 227 * 1024 or (k.endswith("persistent") and not fits[key]), (key, k, v)
+    assert not fits[f"{examples / 'layernorm_lstm.cell'}/float32"] and fits["lstm/float32"]
 
 
 # -------------------------------------------------------------------------------------- golden

@@ -66,8 +66,14 @@ def persistent_shared_bytes(program: Program, H: int, itemsize: int) -> int:
     """Estimated shared memory of the persistent kernels. Triton keeps the register-resident weights
     as tl.dot operands in shared memory; compiling every built-in cell ahead of time for sm_90
     (Triton 3.9, BB=16) measured, for the larger of fwd/bwd kernels: float32 1.6-2.0x the weight
-    bytes (FMA dots, operands staged twice), 16-bit 1.1-1.2x, plus a few KiB."""
-    return int(persistent_weight_bytes(program, H, itemsize) * (2.0 if itemsize >= 4 else 1.25)) + 8192
+    bytes (FMA dots, operands staged twice), 16-bit 1.1-1.2x, plus a few KiB. Row reductions
+    (`mean`, `sum`) add scratch to the backward kernel: examples/layernorm_lstm.cell (18 of them)
+    measured 1.67 x 18 x BB x HP x 4 bytes more than lstm at H = 32 and 64; counted here as 2x."""
+    HP = max(16, _pow2(H))
+    reductions = sum(1 for g in program.groups if g.reduce)
+    compute = 8 if itemsize == 8 else 4
+    return (int(persistent_weight_bytes(program, H, itemsize) * (2.0 if itemsize >= 4 else 1.25)) + 8192
+            + 2 * reductions * 16 * HP * compute)
 
 
 def persistent_fits(program: Program, H: int, itemsize: int, shared_limit: int) -> bool:
