@@ -233,7 +233,8 @@ def add_parser(sub) -> None:
     p.add_argument("--B", default="1,16,64", help="comma-separated batch sizes")
     p.add_argument("--H", default="128,256,512", help="comma-separated hidden sizes")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions per case; the median is reported (default: 3)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="timed repetitions per case; the median is reported (default: 3)")
     p.add_argument("--threads", type=int, default=None, help="thread budget for every contender")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--md", dest="md_path", metavar="FILE", help="also write the table as markdown")

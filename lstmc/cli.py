@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     d = sub.add_parser("demo", help="the main job: compile, check, train and benchmark the built-in cells")
     d.add_argument("--quick", action="store_true",
-                   help="a shorter run: 1,000 training steps instead of 2,000 and T=50 instead of 100 in the speed stage")
+                   help="a shorter run: 1,000 training steps instead of 2,000, and T=50 instead of 100 in the "
+                        "speed stage")
     d.set_defaults(fn=cmd_demo)
     return p
 

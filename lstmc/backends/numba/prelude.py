@@ -1,8 +1,9 @@
-"""The part of the numba prelude that is the same for both dtypes: SMALL_ROWS and the helpers with
-no float literal in them (`_abs`, `_exp`, `_log`, `_sqrt`, the selects `_max`, `_min`, `_where`). Generated modules import these through the
-prelude of their dtype (prelude_f32.py, prelude_f64.py), which re-exports them, so a kernel imports
-its whole prelude from one module. Numba's math functions keep the argument's type (float32 in,
-float32 out), so nothing here promotes a float32 kernel to float64.
+"""The part of the numba prelude that is the same for both dtypes: SMALL_ROWS and the helpers with no
+float literal in them (`_abs`, `_exp`, `_log`, `_sqrt`, the selects `_max`, `_min`, `_where`).
+Generated modules import these through the prelude of their dtype (prelude_f32.py, prelude_f64.py),
+which re-exports them, so a kernel imports its whole prelude from one module. Numba's math functions
+keep the argument's type (float32 in, float32 out), so nothing here promotes a float32 kernel to
+float64.
 """
 
 from __future__ import annotations

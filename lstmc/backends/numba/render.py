@@ -214,7 +214,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             fwd_body += fr.render(st)
         else:
             a = st.a[0]
-            operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
+            operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state"
+                       else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
             if st.reduce:
                 fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero)
                 continue

@@ -18,8 +18,8 @@ elementwise code is the Program's blocks rendered as tile expressions, and the r
   chip. A multi-phase step needs no grid-wide sync because each program owns whole rows.
 
 Conventions inside kernels: locals and arrays are named by the naming table, lstmc/names.py:
-locals s_h, xp_W_i, rp0_U_i, sv_g, dn_h, drp0_U_i, dv0, ...; arrays are upper-case (XP, Y, L, SQ_h, SV_g, UT0, U0, P_b, dY, DS_h,
-DSN_h, dXP, dRP0, DP, scratch). Masks: `m2` = valid element, `live` = valid and t < length[row].
+locals s_h, xp_W_i, rp0_U_i, sv_g, dn_h, drp0_U_i, dv0, ...; arrays are upper-case (XP, Y, L, SQ_h,
+SV_g, UT0, U0, P_b, dY, DS_h, DSN_h, dXP, dRP0, DP, scratch). Masks: `m2` = valid element, `live` = valid and t < length[row].
 States are stored in the compute type CT (float32 for float32/bfloat16/float16 storage), every
 [T, B, *] sequence and the weights in the storage type DT, and `tl.dot` accumulates in CT.
 """
