@@ -54,7 +54,7 @@ class BenchResult:
 def forward_flops(cell, T, B, I, H) -> float:
     """GEMM FLOPs of one forward pass: the input products plus every recurrent product per step."""
     prog = lower(load(cell))
-    per_step = 2 * B * H * (len(prog.input_mats) * I + sum(len(g.mats) for g in prog.groups) * H)
+    per_step = 2 * B * H * (len(prog.input_mats) * I + sum(len(g.mats) for g in prog.weight_groups) * H)
     return float(per_step * T)
 
 

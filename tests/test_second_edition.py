@@ -232,3 +232,16 @@ def test_the_example_cells_train(cell, steps):
     assert res.test_metric < 0.5 * res.baseline, (res.test_metric, res.baseline)
     # float32 training gradients vs the float64 reference on the same batch (measured: 4e-8 to 1e-7)
     assert res.validations and max(v["max_diff"] for v in res.validations) < 1e-5, res.validations
+
+
+def test_a_reduction_is_not_counted_as_a_product():
+    """lstmc bench's GEMM FLOPs: layernorm_lstm multiplies the same matrices as lstm (its 18 row
+    reductions are not H x H products); the reductions have no weights to pack or differentiate."""
+    from lstmc.bench import forward_flops
+
+    ln = str(EXAMPLES / "layernorm_lstm.cell")
+    assert forward_flops(ln, 10, 4, 8, 16) == forward_flops("lstm", 10, 4, 8, 16)
+    prog = lstmc.lower(lstmc.load(ln))
+    assert len(prog.weight_groups) == 1 and sum(1 for g in prog.groups if g.reduce) == 18
+    grads = lstmc.compile(ln, "reference", "float64").init_params(3, 4)
+    assert not any(k in ("mean", "sum") for k in grads)
