@@ -2,7 +2,10 @@
 
 For each cell x backend x size it times forward and forward+backward (median and IQR over repetitions
 after a warm-up), converts them to GFLOP/s using the cell's own GEMM count, and relates them to the
-machine's sgemm rate measured in the same run. Baselines in the same run: torch.nn.LSTM / nn.GRU
+machine's sgemm rate measured in the same run. It is honest about a busy machine: a case whose IQR is
+above 20% of its median is measured again (up to three rounds, samples pooled) and marked noisy if it
+stays so, and a row that contradicts itself (a training step faster than its forward, more than 100%
+of the sgemm rate) is flagged with the reason. Baselines in the same run: torch.nn.LSTM / nn.GRU
 where the cell is one of them (cuDNN on CUDA, oneDNN/MKL on CPU), and eager PyTorch of the same cell
 (the `torch` backend) for every cell.
 """
@@ -41,6 +44,8 @@ class Measurement:
     pct_sgemm: float = 0.0
     vs_native: float | None = None     # train time / torch.nn.LSTM|GRU train time
     vs_torch_backend: float | None = None
+    noisy: bool = False                # IQR above NOISY of the median after MAX_ROUNDS rounds
+    problems: list = field(default_factory=list)   # why this row contradicts itself, if it does
 
 
 @dataclass
@@ -78,15 +83,35 @@ def machine_description() -> dict:
     return d
 
 
-def _median_iqr(fn, reps: int) -> tuple[float, float]:
+NOISY = 0.20       # an IQR above this share of the median: measure again
+MAX_ROUNDS = 3
+
+
+def timed(fn, reps: int) -> tuple[float, float, bool]:
+    """(median ms, IQR ms, noisy) of `reps` timed calls after a warm-up. While the IQR is above NOISY
+    of the median, `reps` more calls are timed (at most MAX_ROUNDS rounds; all samples pooled);
+    noisy: it still is after the last round."""
     fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    q1, med, q3 = np.percentile(ts, [25, 50, 75])
-    return float(med) * 1e3, float(q3 - q1) * 1e3
+    ts: list[float] = []
+    for _ in range(MAX_ROUNDS):
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        q1, med, q3 = np.percentile(ts, [25, 50, 75])
+        if q3 - q1 <= NOISY * med:
+            break
+    return float(med) * 1e3, float(q3 - q1) * 1e3, bool(q3 - q1 > NOISY * med)
+
+
+def _median_iqr(fn, reps: int) -> tuple[float, float]:
+    med, iqr, _ = timed(fn, reps)
+    return med, iqr
+
+
+def ratio_text(r: float | None) -> str:
+    """A time ratio with three significant digits (0.00412, not 0.00), or a dash."""
+    return "—" if r is None else f"{r:.3g}"
 
 
 def sgemm_rate(n: int = 1024, reps: int = 5) -> float:
@@ -164,17 +189,22 @@ def run(cells, backends, T, Bs, Hs, dtype="float32", reps=5, I=None, progress=Tr
             for H in Hs:
                 for backend in list(backends) + extra:
                     jobs.append((cell, backend, B, H))
-    bar = tqdm(jobs, disable=not progress, desc="lstmc bench", unit="case")
+    import sys
+
+    # no bar where stderr is not a terminal (a log would get one line per update)
+    bar = tqdm(jobs, disable=not progress or not sys.stderr.isatty(), desc="lstmc bench", unit="case")
     for cell, backend, B, H in bar:
         name = load(cell).name
         bar.set_postfix_str(f"{name} {backend} B={B} H={H}")
         fwd, train = _runner(cell, backend, T, B, I or H, H, dtype, device)
-        f_med, f_iqr = _median_iqr(fwd, reps)
-        t_med, t_iqr = _median_iqr(train, reps)
+        f_med, f_iqr, f_noisy = timed(fwd, reps)
+        t_med, t_iqr, t_noisy = timed(train, reps)
         flops = forward_flops(cell, T, B, I or H, H)
         m = Measurement(name, backend, T, B, I or H, H, dtype, f_med, f_iqr, t_med, t_iqr,
                         flops / (f_med * 1e-3) / 1e9, 3 * flops / (t_med * 1e-3) / 1e9)
         m.pct_sgemm = 100 * m.train_gflops / result.sgemm_gflops
+        m.noisy = f_noisy or t_noisy
+        m.problems = consistency(m)
         result.measurements.append(m)
     # ratios against the baselines of the same run
     index = {(m.cell, m.backend, m.B, m.H): m for m in result.measurements}
@@ -186,18 +216,39 @@ def run(cells, backends, T, Bs, Hs, dtype="float32", reps=5, I=None, progress=Tr
     return result
 
 
+def consistency(m: Measurement) -> list[str]:
+    """What makes a row impossible: a training step (forward + backward) faster than its forward
+    alone, or more than the machine's own sgemm rate."""
+    out = []
+    if m.train_ms < m.fwd_ms:
+        out.append(f"the training step ({m.train_ms:.3g} ms) is faster than its forward alone ({m.fwd_ms:.3g} ms)")
+    if m.pct_sgemm > 100:
+        out.append(f"{m.pct_sgemm:.0f}% of the sgemm rate measured in this run is more than the machine can do")
+    return out
+
+
 def table(result: BenchResult) -> str:
-    """A Markdown table (also readable in a terminal)."""
+    """A Markdown table (also readable in a terminal), then what is noisy or contradicts itself."""
     lines = [f"sgemm rate measured in this run: {result.sgemm_gflops:.0f} GFLOP/s "
              f"({result.machine['cpu']}, {result.machine.get('threads')} threads)", "",
-             "| cell | backend | T | B | H | fwd ms | train ms (IQR) | train GFLOP/s | % sgemm | vs torch.nn | "
-             "vs torch backend |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cell | backend | T | B | H | fwd ms | train ms (IQR) | train GFLOP/s | % sgemm | "
+             "time / torch.nn (<1: faster) | time / torch backend (<1: faster) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    warnings = []
     for m in result.measurements:
-        r1 = f"{m.vs_native:.2f}" if m.vs_native is not None else "—"
-        r2 = f"{m.vs_torch_backend:.2f}" if m.vs_torch_backend is not None else "—"
-        lines.append(f"| {m.cell} | {m.backend} | {m.T} | {m.B} | {m.H} | {m.fwd_ms:.1f} | {m.train_ms:.1f} "
-                     f"({m.train_iqr_ms:.1f}) | {m.train_gflops:.0f} | {m.pct_sgemm:.0f}% | {r1} | {r2} |")
-    lines += ["", "Ratios are time / baseline time for a training step (forward + backward): below 1 is faster."]
+        note = "; ".join((["noisy"] if m.noisy else []) + (["impossible: see below"] if m.problems else []))
+        lines.append(f"| {m.cell} | {m.backend} | {m.T} | {m.B} | {m.H} | {m.fwd_ms:.3g} | {m.train_ms:.3g} "
+                     f"({m.train_iqr_ms:.2g}) | {m.train_gflops:.0f} | {m.pct_sgemm:.0f}% | "
+                     f"{ratio_text(m.vs_native)} | {ratio_text(m.vs_torch_backend)} | {note} |")
+        warnings += [f"- {m.cell} {m.backend} B={m.B} H={m.H}: {p}" for p in m.problems]
+    lines += ["", "Ratios are this row's training-step time (forward + backward) over the baseline's, measured "
+              "in the same run: below 1 is faster than the baseline."]
+    noisy = sum(m.noisy for m in result.measurements)
+    if noisy:
+        lines.append(f"{noisy} row(s) stayed noisy (IQR above {NOISY:.0%} of the median after {MAX_ROUNDS} "
+                     "rounds): the machine is busy; their ratios are not to be trusted.")
+    if warnings:
+        lines += ["", "Rows that contradict themselves (the machine was disturbed during the run; rerun):", *warnings]
     return "\n".join(lines)
 
 

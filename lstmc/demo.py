@@ -8,16 +8,6 @@ import time
 import numpy as np
 
 
-def _median_ms(fn, rounds=5):
-    fn()
-    ts = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
-
-
 def check_builtins() -> list[str]:
     from . import builtin_cells
     from .build import compile as compile_cell
@@ -41,8 +31,11 @@ def speed(T=100, B=64, I=256, H=256) -> None:
     from .build import compile as compile_cell
     from .interop import TORCH_MODULES, torch_module_class
 
+    from .bench import NOISY, ratio_text, timed
+
     print(f"speed: one training step (forward + backward), T={T} B={B} I=H={H}, float32, "
-          f"{torch.get_num_threads()} threads, median of 5")
+          f"{torch.get_num_threads()} threads, median of 5 (of up to 15 when the machine is noisy); "
+          f"ratio = lstmc time / torch time, below 1 is faster")
     x = np.random.default_rng(0).normal(size=(T, B, I)).astype(np.float32)
     for cell in TORCH_MODULES:
         module = torch_module_class(cell)
@@ -61,8 +54,11 @@ def speed(T=100, B=64, I=256, H=256) -> None:
             y, _ = m(xx)
             y.backward(torch.ones_like(y))
 
-        a, b = _median_ms(ours), _median_ms(theirs)
-        print(f"  {cell:5s} lstmc numba {a:7.1f} ms   torch.nn.{module.__name__} {b:7.1f} ms   ratio {a / b:.2f}")
+        (a, _, noisy_a), (b, _, noisy_b) = timed(ours, 5), timed(theirs, 5)
+        note = (f"   (noisy: IQR above {NOISY:.0%} of the median; the machine is busy, do not trust this ratio)"
+                if noisy_a or noisy_b else "")
+        print(f"  {cell:5s} lstmc numba {a:7.1f} ms   torch.nn.{module.__name__} {b:7.1f} ms   "
+              f"ratio {ratio_text(a / b)}{note}")
 
 
 def main(args=None) -> int:
