@@ -290,6 +290,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--md", dest="md_path", metavar="FILE", help="also write the table as markdown")
     p.add_argument("--plot", dest="plot_path", metavar="FILE", help="also write a plot (PNG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn off a terminal)")
     p.set_defaults(fn=cli_main)
 
 
@@ -321,7 +322,8 @@ def cli_main(args) -> int:
         torch.set_num_threads(args.threads)
     for c in args.cells:
         load(c)  # fail early on a bad cell
-    result = run(args.cells, backends, args.T, _ints(args.B, "B"), _ints(args.H, "H"), args.dtype, args.reps)
+    result = run(args.cells, backends, args.T, _ints(args.B, "B"), _ints(args.H, "H"), args.dtype, args.reps,
+                 progress=not args.no_progress)
     result.command = "lstmc bench " + " ".join(sys.argv[2:])
     text = table(result)
     print(text)
