@@ -20,6 +20,7 @@ from __future__ import annotations
 from . import ir
 from .grad import differentiate
 from .ir import Node, var, walk
+from .names import mangle
 from .ops import REDUCTIONS, TRANSCENDENTAL
 from .program import Block, Gemm, Group, Let, Program, decide
 from .simplify import simplify
@@ -143,16 +144,18 @@ def _differentiate_step(cell: Cell, prod: _Products) -> dict[tuple, Node]:
 
 
 def _fresh(base: str, taken: set, next_index: dict) -> str:
-    """The first of base, base_2, base_3, ... not in `taken` (which it joins). `next_index` remembers
-    where each base's search stopped: `taken` only grows, so the search resumes there and naming
-    many values after one op ("mul", "add") stays linear instead of re-testing every earlier suffix."""
+    """The first of base, base_2, base_3, ... whose identifier form (names.mangle: h' -> h1) is not in
+    `taken` (which it joins): two names must not become one identifier in generated code (the saved
+    h' and an intermediate h1). `next_index` remembers where each base's search stopped: `taken`
+    only grows, so the search resumes there and naming many values after one op ("mul", "add")
+    stays linear instead of re-testing every earlier suffix."""
     k = next_index.get(base, 1)
     name = base if k == 1 else f"{base}_{k}"
-    while name in taken:
+    while mangle(name) in taken:
         k += 1
         name = f"{base}_{k}"
     next_index[base] = k
-    taken.add(name)
+    taken.add(mangle(name))
     return name
 
 
@@ -199,7 +202,7 @@ class _Saver:
         self.new_of = {prod.new[s]: s for s in cell.states}
         self.saved: list[tuple[str, Node]] = []
         self.names: dict[Node, str] = {}
-        self.used_names = set(cell.params) | set(cell.states) | {"x"}
+        self.used_names = {mangle(n) for n in (*cell.params, *cell.states, "x")}
         self._next_index: dict[str, int] = {}
         self._seen: set[Node] = set()          # nodes whose read/rebuild decision is made
         self._stop: dict[Node, Node] = {}      # node -> what backward reads for it
@@ -335,7 +338,7 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
             parents.setdefault(a, set()).add(n)
     key_of: dict[Node, tuple] = {}
     lets_by_phase: dict[int, list[Let]] = {p: [] for p in range(nphase)}
-    taken = set(k[1] for k in targets if len(k) == 2 and isinstance(k[1], str))
+    taken = {mangle(k[1]) for k in targets if len(k) == 2 and isinstance(k[1], str)}
     next_index: dict[str, int] = {}
     buffers: set[tuple] = set()
     for k, n in targets.items():

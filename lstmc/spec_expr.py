@@ -12,6 +12,7 @@ from lark import Lark, Tree
 from . import ir
 from .ir import Node
 from .ops import ARITY, COMPARISONS, FUNCTIONS, LAYERNORM_EPS, REDUCTIONS, mk
+from .simplify import simplify
 from .spec_errors import did_you_mean
 
 # ----------------------------------------------------------------------------------- the grammar
@@ -158,7 +159,7 @@ class Expressions:
             return Node(fname, (v,))
         eps = LAYERNORM_EPS
         if len(args) == 2:
-            e = result[id(args[1])]
+            e = simplify(result[id(args[1])])          # a constant expression (1e-3 * 2) is a number
             if e.op != "const" or not e.attr > 0:
                 raise self.err("layernorm's eps must be a positive number", st.lineno, self.col_of(args[1], st),
                                fix="write layernorm(V, 1e-5)")
@@ -194,7 +195,7 @@ class Expressions:
                 return ir.state(nm)
             if key in values:
                 return values[key]
-            if nm in FUNCTIONS:
+            if nm in ALL_FUNCTIONS:
                 raise self.err(f"function '{nm}' used without arguments", st.lineno, tok.column,
                                fix=f"call it: {nm}(...)")
             self._use_param(nm, "b", tok, st, params)

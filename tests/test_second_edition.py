@@ -52,9 +52,18 @@ n  = layernorm(a, 0.001)
 c' = sigmoid(n) * c + tanh(a - mean(h)) * 0.5
 h' = tanh(U_c @ (c' - sum(c') / 8) + n * g)
 """
+# a select between constants (its branches have no dtype of their own), and a saved h' next to an
+# intermediate h1 (both would be the identifier h1 in generated code)
+CONSTANTS = """
+cell constants
+state h, c
+h' = tanh(W @ x + U @ h) * where(W @ x > h, 1, 0.5)
+h1 = sigmoid(W2 @ x + c)
+c' = h1 * c + mean(h')
+"""
 CELLS = {"selects": SELECTS, "clipped": CLIPPED, "mingru": str(EXAMPLES / "mingru.cell"),
          "slstm": str(EXAMPLES / "slstm.cell"), "reduces": REDUCES,
-         "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell")}
+         "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell"), "constants": CONSTANTS}
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -245,3 +254,19 @@ def test_a_reduction_is_not_counted_as_a_product():
     assert len(prog.weight_groups) == 1 and sum(1 for g in prog.groups if g.reduce) == 18
     grads = lstmc.compile(ln, "reference", "float64").init_params(3, 4)
     assert not any(k in ("mean", "sum") for k in grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+def test_constant_branches_keep_the_programs_dtype(backend, dtype):
+    """where(c, 1, 0) has no array in it: its value and every gradient still have the program's dtype."""
+    cell = "cell k\nstate h\nh' = where(W @ x > h, 1, 0) + 0.5 * h\n"
+    prog = lstmc.compile(cell, backend, dtype)
+    params = prog.init_params(3, 4)
+    x = np.ones((2, 2, 3), dtype=dtype)
+    if backend == "torch":
+        x, params = torch.from_numpy(x), {k: torch.from_numpy(v) for k, v in params.items()}
+    y, state, tape = prog.forward(x, params)
+    dx, dstate, dparams = prog.backward(tape, y * 0 + 1)
+    want = getattr(torch, dtype) if backend == "torch" else np.dtype(dtype)
+    assert y.dtype == want and state["h"].dtype == want and dx.dtype == want and dparams["W"].dtype == want

@@ -33,14 +33,15 @@ def evaluate(expr: Node, env: dict, P: dict):
     return vals[expr]
 
 
-def run_stages(stages, env: dict, P: dict, B: int, H: int) -> None:
-    """Execute blocks and GEMMs in order, writing every defined value into `env`."""
+def run_stages(stages, env: dict, P: dict, B: int, H: int, dtype=np.float64) -> None:
+    """Execute blocks and GEMMs in order, writing every defined value into `env` (values computed
+    from parameters and constants only take the shape [B, H] and `dtype`)."""
     for st in stages:
         if isinstance(st, Block):
             for let in st.lets:
                 v = evaluate(let.expr, env, P)
-                if np.shape(v) != (B, H):
-                    v = np.broadcast_to(v, (B, H))   # parameter- or constant-only values
+                if np.shape(v) != (B, H) or np.result_type(v) != dtype:
+                    v = np.broadcast_to(np.asarray(v, dtype=dtype), (B, H))   # parameter- or constant-only
                 env[var(*let.key)] = v
         elif isinstance(st, Gemm) and st.reduce:      # mean/sum over the row, broadcast (and its adjoint)
             a = env[st.a[0]]
@@ -73,7 +74,7 @@ class ReferenceCell(CompiledCell):
         env = {state(s): S[s] for s in prog.cell.states}
         for j, m in enumerate(prog.input_mats):
             env[var("xp", m)] = xp_t[:, j * H:(j + 1) * H]
-        run_stages(prog.fwd, env, P, B, H)
+        run_stages(prog.fwd, env, P, B, H, self.np_dtype)
         S1 = {s: env[var("s1", s)] for s in prog.cell.states}
         saved = {n: env[var("sv", n)] for n, _ in prog.saved}
         return S1, saved
@@ -88,7 +89,7 @@ class ReferenceCell(CompiledCell):
             env[var("ds1", s)] = dS1[s]
         for n, v in sv.items():
             env[var("sv", n)] = v
-        run_stages(prog.bwd, env, P, B, H)
+        run_stages(prog.bwd, env, P, B, H, self.np_dtype)
         dS = {s: env[var("ds", s)] for s in prog.cell.states}
         dxp = (np.concatenate([env[var("dxp", m)] for m in prog.input_mats], axis=1)
                if prog.input_mats else None)

@@ -32,11 +32,13 @@ SPELL = {
     "logsigmoid": "F.logsigmoid({0})",
     "max": "torch.where({0} >= {1}, {0}, {1})",     # ties (and NaN) as the reference: not torch.maximum
     "min": "torch.where({0} <= {1}, {0}, {1})",
-    "gt": "torch.where({0} > {1}, 1.0, 0.0)",
-    "ge": "torch.where({0} >= {1}, 1.0, 0.0)",
-    "lt": "torch.where({0} < {1}, 1.0, 0.0)",
-    "le": "torch.where({0} <= {1}, 1.0, 0.0)",
-    "where": "torch.where({0} != 0, {1}, {2})",
+    "gt": "({0} > {1})",          # a boolean mask: where() selects with it; arithmetic promotes it
+    "ge": "({0} >= {1})",
+    "lt": "({0} < {1})",
+    "le": "({0} <= {1})",
+    # DT: the step's dtype (its prologue); a constant branch is a tensor of it, not torch's default
+    "where": ("torch.where(torch.as_tensor({0}) != 0, torch.as_tensor({1}, dtype=DT), "
+              "torch.as_tensor({2}, dtype=DT))"),
 }
 check_spelling(SPELL, "torch")
 
@@ -77,7 +79,9 @@ class TorchOps(ArrayOps):
         return a @ b if out is None else torch.mm(a, b, out=out)
 
 
-def _block_lines(stages) -> list[str]:
+def _block_lines(stages, like: str) -> list[str]:
+    """The stages as torch statements; `like` is a [B, H] local whose dtype and device constant-only
+    values take (a Python float would become torch's default dtype, float32, in a float64 program)."""
     lines = []
     for st in stages:
         if isinstance(st, Block):
@@ -85,7 +89,7 @@ def _block_lines(stages) -> list[str]:
             for let in st.lets:
                 rhs = render_expr(let.expr, SPELL)
                 if not is_batched(let.expr):
-                    rhs = f"_bh({rhs}, B, H)"
+                    rhs = f"_bh({rhs}, {like})"
                 lines.append(f"{key_name(let.key)} = {rhs}")
         elif isinstance(st, Gemm) and st.reduce:     # mean/sum over the row, broadcast (its adjoint too)
             a = value_name(st.a[0])
@@ -109,7 +113,7 @@ def render(program: Program, key: str = "") -> str:
     vec = [p for p in program.vector_params]
     first = cell.states[0]
     fwd_pro = [f"{value_name(state(s))} = S[{s!r}]" for s in cell.states]
-    fwd_pro += [f"B, H = {value_name(state(first))}.shape"]
+    fwd_pro += [f"B, H = {value_name(state(first))}.shape", f"DT = {value_name(state(first))}.dtype"]
     fwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
     fwd_pro += [f"{value_name(var('xp', m))} = xp_t[:, {j} * H:{j + 1} * H]" for j, m in enumerate(program.input_mats)]
     fwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('s1', s))}" for s in cell.states) + "}, {"
@@ -118,7 +122,7 @@ def render(program: Program, key: str = "") -> str:
     for s in cell.states:
         bwd_pro += [f"{value_name(state(s))} = S[{s!r}]", f"{key_name(('s1', s))} = S1[{s!r}]",
                     f"{key_name(('ds1', s))} = dS1[{s!r}]"]
-    bwd_pro += [f"B, H = {value_name(state(first))}.shape"]
+    bwd_pro += [f"B, H = {value_name(state(first))}.shape", f"DT = {value_name(state(first))}.dtype"]
     bwd_pro += [f"{key_name(('sv', n))} = SV[{n!r}]" for n, _ in program.saved]
     bwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
     dxp = (f"torch.cat([{', '.join(key_name(('dxp', m)) for m in program.input_mats)}], 1)"
@@ -129,8 +133,9 @@ def render(program: Program, key: str = "") -> str:
     bwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('ds', s))}" for s in cell.states) + "}, " + dxp + ", " + drp
                + ", {" + ", ".join(f"{p!r}: {key_name(('dp', p))}" for p in vec) + "}")
     return render_template("torch_step.py.j2", cell=cell.name, key=key, fwd_prologue=fwd_pro,
-                           fwd_body=_block_lines(program.fwd), fwd_return=fwd_ret, bwd_prologue=bwd_pro,
-                           bwd_body=_block_lines(program.bwd), bwd_return=bwd_ret)
+                           fwd_body=_block_lines(program.fwd, value_name(state(first))), fwd_return=fwd_ret,
+                           bwd_prologue=bwd_pro, bwd_body=_block_lines(program.bwd, value_name(state(first))),
+                           bwd_return=bwd_ret)
 
 
 def load_module(source: str, name: str):

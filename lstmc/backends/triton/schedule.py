@@ -62,24 +62,25 @@ def persistent_weight_bytes(program: Program, H: int, itemsize: int) -> int:
     return HP * HP * sum(len(g.mats) for g in program.weight_groups) * itemsize
 
 
-def persistent_shared_bytes(program: Program, H: int, itemsize: int) -> int:
+def persistent_shared_bytes(program: Program, H: int, itemsize: int, block_b: int = 16) -> int:
     """Estimated shared memory of the persistent kernels. Triton keeps the register-resident weights
     as tl.dot operands in shared memory; compiling every built-in cell ahead of time for sm_90
     (Triton 3.9, BB=16) measured, for the larger of fwd/bwd kernels: float32 1.6-2.0x the weight
     bytes (FMA dots, operands staged twice), 16-bit 1.1-1.2x, plus a few KiB. Row reductions
     (`mean`, `sum`) add scratch to the backward kernel: examples/layernorm_lstm.cell (18 of them)
-    measured 1.67 x 18 x BB x HP x 4 bytes more than lstm at H = 32 and 64; counted here as 2x."""
+    measured 1.67 x 18 x BB x HP x 4 bytes more than lstm at H = 32 and 64 (BB = 16); counted here
+    as 2x, for the schedule's BB."""
     HP = max(16, _pow2(H))
     reductions = sum(1 for g in program.groups if g.reduce)
     compute = 8 if itemsize == 8 else 4
     return (int(persistent_weight_bytes(program, H, itemsize) * (2.0 if itemsize >= 4 else 1.25)) + 8192
-            + 2 * reductions * 16 * HP * compute)
+            + 2 * reductions * block_b * HP * compute)
 
 
-def persistent_fits(program: Program, H: int, itemsize: int, shared_limit: int) -> bool:
+def persistent_fits(program: Program, H: int, itemsize: int, shared_limit: int, block_b: int = 16) -> bool:
     """Do the persistent kernels fit in `shared_limit` bytes (the GPU's opt-in shared memory per
     block, less headroom)? A launch that still runs out of resources falls back to `step`."""
-    return persistent_shared_bytes(program, H, itemsize) <= shared_limit
+    return persistent_shared_bytes(program, H, itemsize, block_b) <= shared_limit
 
 
 def persistent_warps(H: int) -> int:
@@ -103,7 +104,7 @@ class Scheduling:
 
     def _fits(self, H: int, schedule: "Schedule | None" = None) -> bool:
         item = np.dtype(np.float16).itemsize if self.dtype in ("bfloat16", "float16") else self.np_dtype.itemsize
-        if not persistent_fits(self.program, H, item, self.shared_limit()):
+        if not persistent_fits(self.program, H, item, self.shared_limit(), schedule.block_b if schedule else 16):
             return False
         if schedule is not None:
             for d in ("fwd", "bwd"):
