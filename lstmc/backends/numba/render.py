@@ -70,6 +70,8 @@ class _BlockRenderer:
         kind = key[0]
         if kind == "xp":
             return f"XP[t, b, {self.xslot[key[1]]} * H + j]"
+        if kind in ("rp", "dv") and self.p.groups[key[1]].reduce:   # a reduction: one number per row
+            return f"{'RP' if kind == 'rp' else 'DV'}{key[1]}[b]"
         if kind == "rp":
             return f"RP{key[1]}[b, {self.gslot[(key[1], key[2])]} * H + j]"
         if kind == "dv":
@@ -172,18 +174,16 @@ class _BlockRenderer:
 
 def _reduce_rows(op: str, rows: str, out: str, zero: str) -> list[str]:
     """A reduction stage: the mean or sum of each row of `rows` ([b1 - b0, H]) over the hidden axis,
-    written to every column of the row of `out` (so a block reads it like a product's slot). `zero`
-    is the dtype's 0 literal; H is converted to the dtype before dividing (no float64 promotion)."""
+    into `out[b]` (one number per row, which the next blocks read for every j). `zero` is the
+    dtype's 0 literal; H is converted to the dtype before dividing (no float64 promotion)."""
     scale = f" / {zero.replace('0.0', 'H')}" if op == "mean" else ""
-    return [f"# {op} over each row of {rows}, broadcast into {out}",
+    return [f"# {op} over each row of {rows}, into {out}[b]",
             f"red_rows = {rows}",
             "for b in range(b0, b1):",
             f"    acc = {zero}",
             "    for j in range(H):",
             "        acc += red_rows[b - b0, j]",
-            f"    acc = acc{scale}",
-            "    for j in range(H):",
-            f"        {out}[b, j] = acc"]
+            f"    {out}[b] = acc{scale}"]
 
 
 def render(program: Program, dtype: str, key: str = "") -> str:
@@ -204,7 +204,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     fwd_args = (["XP"] + [f"U{g.index}" for g in program.weight_groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride", "b0", "b1"])
     fr = _BlockRenderer(program, dtype, "fwd")
-    fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" for g in program.groups]
+    fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" if g.reduce is None
+                 else f"RP{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row" for g in program.groups]
     fwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.fwd)]
     fwd_body = []
     for s in states:
@@ -232,7 +233,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                 + ([f"GX{k}" for k in range(len(program.input_mats))] if program.dxp_alias is None else [])
                 + ["b0", "b1"])
     br = _BlockRenderer(program, dtype, "bwd")
-    bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" for g in program.groups]
+    bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" if g.reduce is None
+                 else f"DV{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row's adjoint"
+                 for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
     bwd_body = []
     for st in program.bwd:
