@@ -19,16 +19,15 @@ on CPU, triton on CUDA when it imports and compiles the cell, torch otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .autograd import _CellFunction
 from .backends.base import check_lengths
 from .build import compile as _compile
 from .build import load
@@ -161,87 +160,6 @@ class _Runner:
             ins = {id(v) for v in list(S.values()) + [x]}
             outs = [o.clone() if id(o) in ins else o for o in outs]
         return y, outs, tape
-
-
-class _Slot:
-    """Where a tape array went in ctx.saved_tensors (and whether it was a NumPy array)."""
-    __slots__ = ("i", "numpy")
-
-    def __init__(self, i: int, numpy: bool):
-        self.i, self.numpy = i, numpy
-
-
-def _stash(obj, out: list):
-    """Replace the arrays inside a tape by _Slots, appending them to `out` as tensors (zero-copy), so
-    that torch frees them with the graph (after backward unless retain_graph=True)."""
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-        return _Slot(len(out) - 1, False)
-    if isinstance(obj, np.ndarray):
-        if not obj.flags.writeable or obj.dtype.kind not in "biuf":
-            return obj
-        try:
-            t = torch.from_numpy(obj)
-        except (TypeError, ValueError):   # e.g. negative strides: keep the array itself
-            return obj
-        out.append(t)
-        return _Slot(len(out) - 1, True)
-    if isinstance(obj, dict):
-        return {k: _stash(v, out) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_stash(v, out) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _stash(getattr(obj, f.name), out)
-                                           for f in dataclasses.fields(obj) if f.init})
-    return obj
-
-
-def _unstash(obj, saved):
-    if isinstance(obj, _Slot):
-        t = saved[obj.i]
-        return t.numpy() if obj.numpy else t
-    if isinstance(obj, dict):
-        return {k: _unstash(v, saved) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unstash(v, saved) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _unstash(getattr(obj, f.name), saved)
-                                           for f in dataclasses.fields(obj) if f.init})
-    return obj
-
-
-class _CellFunction(torch.autograd.Function):
-    """One layer and direction: forward and backward are the compiled program's.
-
-    The tape's arrays are handed to ctx.save_for_backward (as zero-copy tensors) together with the
-    inputs, so torch frees them when it frees the graph and reports in-place changes of an input
-    between forward and backward, as it does for its own ops.
-    """
-
-    @staticmethod
-    def forward(ctx, runner: _Runner, lengths, reverse: bool, x, *rest):
-        n = len(runner.states)
-        y, finals, tape = runner.forward(x, lengths, reverse, rest[:n], rest[n:], need_tape=True)
-        tensors = [x, *rest]
-        ctx.tape = _stash(tape, tensors)
-        ctx.runner, ctx.n = runner, n
-        ctx.save_for_backward(*tensors)
-        return (y, *finals)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, *dfinal):
-        saved = ctx.saved_tensors         # raises if freed (second backward) or modified in place
-        x, runner = saved[0], ctx.runner
-        tape = _unstash(ctx.tape, saved)
-        dS = {s: runner.arr(d) for s, d in zip(runner.states, dfinal)}
-        dx, ds0, dp = runner.prog.backward(tape, runner.arr(dy), dS)
-        need = ctx.needs_input_grad
-        grads = [None, None, None, runner.tensor(dx, x) if need[3] else None]
-        grads += [runner.tensor(ds0[s], x) if need[4 + i] else None for i, s in enumerate(runner.states)]
-        k = 4 + ctx.n
-        grads += [runner.tensor(dp[p], x) if need[k + i] else None for i, p in enumerate(runner.names)]
-        return tuple(grads)
 
 
 # ------------------------------------------------------------------------------------- the module

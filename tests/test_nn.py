@@ -401,9 +401,8 @@ def test_retain_graph_in_place_and_double_backward():
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
     y, h = r(x)
-    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        gx.sum().backward()                        # the compiled backward is once differentiable
+    with pytest.raises(RuntimeError, match="once-differentiable"):   # said when the graph is asked for
+        torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
 def test_unbatched_and_batch_first_match_time_major():
@@ -670,3 +669,21 @@ def test_module_backend_errors():
     r = Recurrent("gru", 3, 4).double()           # .to(dtype) after construction picks the float64 kernels
     r(torch.randn(5, 2, 3, dtype=torch.float64))
     assert r.last_backend == "numba" and ("numba", torch.float64) in r._programs
+
+
+@pytest.mark.parametrize("second_order", ["create_graph", "gradgradcheck"])
+def test_a_second_derivative_is_refused_in_one_sentence(second_order):
+    """lstmc layers are once-differentiable: asking for a gradient of their gradient says so, rather
+    than failing later with a misleading 'does not require grad' or 'Jacobian mismatch'."""
+    from lstmc.autograd import ONCE_DIFFERENTIABLE
+
+    m = lstmc.nn.Recurrent("lstm", 3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="once-differentiable") as info:
+        if second_order == "create_graph":
+            torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+        else:
+            torch.autograd.gradgradcheck(lambda v: m(v)[0], (x,))
+    assert ONCE_DIFFERENTIABLE in str(info.value)
+    g, = torch.autograd.grad(m(x)[0].sum(), x)        # first order still works
+    assert torch.isfinite(g).all()
