@@ -42,7 +42,7 @@ def _run(benchmark, fn, **info):
 def _cell(name):
     if name == "decay_gru":
         return lstmc.parse(USER_CELL)
-    if name in ("slstm", "layernorm_lstm"):       # cells of the language's second edition (max, logsigmoid; mean)
+    if name in ("slstm", "slstm_heads", "layernorm_lstm"):   # the language's second edition (selects, heads, mean)
         return lstmc.load(str(Path(__file__).resolve().parents[1] / "examples" / f"{name}.cell"))
     return lstmc.load(name)
 
@@ -104,7 +104,7 @@ def test_vs_native(benchmark, case, who, machine):
 
 # ------------------------------------------------------------------- vs eager PyTorch of the same cell
 
-CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm", "layernorm_lstm"]
+CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm", "slstm_heads", "layernorm_lstm"]
 
 
 @pytest.mark.parametrize("who", ["lstmc-numba", "lstmc-torch-backend", "handwritten-torch"])

@@ -92,11 +92,11 @@ def overall(entries: list[Entry]) -> list[tuple[str, float, dict]]:
 # --------------------------------------------------------------------------- parameter matching
 
 def rnn_param_count(cell, input_size: int, hidden: int) -> int:
-    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, vectors: H)."""
+    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, or H*H/N with `heads N`, vectors: H)."""
     from .build import load
 
     c = load(cell)
-    return sum({"W": hidden * input_size, "U": hidden * hidden, "b": hidden}[k] for k in c.params.values())
+    return sum({"W": hidden * input_size, "U": hidden * hidden // c.heads, "b": hidden}[k] for k in c.params.values())
 
 
 def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict:

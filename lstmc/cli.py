@@ -33,7 +33,8 @@ def cmd_show(args) -> int:
 
     cell = load(args.cell)
     prog = lower(cell)
-    shapes = {"W": "[H, I]", "U": "[H, H]", "b": "[H]"}
+    shapes = {"W": "[H, I]", "U": "[H, H]" if cell.heads == 1 else f"[{cell.heads}, H/{cell.heads}, H/{cell.heads}]",
+              "b": "[H]"}
     print(f"cell {cell.name}   ({cell.filename})")
     print(f"  states: {', '.join(cell.states)}   output: {cell.output}")
     print("\nequations:")

@@ -130,6 +130,8 @@ class Program:
         """A readable, canonical description (used by `lstmc show` and as part of cache keys)."""
         out = [f"program {self.cell.name}", f"  states: {', '.join(self.cell.states)}   output: {self.cell.output}"]
         out.append("  params: " + ", ".join(f"{p}:{k}" for p, k in self.cell.params.items()))
+        if self.cell.heads > 1:
+            out.append(f"  heads: {self.cell.heads} (every U block-diagonal, multiplied as a dense [H, H] matrix)")
         if self.cell.inits:
             out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
         out.append("  input GEMM (hoisted, all T*B rows): xp = x @ [" + ", ".join(self.input_mats) + "]^T"

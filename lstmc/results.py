@@ -33,9 +33,11 @@ def max_rel(a, b) -> float:
 
 
 def problem(cell, T=4, B=3, I=3, H=5, seed=0, lengths=True, dtype=np.float64):
-    """A random test problem: (x, params, state0, lengths, dy, dstate) for `cell`."""
+    """A random test problem: (x, params, state0, lengths, dy, dstate) for `cell`. For a cell with
+    `heads N`, H is rounded up to a multiple of N."""
     rng = np.random.default_rng(seed)
     ref = compile_cell(cell, "reference", "float64")
+    H = -(-H // ref.cell.heads) * ref.cell.heads
     params = {k: v.astype(dtype) for k, v in ref.init_params(I, H, seed=seed).items()}
     x = rng.normal(size=(T, B, I)).astype(dtype)
     st = {s: (0.5 * rng.normal(size=(B, H))).astype(dtype) for s in ref.cell.states}

@@ -7,6 +7,7 @@ The language (README, "The cell language") is line oriented:
     output s                  optional; default the first state
     init NAME = VALUE         optional; VALUE is a number or zeros|ones|uniform|normal|xavier|orthogonal
     param NAME, ...           optional; once present, every free name must be declared
+    heads N                   optional; every recurrent matrix is block-diagonal, [N, H/N, H/N]
     NAME = EXPR               an intermediate, assigned once, in any order (no cycles)
     s' = EXPR                 each state updated exactly once
 
@@ -68,9 +69,16 @@ class Cell:
     names: dict[Node, str] = field(default_factory=dict)   # IR node -> the name it has in the spec
     source: str = ""
     filename: str = "<string>"
+    heads: int = 1                         # `heads N`: every U is block-diagonal, [N, H/N, H/N]
 
     def param_shape(self, name: str, input_size: int, hidden_size: int) -> tuple[int, ...]:
         kind = self.params[name]
+        if kind == "U" and self.heads > 1:
+            if hidden_size % self.heads:
+                raise ValueError(f"cell '{self.name}' has {self.heads} heads, so hidden_size must be a multiple of "
+                                 f"{self.heads}, got {hidden_size}")
+            d = hidden_size // self.heads
+            return (self.heads, d, d)
         return {"W": (hidden_size, input_size), "U": (hidden_size, hidden_size), "b": (hidden_size,)}[kind]
 
     def __repr__(self):
@@ -174,6 +182,14 @@ class _Parser(Expressions, Diagnostics):
         if len(names) != 1:
             raise self.err("`output` takes exactly one state name", lineno, fix="write `output h`")
         return _Stmt("output", lineno, line, names[0])
+
+    def d_heads(self, rest, lineno, line):
+        m = re.fullmatch(r"\s*([0-9]+)\s*", rest)
+        col = len(line) - len(rest.lstrip()) + 1
+        if not m or int(m.group(1)) < 1:
+            raise self.err(f"`heads` takes a positive whole number, got `{rest.strip()}`", lineno, col,
+                           fix="write `heads 4`: every recurrent matrix becomes block-diagonal with 4 blocks")
+        return _Stmt("heads", lineno, line, int(m.group(1)))
 
     def d_param(self, rest, lineno, line):
         return _Stmt("param", lineno, line, self._names(rest, lineno, line, "parameter"))
@@ -285,6 +301,7 @@ class _Parser(Expressions, Diagnostics):
         states: list[tuple[str, int]] = []
         state_line = 0
         output = None
+        heads = None
         inits: dict[str, tuple] = {}
         declared: dict[str, tuple[int, int]] = {}    # `param` lines: name -> (line, col)
         assigns: dict[str, tuple] = {}      # target ("s'" for states) -> (tree, stmt)
@@ -305,6 +322,10 @@ class _Parser(Expressions, Diagnostics):
                 if output is not None:
                     raise self.err("a second `output` statement", st.lineno, fix="name one output state")
                 output = (st.data[0], st.lineno, st.data[1])
+            elif st.kind == "heads":
+                if heads is not None:
+                    raise self.err("a second `heads` statement", st.lineno, fix="one `heads N` per cell")
+                heads = st.data
             elif st.kind == "param":
                 for pname, col in st.data:
                     if pname in declared:
@@ -362,7 +383,9 @@ class _Parser(Expressions, Diagnostics):
                 raise self.err(f"'{pname}' is declared as a parameter but is "
                                + ("a state" if pname in state_set else "an intermediate"), line, col,
                                fix="declare only free names (matrices and vectors that are learned)")
-        return self.build(name, state_names, out_name, inits, assigns)
+        cell = self.build(name, state_names, out_name, inits, assigns)
+        cell.heads = heads or 1
+        return cell
 
     @staticmethod
     def target(tree: Tree) -> tuple[str, bool]:

@@ -12,7 +12,7 @@ from lark import Token, Tree
 
 from .ops import FUNCTIONS
 
-DIRECTIVES = ("cell", "state", "output", "init", "param")
+DIRECTIVES = ("cell", "state", "output", "init", "param", "heads")
 FUNCS_TEXT = ", ".join(FUNCTIONS)
 
 _SHOW = 60   # an error message shows at most 2 * _SHOW characters of the offending line

@@ -63,7 +63,8 @@ c' = h1 * c + mean(h')
 """
 CELLS = {"selects": SELECTS, "clipped": CLIPPED, "mingru": str(EXAMPLES / "mingru.cell"),
          "slstm": str(EXAMPLES / "slstm.cell"), "reduces": REDUCES,
-         "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell"), "constants": CONSTANTS}
+         "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell"), "constants": CONSTANTS,
+         "slstm_heads": str(EXAMPLES / "slstm_heads.cell")}
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -160,12 +161,20 @@ def test_a_branch_that_overflows_where_it_is_not_taken_never_reaches_the_output(
 
 
 def _slstm_torch(x, p, H):
-    """sLSTM, one head, from Beck et al. 2024 (eqs. 8-17), written independently of lstmc."""
+    """sLSTM from Beck et al. 2024 (eqs. 8-17), written independently of lstmc: one head when U is
+    [H, H]; with U [N, H/N, H/N], each head's units mix only among themselves (a batched product)."""
     T, B, _ = x.shape
     h = c = n = m = torch.zeros(B, H, dtype=x.dtype)
+
+    def rec(U, h):
+        if U.dim() == 2:
+            return h @ U.T
+        N, d, _ = U.shape
+        return torch.einsum("bnk,njk->bnj", h.reshape(B, N, d), U).reshape(B, H)
+
     ys = []
     for t in range(T):
-        pre = {g: x[t] @ p[f"W_{g}"].T + h @ p[f"U_{g}"].T + p[f"b_{g}"] for g in "ifzo"}
+        pre = {g: x[t] @ p[f"W_{g}"].T + rec(p[f"U_{g}"], h) + p[f"b_{g}"] for g in "ifzo"}
         log_f = torch.nn.functional.logsigmoid(pre["f"])
         m_new = torch.maximum(log_f + m, pre["i"])
         i = torch.exp(pre["i"] - m_new)
@@ -194,10 +203,10 @@ def _layernorm_lstm_torch(x, p, H):
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-@pytest.mark.parametrize("cell", ["slstm", "layernorm_lstm"])
+@pytest.mark.parametrize("cell", ["slstm", "layernorm_lstm", "slstm_heads"])
 def test_matches_an_independent_torch_implementation(cell, backend):
-    oracle = {"slstm": _slstm_torch, "layernorm_lstm": _layernorm_lstm_torch}[cell]
-    T, B, I, H = 7, 3, 5, 6
+    oracle = {"slstm": _slstm_torch, "layernorm_lstm": _layernorm_lstm_torch, "slstm_heads": _slstm_torch}[cell]
+    T, B, I, H = 7, 3, 5, 8
     prog = lstmc.compile(str(EXAMPLES / f"{cell}.cell"), backend, "float64")
     params = prog.init_params(I, H, seed=3)
     rng = np.random.default_rng(3)
@@ -270,3 +279,28 @@ def test_constant_branches_keep_the_programs_dtype(backend, dtype):
     dx, dstate, dparams = prog.backward(tape, y * 0 + 1)
     want = getattr(torch, dtype) if backend == "torch" else np.dtype(dtype)
     assert y.dtype == want and state["h"].dtype == want and dx.dtype == want and dparams["W"].dtype == want
+
+
+def test_heads_make_recurrent_matrices_block_diagonal_everywhere():
+    """`heads 4`: every U is [4, H/4, H/4] in init_params, Recurrent and the arena's parameter count;
+    a hidden size that is not a multiple of the heads is refused by name."""
+    cell = str(EXAMPLES / "slstm_heads.cell")
+    prog = lstmc.compile(cell, "numba", "float64")
+    params = prog.init_params(3, 8)
+    assert params["U_i"].shape == (4, 2, 2) and params["W_i"].shape == (8, 3)
+    with pytest.raises(ValueError, match="4 heads, so hidden_size must be a multiple of 4, got 6"):
+        prog.init_params(3, 6)
+    bad = {**params, "U_i": np.zeros((8, 8))}
+    with pytest.raises(ValueError, match=r"U_i.*\[4, hidden_size/4, hidden_size/4\]"):
+        prog.forward(np.zeros((2, 1, 3)), bad)
+    from lstmc.arena import rnn_param_count
+
+    assert rnn_param_count(cell, 3, 8) == 4 * 8 * 3 + 4 * 8 * 8 // 4 + 4 * 8
+    from lstmc.nn import Recurrent
+
+    rnn = Recurrent(cell, 3, 8, num_layers=2, dtype=torch.float64)
+    assert rnn.l1.U_z.shape == (4, 2, 2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    y, _ = rnn(x)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(rnn.l0.U_o.grad).all()

@@ -128,9 +128,12 @@ class CompiledCell:
                 continue
             if kind == "b" and len(shp) == 1:
                 vote(votes_h, shp[0])
-            elif kind == "U" and len(shp) == 2:
+            elif kind == "U" and len(shp) == 2 and self.cell.heads == 1:
                 vote(votes_h, shp[0])
                 vote(votes_h, shp[1])
+            elif kind == "U" and len(shp) == 3 and shp[0] == self.cell.heads:   # heads N: [N, H/N, H/N]
+                vote(votes_h, shp[0] * shp[1])
+                vote(votes_h, shp[0] * shp[2])
             elif kind == "W" and len(shp) == 2:
                 vote(votes_h, shp[0])
                 vote(votes_i, shp[1])
@@ -223,7 +226,9 @@ class CompiledCell:
             raise ValueError(f"x has shape {xs}: T and B must be at least 1 (x is [T, B, input_size]: "
                              f"{'an empty sequence' if T < 1 else 'an empty batch'} has nothing to run)")
         I, H = self._sizes(params, Ix)
-        dims = {"W": "[hidden_size, input_size]", "U": "[hidden_size, hidden_size]", "b": "[hidden_size]"}
+        dims = {"W": "[hidden_size, input_size]", "b": "[hidden_size]",
+                "U": "[hidden_size, hidden_size]" if self.cell.heads == 1 else
+                     f"[{self.cell.heads}, hidden_size/{self.cell.heads}, hidden_size/{self.cell.heads}] (heads)"}
         for p, kind in self.cell.params.items():
             name = f"params['{p}']"
             if H is None or (kind == "W" and I is None):
@@ -337,6 +342,8 @@ def check_lengths(lengths, T: int, B: int, source: str = "x") -> np.ndarray:
 
 
 def init_array(how, shape, k, rng) -> np.ndarray:
+    if len(shape) == 3:      # a block-diagonal matrix of a cell with heads: each block on its own
+        return np.stack([init_array(how, shape[1:], k, rng) for _ in range(shape[0])])
     if isinstance(how, float):
         return np.full(shape, how)
     if how == "zeros":

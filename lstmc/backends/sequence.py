@@ -57,6 +57,19 @@ class ArrayOps:
         """A NumPy boolean mask as this library's array (on `like`'s device)."""
         raise NotImplementedError
 
+    def block_diag(self, u):
+        """[N, d, d] -> the [N*d, N*d] block-diagonal matrix (a cell with `heads N`)."""
+        N, d, _ = u.shape
+        out = self.zeros((N * d, N * d), like=u)
+        for i in range(N):
+            out[i * d:(i + 1) * d, i * d:(i + 1) * d] = u[i]
+        return out
+
+    def diag_blocks(self, g, N: int):
+        """The N diagonal [d, d] blocks of a [N*d, N*d] matrix, stacked: [N, d, d]."""
+        d = g.shape[0] // N
+        return self.stack([g[i * d:(i + 1) * d, i * d:(i + 1) * d] for i in range(N)])
+
     def discarded(self):
         """A context for computing values of rows whose results are then discarded (rows past their
         length read saved values that are 0, so 0/0 may occur there): no floating-point warnings."""
@@ -167,6 +180,15 @@ class Packed:
     vecs: dict       # vector parameter -> [H]
 
 
+def dense_weights(ops: ArrayOps, program: Program, params: dict) -> dict:
+    """`params` with each recurrent matrix of a cell with `heads N` ([N, H/N, H/N]) as the dense
+    block-diagonal [H, H] matrix it stands for: the per-step products multiply it whole (N times the
+    FLOPs a per-head product needs; docs/design.md). Other cells: `params` itself."""
+    if program.cell.heads == 1:
+        return params
+    return {**params, **{m: ops.block_diag(params[m]) for g in program.weight_groups for m in g.mats}}
+
+
 def pack(program: Program, params: dict, stack_rows) -> Packed:
     """Concatenate weights the way the GEMM plan uses them. `stack_rows(names)` is the backend's
     row-wise concatenation of params[name] for those names (into recycled memory, on a device...)."""
@@ -215,8 +237,9 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
     for g in program.weight_groups:
         V = group_operand(program, g.index, tape.states, tape.saved, T)
         dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, H))
+        N = program.cell.heads
         for j, m in enumerate(g.mats):
-            grads[m] = ops.grad(dU[j * H:(j + 1) * H])
+            grads[m] = ops.grad(dU[j * H:(j + 1) * H] if N == 1 else ops.diag_blocks(dU[j * H:(j + 1) * H], N))
     return grads, dx
 
 
@@ -252,6 +275,7 @@ class SequenceDriver:
 
     def _packed(self, params) -> dict:
         """The step functions' P: vector parameters by name, U{g} per group."""
+        params = dense_weights(self.ops, self.program, params)
         pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0))
         return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W}
 

@@ -25,7 +25,7 @@ from ...lower import Program
 from ...threads import budget
 from ..base import CompiledCell, Tape, check_flags
 from ..cache import build_module, forget_numba_cache, generator_key, options_key
-from ..sequence import (clear_padding, input_products, order_inputs, pack, param_grads, restore_order,
+from ..sequence import (clear_padding, dense_weights, input_products, order_inputs, pack, param_grads, restore_order,
                         reverse_index, weight_grads)
 from .blas import BlasOps
 from .memory import Recycling
@@ -90,7 +90,7 @@ class NumbaCell(Recycling, CompiledCell):
 
     def warm(self) -> None:
         """Compile both kernels now (from Numba's cache when it has them) on a tiny problem."""
-        p = self.init_params(2, 3, seed=0)
+        p = self.init_params(2, 3 * self.cell.heads, seed=0)     # H a multiple of the heads
         x = np.zeros((2, 1, 2), dtype=self.np_dtype)
         y, _, tape = self.forward(x, p)
         self.backward(tape, np.zeros_like(y))
@@ -145,6 +145,7 @@ class NumbaCell(Recycling, CompiledCell):
         prog, ops = self.program, self.ops
         dt = self.np_dtype
         nx = len(prog.input_mats)
+        params = dense_weights(self.ops, prog, params)
         pk = pack(prog, params, lambda names: self._packed(params, names))
         Wcat = pk.W if nx else np.zeros((0, I), dt)
         Ucat = [u for u in pk.U if u is not None]            # [k*H, H] per weight group (a reduction has none)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ...lower import Program
 from ..base import CompiledCell, Tape, check_flags
-from ..sequence import input_products, order_inputs, pack, param_grads, restore_order, weight_grads
+from ..sequence import dense_weights, input_products, order_inputs, pack, param_grads, restore_order, weight_grads
 from ..torch import TorchOps
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
@@ -236,6 +236,7 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         lease = None
         with torch.no_grad():
             x, rev_idx = order_inputs(self.ops, x, L, reverse)
+            params = dense_weights(self.ops, prog, params)
             pk = pack(prog, params, lambda names: torch.cat([params[m] for m in names]).contiguous())
             Wcat, Ucat = pk.W, pk.U
             Lcpu = torch.as_tensor(L, dtype=torch.int32)
