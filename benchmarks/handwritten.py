@@ -100,43 +100,28 @@ def decay_gru(x, p):
 def slstm(x, p):
     """sLSTM (examples/slstm.cell; Beck et al. 2024): one head, or with U [N, H/N, H/N] (examples/
     slstm_heads.cell) the block-diagonal product as a batched GEMM over heads (torch.bmm)."""
-    if p["U_i"].dim() == 3:
-        return _slstm_heads(x, p)
     T, B, _ = x.shape
-    H = p["U_i"].shape[0]
+    gates = ("i", "f", "z", "o")
+    W = torch.cat([p[f"W_{g}"] for g in gates])
+    if p["U_i"].dim() == 2:
+        H = p["U_i"].shape[0]
+        U = torch.cat([p[f"U_{g}"] for g in gates])
+
+        def recurrent(h):
+            return h @ U.T
+    else:
+        N, d, _ = p["U_i"].shape
+        H = N * d
+        U = torch.cat([p[f"U_{g}"] for g in gates], dim=1)          # [N, 4d, d]
+
+        def recurrent(h):
+            hu = torch.bmm(h.reshape(B, N, d).transpose(0, 1), U.transpose(1, 2))   # [N, B, 4d]
+            return hu.reshape(N, B, 4, d).permute(1, 2, 0, 3).reshape(B, 4 * H)
     h, c, n, m = (x.new_zeros(B, H) for _ in range(4))
-    W = torch.cat([p["W_i"], p["W_f"], p["W_z"], p["W_o"]])
-    U = torch.cat([p["U_i"], p["U_f"], p["U_z"], p["U_o"]])
     xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 4 * H)
     ys = []
     for t in range(T):
-        gi, gf, gz, go = (xw[t] + h @ U.T).chunk(4, 1)
-        it, ft = gi + p["b_i"], gf + p["b_f"]
-        log_f = torch.nn.functional.logsigmoid(ft)
-        m_new = torch.maximum(log_f + m, it)
-        i = torch.exp(it - m_new)
-        f = torch.exp(log_f + m - m_new)
-        c = f * c + i * torch.tanh(gz + p["b_z"])
-        n = f * n + i
-        h = torch.sigmoid(go + p["b_o"]) * c / n
-        m = m_new
-        ys.append(h)
-    return torch.stack(ys)
-
-
-def _slstm_heads(x, p):
-    T, B, _ = x.shape
-    N, d, _ = p["U_i"].shape
-    H = N * d
-    h, c, n, m = (x.new_zeros(B, H) for _ in range(4))
-    W = torch.cat([p["W_i"], p["W_f"], p["W_z"], p["W_o"]])
-    U = torch.cat([p["U_i"], p["U_f"], p["U_z"], p["U_o"]], dim=1)          # [N, 4d, d]
-    xw = (x.reshape(T * B, -1) @ W.T).reshape(T, B, 4 * H)
-    ys = []
-    for t in range(T):
-        hu = torch.bmm(h.reshape(B, N, d).transpose(0, 1), U.transpose(1, 2))   # [N, B, 4d]
-        hu = hu.reshape(N, B, 4, d).permute(1, 2, 0, 3).reshape(B, 4 * H)
-        gi, gf, gz, go = (xw[t] + hu).chunk(4, 1)
+        gi, gf, gz, go = (xw[t] + recurrent(h)).chunk(4, 1)
         it, ft = gi + p["b_i"], gf + p["b_f"]
         log_f = torch.nn.functional.logsigmoid(ft)
         m_new = torch.maximum(log_f + m, it)

@@ -18,6 +18,7 @@ from ..version import __version__
 from ..ir import PRINTED_INFIX, Node, print_infix, walk
 from ..names import LEAVES, ident, local_name
 from ..ops import POINTWISE
+from ..program import Block
 
 def value_name(node: Node) -> str:
     """The generated-code identifier of a leaf: state, parameter or var (names.py's table)."""
@@ -84,8 +85,6 @@ def render_template(name: str, **ctx) -> str:
 
 def ops_used(program) -> set[str]:
     """The primitives a Program's blocks use (a generated module imports only their math)."""
-    from ..program import Block
-
     roots = [let.expr for st in program.fwd + program.bwd if isinstance(st, Block) for let in st.lets]
     return {n.op for n in walk(roots)}
 

@@ -234,10 +234,10 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
         dx = dx_out
     else:
         dx = ops.zeros((T, B, I), like=tape.x)
+    N = program.cell.heads
     for g in program.weight_groups:
         V = group_operand(program, g.index, tape.states, tape.saved, T)
         dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, H))
-        N = program.cell.heads
         for j, m in enumerate(g.mats):
             grads[m] = ops.grad(dU[j * H:(j + 1) * H] if N == 1 else ops.diag_blocks(dU[j * H:(j + 1) * H], N))
     return grads, dx
@@ -335,17 +335,13 @@ class SequenceDriver:
         seed = prog.dy_state
         for t in range(T - 1, -1, -1):
             m = None if mask is None else mask[t]
-            if m is None:
-                dS[seed] = dS[seed] + dy[t]
-                seeds = dS
-            else:                      # a row past its length: no dy, and its step's adjoints are 0
-                dS[seed] = dS[seed] + ops.where(m, dy[t], 0.0)
-                seeds = {s: ops.where(m, dS[s], 0.0) for s in cell.states}
+            # a row past its length gets no dy; what its step's adjoints become is selected below
+            dS[seed] = dS[seed] + (dy[t] if m is None else ops.where(m, dy[t], 0.0))
             S = {s: tape.states[s][t] for s in cell.states}
             S1 = {s: tape.states[s][t + 1] for s in cell.states}
             sv = {n: tape.saved[n][t] for n in tape.saved}
             with (contextlib.nullcontext() if m is None else ops.discarded()):
-                dprev, dxp_t, drp_t, dp_t = self.bwd_step(seeds, S, S1, sv, P)
+                dprev, dxp_t, drp_t, dp_t = self.bwd_step(dS, S, S1, sv, P)
             if m is None:
                 dS = dprev
             else:                      # a row past its length: prog.past_length decides

@@ -172,11 +172,11 @@ class _BlockRenderer:
         return out
 
 
-def _reduce_rows(op: str, rows: str, out: str, zero: str) -> list[str]:
+def _reduce_rows(op: str, rows: str, out: str, zero: str, width: str) -> list[str]:
     """A reduction stage: the mean or sum of each row of `rows` ([b1 - b0, H]) over the hidden axis,
     into `out[b]` (one number per row, which the next blocks read for every j). `zero` is the
-    dtype's 0 literal; H is converted to the dtype before dividing (no float64 promotion)."""
-    scale = f" / {zero.replace('0.0', 'H')}" if op == "mean" else ""
+    dtype's 0 literal and `width` H in the dtype, which a mean divides by (no float64 promotion)."""
+    scale = f" / {width}" if op == "mean" else ""
     return [f"# {op} over each row of {rows}, into {out}[b]",
             f"red_rows = {rows}",
             "for b in range(b0, b1):",
@@ -201,6 +201,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
 
     # ---- forward
     zero = _const(dtype)(0.0)
+    width = "np.float32(H)" if dtype == "float32" else "H"     # H in the kernel's dtype
     fwd_args = (["XP"] + [f"U{g.index}" for g in program.weight_groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride", "b0", "b1"])
     fr = _BlockRenderer(program, dtype, "fwd")
@@ -218,7 +219,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state"
                        else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
             if st.reduce:
-                fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero)
+                fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero, width)
                 continue
             fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
                          f"    _mm_nt({operand}, U{st.group}, RP{st.group}[b0:b1])",
@@ -242,7 +243,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         if isinstance(st, Block):
             bwd_body += br.render(st)
         elif st.reduce:        # the adjoint of a row's mean/sum is the same reduction of its adjoint
-            bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero)
+            bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero,
+                                     width)
         else:
             bwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{'; '.join(st.mats)}]",
                          f"    _mm_nn(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])",

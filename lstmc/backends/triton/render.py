@@ -19,8 +19,8 @@ elementwise code is the Program's blocks rendered as tile expressions, and the r
 
 Conventions inside kernels: locals and arrays are named by the naming table, lstmc/names.py:
 locals s_h, xp_W_i, rp0_U_i, sv_g, dn_h, drp0_U_i, dv0, ...; arrays are upper-case (XP, Y, L, SQ_h,
-SV_g, UT0, U0, P_b, dY, DS_h, DSN_h, dXP, dRP0, DP, scratch). Masks: `m2` = valid element, `live` = valid and t < length[row].
-States are stored in the compute type CT (float32 for float32/bfloat16/float16 storage), every
+SV_g, UT0, U0, P_b, dY, DS_h, DSN_h, dXP, dRP0, DP, scratch). Masks: `m2` = valid element,
+`live` = valid and t < length[row]. States are stored in the compute type CT (float32 for float32/bfloat16/float16 storage), every
 [T, B, *] sequence and the weights in the storage type DT, and `tl.dot` accumulates in CT.
 """
 
@@ -89,8 +89,7 @@ class KernelMeta:
     name: str
     direction: str                 # "fwd" | "bwd"
     variant: str                   # "step" | "persistent"
-    arrays: list[str] = field(default_factory=list)     # pointer arguments, in order
-    array_of: dict = field(default_factory=dict)        # argument -> (names.ARRAYS prefix, name or group)
+    array_of: dict = field(default_factory=dict)   # pointer argument -> (names.ARRAYS prefix, name or group), in order
     scalars: list[str] = field(default_factory=list)    # runtime integers, in order
     constexprs: list[str] = field(default_factory=list)
     # for the template
@@ -99,6 +98,11 @@ class KernelMeta:
     carry: list[str] = field(default_factory=list)
     epilogue: list[str] = field(default_factory=list)
     doc: str = ""
+
+    @property
+    def arrays(self) -> list[str]:
+        """The pointer arguments, in order."""
+        return list(self.array_of)
 
     @property
     def signature(self) -> str:
@@ -179,9 +183,7 @@ class _Kernel:
     def arr(self, prefix: str, name=None) -> str:
         """The kernel argument of the naming table's array `prefix` (+ name or group), declared on first use."""
         arg = array_name(prefix, name)
-        if arg not in self.m.arrays:
-            self.m.arrays.append(arg)
-            self.m.array_of[arg] = (prefix, name)
+        self.m.array_of.setdefault(arg, (prefix, name))
         return arg
 
     def emit(self, line: str) -> None:
