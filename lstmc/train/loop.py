@@ -36,10 +36,16 @@ class NonFiniteLossWarning(RuntimeWarning):
     """Training stopped because the loss became NaN or infinite (TrainResult.diverged)."""
 
 
-def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
+def train(config: TrainConfig | None = None, *, on_evaluate=None, **overrides) -> TrainResult:
     """Train as `config` says; returns a TrainResult (metrics history, final val/test metric,
     baseline, steps, wall time, parameter count). Under torchrun (WORLD_SIZE > 1) every process
-    calls this; only rank 0 writes files and shows progress; every rank returns the same result."""
+    calls this; only rank 0 writes files and shows progress; every rank returns the same result.
+
+    `on_evaluate(step, val_metric)` is called after every validation (on every rank, with the same
+    numbers); when it returns a string the run stops there with that string as its stop reason
+    (`lstmc tune` prunes trials this way). The returned result also carries the trained model, with
+    the weights of the best validation, as `result.model` (an attribute, not a field: it is never
+    serialised; after an interruption or a divergence, the weights of the last step)."""
     import torch
     import torch.distributed as dist
 
@@ -50,15 +56,15 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     threads = torch.get_num_threads()
     try:
         with thread_budget(cfg, d):
-            return _train(cfg, task, d)
+            return _train(cfg, task, d, on_evaluate)
     finally:
         torch.set_num_threads(threads)
         if d.owned:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, task: Task, d: Dist) -> TrainResult:
-    res = _Loop(cfg, task, d).run()
+def _train(cfg: TrainConfig, task: Task, d: Dist, on_evaluate=None) -> TrainResult:
+    res = _Loop(cfg, task, d, on_evaluate).run()
     if res.diverged:        # warned here, so that the warning points at the caller of train()
         warnings.warn(res.stop_reason, NonFiniteLossWarning, stacklevel=3)
     return res
@@ -76,10 +82,11 @@ class _Loop:
     (and restores them on resume), `run` steps until the end or a stop, then `finish` tests the
     best weights and writes the outputs."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, d: Dist):
+    def __init__(self, cfg: TrainConfig, task: Task, d: Dist, on_evaluate=None):
         from torch import nn
 
         self.cfg, self.task, self.d = cfg, task, d
+        self.on_evaluate = on_evaluate
         self.device = torch_device(cfg.device, d)
         self.out = out = Path(cfg.out) if cfg.out else None
         self.write = out is not None and d.main         # only rank 0 writes files
@@ -229,6 +236,10 @@ class _Loop:
         if self.sched is not None and not self.per_step:
             self.sched.step(vm)
         loop["stop_reason"] = self.stop_reason(vm)
+        if self.on_evaluate is not None and not loop["stop_reason"]:
+            why = self.on_evaluate(step, vm)
+            if why:
+                loop["stop_reason"] = str(why)
         if over and not loop["stop_reason"]:
             loop["stop_reason"] = f"time budget of {cfg.time_budget:g} s used"
 
@@ -283,7 +294,6 @@ class _Loop:
             return res
         model = self.model
         if self.best_state is not None:
-            final_state = {k: v.clone() for k, v in model.state_dict().items()}
             model.load_state_dict(self.best_state)
         test = evaluate_split(model, self.task, "test", self.device)
         test = tuple(broadcast(list(test), self.d))
@@ -291,14 +301,12 @@ class _Loop:
         if self.write:
             save_model(out / "model.pt", cfg, model, loop["best_step"])
             write_outputs(out, res)
-        if self.best_state is not None:
-            model.load_state_dict(final_state)
         return res
 
     def result(self, interrupted: str = "", test=(math.nan, math.nan)) -> TrainResult:
         cfg, task, loop, model = self.cfg, self.task, self.loop, self.model
         tt = loop["train_time"]
-        return TrainResult(
+        res = TrainResult(
             config=config_dict(cfg), task=task.name, cell=self.cell_name,
             metric=task.metric, higher_is_better=task.higher_is_better, baseline=task.baseline("test"),
             baseline_val=task.baseline("val"), baseline_name=task.baseline_name,
@@ -311,3 +319,5 @@ class _Loop:
             interrupted=bool(interrupted), diverged=bool(self.diverged), world_size=self.d.world,
             backend=str(getattr(model.rnn, "last_backend", None) or cfg.backend),
             out=str(self.out) if self.out else None)
+        res.model = model    # not a field (never serialised); after a test it holds the best validation's weights
+        return res
