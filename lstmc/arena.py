@@ -131,18 +131,28 @@ def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int
 # ------------------------------------------------------------------------------------------ runs
 
 def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match_params=False, out="arena",
-              progress=True, extra=None) -> list[Entry]:
+              progress=True, extra=None, db=None) -> list[Entry]:
+    """Train every cell on every task `seeds` times; with `db`, also record every run in that
+    persistent leaderboard file (lstmc.leaderboard), including runs resumed from DIR/runs."""
     from .build import load
     from .tasks import get_task
-    from .train import TrainConfig, train
+    from .train import TrainConfig, config_dict, train
 
     out = Path(out)
-    names = {}
+    names, sources = {}, {}
     for c in cells:
-        n = load(c).name
+        cell = load(c)
+        n = cell.name
         if n in names.values():
             raise ValueError(f"two cells are named '{n}': give each cell file its own `cell` name")
         names[c] = n
+        sources[c] = cell.source or repr(cell)
+    if db is not None:
+        from . import leaderboard
+        from .bench import machine_description
+
+        leaderboard.connect(db).close()            # a bad file fails before hours of training, not after
+        machine = machine_description()
     entries = []
     for t in tasks:
         task = get_task(t)
@@ -156,24 +166,30 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
             results = []
             for s in range(seeds):
                 path = out / "runs" / t / names[c] / f"seed{s}.json"
-                if path.exists():                       # finished before an interruption: keep it
-                    results.append(json.loads(path.read_text()))
-                    continue
                 cfg = TrainConfig(cell=c, task=t, hidden=sizes[c], seed=s, steps=steps, progress=progress,
                                   **(extra or {}))
                 if budget:
                     cfg.time_budget = budget
+                if path.exists():                       # finished before an interruption: keep it
+                    row = json.loads(path.read_text())
+                    results.append(row)
+                    if db is not None:
+                        leaderboard.record(db, dict(row, cell=names[c]),
+                                           row.get("config") or config_dict(cfg.resolved(task)), sources[c], machine)
+                    continue
                 res = train(cfg)
                 row = {"test_metric": res.test_metric, "val_metric": res.val_metric, "baseline": res.baseline,
                        "baseline_name": res.baseline_name, "metric": res.metric,
                        "higher_is_better": res.higher_is_better, "params": res.params, "steps": res.steps,
                        "steps_per_s": res.steps_per_s, "wall_time": res.wall_time,
-                       "curve": [(h.get("step"), h.get("val_metric")) for h in res.history]}
+                       "curve": [(h.get("step"), h.get("val_metric")) for h in res.history], "config": res.config}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(row))
                 os.replace(tmp, path)
                 results.append(row)
+                if db is not None:
+                    leaderboard.record(db, dict(row, cell=names[c]), res.config, sources[c], machine)
             r0 = results[0]
             entries.append(Entry(cell=names[c], task=t, metric=r0["metric"], higher_is_better=r0["higher_is_better"],
                                  values=[r["test_metric"] for r in results], baseline=r0["baseline"],
@@ -241,7 +257,7 @@ def plot_curves(entries: list[Entry], out: Path) -> list[str]:
     return files
 
 
-def report_html(md: str, images: list[str]) -> str:
+def report_html(md: str, images: list[str], title: str = "lstmc arena") -> str:
     """The markdown report as a standalone HTML page: headings, paragraphs (inline `code` kept) and
     each markdown table as one <table> with a header row (tests/test_arena.py parses the result)."""
     import html
@@ -272,10 +288,11 @@ def report_html(md: str, images: list[str]) -> str:
             blocks.append(f"<p>{inline(line)}</p>")
     text = "\n".join(blocks)
     imgs = "\n".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>lstmc arena</title><style>"
+    curves = f"<h2>Learning curves</h2>\n{imgs}\n" if images else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-            f"{text}\n<h2>Learning curves</h2>\n{imgs}\n</body></html>\n")
+            f"{text}\n{curves}</body></html>\n")
 
 
 def write_reports(entries: list[Entry], out: Path, command: str = "") -> None:
@@ -322,6 +339,9 @@ def add_parser(sub) -> None:
     p.add_argument("--match-params", action="store_true", help="pick hidden sizes so parameter counts match")
     p.add_argument("--out", default="arena", help="output directory (default: arena)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--db", default=None, metavar="FILE",
+                   help="also record every run in this persistent SQLite leaderboard (created when absent; "
+                        "results of other runs, people and days accumulate: see `lstmc leaderboard`)")
     p.set_defaults(fn=cli_main)
 
 
@@ -338,9 +358,14 @@ def cli_main(args) -> int:
         raise ValueError("--seeds must be at least 1")
     budget = _budget(args.budget) if args.budget else None
     entries = run_arena(args.cells, tasks, seeds=args.seeds, steps=args.steps, budget=budget, hidden=args.hidden,
-                        match_params=args.match_params, out=args.out, progress=not args.no_progress)
+                        match_params=args.match_params, out=args.out, progress=not args.no_progress, db=args.db)
     command = "lstmc arena " + " ".join(sys.argv[2:])
     write_reports(entries, Path(args.out), command)
     print(report_md(entries, command))
     print(f"wrote {args.out}/arena.md, arena.json, arena.html")
+    if args.db:
+        from .leaderboard import report_md as board_md
+
+        print(board_md(args.db, tasks[0] if len(tasks) == 1 else None))
+        print(f"recorded in {args.db} (the whole board: lstmc leaderboard --db {args.db})")
     return 0

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub)
     arena.add_parser(sub)
+    from . import leaderboard
+
+    leaderboard.add_parser(sub)
     from . import train
 
     train.add_parser(sub)
