@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import leaderboard
 
     leaderboard.add_parser(sub)
+    from . import anomaly
+
+    anomaly.add_parser(sub)
     from . import train
 
     train.add_parser(sub)

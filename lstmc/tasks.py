@@ -4,13 +4,17 @@
     x, y = task.batch("train", task.sampler(seed).indices(step, batch))   # tensors, batch first
     task.metric, task.higher_is_better, task.baseline("test")
 
-| task      | input                         | target                   | metric      | trivial baseline            |
-|-----------|-------------------------------|--------------------------|-------------|-----------------------------|
-| adding    | [T, 2] value + marker         | sum of the two marked    | MSE         | predict the mean (≈ 0.167)  |
-| copy      | T+20 symbols (embedded)       | the 10 symbols, at end   | CE (nats)   | memoryless 10·ln 8/(T+20)   |
-| digits    | 8 rows of 8 pixels            | the digit (10 classes)   | accuracy    | majority class              |
-| charlm    | L characters (embedded)       | the next character       | bits/char   | unigram frequencies         |
-| sunspots  | a window of W yearly values   | the next year's value    | RMSE        | persistence (last value)    |
+| task        | input                         | target                   | metric      | trivial baseline            |
+|-------------|-------------------------------|--------------------------|-------------|-----------------------------|
+| adding      | [T, 2] value + marker         | sum of the two marked    | MSE         | predict the mean (≈ 0.167)  |
+| copy        | T+20 symbols (embedded)       | the 10 symbols, at end   | CE (nats)   | memoryless 10·ln 8/(T+20)   |
+| digits      | 8 rows of 8 pixels            | the digit (10 classes)   | accuracy    | majority class              |
+| charlm      | L characters (embedded)       | the next character       | bits/char   | unigram frequencies         |
+| sunspots    | a window of W yearly values   | the next year's value    | RMSE        | persistence (last value)    |
+| co2_anomaly | W weekly CO2 differences      | the next week's change   | RMSE (ppm)  | persistence (last value)    |
+
+co2_anomaly is the forecaster of `lstmc.anomaly` (weekly Mauna Loa CO2; its test part holds injected
+spikes, level shifts and variance changes, labelled per week in `task.kinds`).
 
 Every split is fixed: it depends only on the task's options (never on the training seed), and
 the splits never share a sample. (torch is imported only when data is built, so that listing the
@@ -332,7 +336,22 @@ def sunspots(length: int = 20) -> Task:
     return t
 
 
-TASKS = {"adding": adding, "copy": copy, "digits": digits, "charlm": charlm, "sunspots": sunspots}
+# -------------------------------------------------------------------------------------- co2_anomaly
+
+def co2_anomaly(length: int = 26, seed: int = 0) -> Task:
+    """Weekly Mauna Loa CO2 1958-2001 (statsmodels.datasets.co2, missing weeks interpolated),
+    differenced: forecast next week's change from a window of `length` weekly changes. Chronological
+    split 70/15/15 by the predicted week, normalised with the training part; anomalies of three kinds
+    (spikes, level shifts, variance changes; fixed `seed`) injected into the test weeks only.
+    Metric: RMSE of the level forecast in ppm. Baseline: persistence. Built by lstmc.anomaly.co2_task,
+    whose docstring documents the data, the injection and the extra attributes."""
+    from .anomaly import co2_task
+
+    return co2_task(length, seed)
+
+
+TASKS = {"adding": adding, "copy": copy, "digits": digits, "charlm": charlm, "sunspots": sunspots,
+         "co2_anomaly": co2_anomaly}
 _cache: dict = {}
 
 
@@ -342,7 +361,7 @@ def task_names() -> list[str]:
 
 def get_task(name: str, length: int | None = None, **options) -> Task:
     """A task by name. `length` is the sequence length T (adding), the delay T (copy), the window
-    length in characters (charlm) or years (sunspots); digits has a fixed length of 8.
+    length in characters (charlm), years (sunspots) or weeks (co2_anomaly); digits has a fixed length of 8.
     Tasks are cached by their options (the data is immutable)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
