@@ -134,6 +134,10 @@ def _plain(obj):
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
     now = config_dict(cfg)
+    if now.get("data") is not None and saved.get("data") == now["data"] and saved.get("data_sha256") != now["data_sha256"]:
+        raise ValueError(f"--resume: the data file {now['data']} changed since the checkpoint was written (sha256 "
+                         f"{str(saved.get('data_sha256'))[:12]}... then, {now['data_sha256'][:12]}... now); restore "
+                         f"it, or start afresh with another --out")
     diff = [k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
     if diff:
         what = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in diff)
@@ -190,8 +194,14 @@ def save(path: Path, cfg: TrainConfig, d: Dist, model, opt, sched, sampler, loop
     atomic_write(path, lambda f: torch.save(ck, f))
 
 
-def save_model(path: Path, cfg: TrainConfig, model, step: int) -> None:
-    """Write model.pt: the config, the weights (those of `step`, the best validation)."""
+def save_model(path: Path, cfg: TrainConfig, model, step: int, task=None) -> None:
+    """Write model.pt: the config, the weights (those of `step`, the best validation) and, for a task
+    read from a data file, `data`: its columns, normalisation and classes (lstmc.datafile's
+    task.data_info), what applying the model to new rows needs."""
     import torch
 
-    atomic_write(path, lambda f: torch.save({"config": config_dict(cfg), "model": model.state_dict(), "step": step}, f))
+    ck = {"config": config_dict(cfg), "model": model.state_dict(), "step": step}
+    info = getattr(task, "data_info", None)
+    if info is not None:
+        ck["data"] = _plain(info)
+    atomic_write(path, lambda f: torch.save(ck, f))

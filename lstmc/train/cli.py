@@ -12,8 +12,9 @@ import sys
 import warnings
 from dataclasses import asdict
 
+from ..datafile import DEFAULT_SPLIT, DEFAULT_WINDOW, FILLNA
 from ..tasks import TASKS
-from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .config import DEFAULT_TASK, OPTIMIZERS, SCHEDULES, TrainConfig
 from .loop import NonFiniteLossWarning, train
 from .signals import TrainingInterrupted
 
@@ -21,14 +22,20 @@ from .signals import TrainingInterrupted
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `train` to the `lstmc` command's subparsers (sets fn=cli_main)."""
     p = subparsers.add_parser(
-        "train", help="train a model on one of the built-in tasks with a compiled cell",
-        description="Train [embedding] -> Recurrent(CELL) -> linear head on a task. Options left out take "
-                    "the task's defaults. Under torchrun, trains data-parallel (DDP).")
+        "train", help="train a model on a built-in task or your own data file with a compiled cell",
+        description="Train [embedding] -> Recurrent(CELL) -> linear head on a built-in task or on a CSV, Parquet "
+                    "or NPZ file (--data). Options left out take the task's defaults. Under torchrun, trains "
+                    "data-parallel (DDP).",
+        epilog="Your own data: `lstmc train --data co2.csv --predict co2 --fillna ffill` forecasts a column "
+               "(RMSE vs persistence); `lstmc train --data runs.csv --sequence id --label cls` classifies "
+               "sequences (accuracy vs the majority class). Rows are in time order; splits are chronological "
+               "and normalisation uses the training rows only. See `python -m pydoc lstmc.datafile`.")
     p.add_argument("--cell", default="lstm", help="built-in cell name or path to a .cell file (default lstm)")
-    p.add_argument("--task", default="adding", choices=list(TASKS))
+    p.add_argument("--task", default=None, choices=list(TASKS),
+                   help=f"a built-in task (default {DEFAULT_TASK}); not with --data")
     p.add_argument("--length", type=int, default=None,
                    help="adding: sequence length T (50); copy: delay T (20); charlm: window (100); "
-                        "sunspots: window (20)")
+                        f"sunspots: window (20); --data forecasting: window in rows ({DEFAULT_WINDOW})")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (task default)")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
@@ -64,6 +71,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="stop once the validation metric reaches this value (e.g. 0.01 for adding's MSE)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop after this much wall time (steps then vary from run to run)")
+    g = p.add_argument_group("your own data (--data)")
+    g.add_argument("--data", default=None, metavar="FILE",
+                   help="train on a .csv, .parquet (needs pyarrow) or .npz file instead of --task; its rows in time "
+                        "order")
+    g.add_argument("--predict", default=None, metavar="COL",
+                   help="forecasting: the column to predict (default: the only numeric column)")
+    g.add_argument("--horizon", type=int, default=None, metavar="H",
+                   help="forecasting: predict COL H rows after the window's last row (default 1)")
+    g.add_argument("--label", default=None, metavar="COL",
+                   help="classification: the column holding each sequence's class (names or numbers)")
+    g.add_argument("--sequence", default=None, metavar="COL",
+                   help="classification: rows with the same value in COL form one sequence (file order); "
+                        "without it each row is one sequence of its --inputs values")
+    g.add_argument("--inputs", default=None, metavar="A,B,...",
+                   help="the input columns (default: forecasting, the predicted column alone; classification, "
+                        "every numeric column but --label and --sequence)")
+    g.add_argument("--split", default=None, metavar="TRAIN,VAL",
+                   help=f"chronological (file-order) train and validation fractions; test is the rest "
+                        f"(default {DEFAULT_SPLIT})")
+    g.add_argument("--fillna", default=None, choices=FILLNA,
+                   help="forecasting: missing values are an error (default), carried forward (ffill), linearly "
+                        "interpolated (uses the next value) or their rows dropped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON (without per-step losses)")
     p.set_defaults(fn=cli_main)
@@ -74,6 +103,10 @@ def config_from_args(args) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}
     kw["progress"] = not args.no_progress
+    if kw.get("task") is None:
+        kw.pop("task", None)
+    elif kw.get("data") is not None:
+        raise ValueError(f"--task {kw['task']} and --data {kw['data']} exclude each other: give one")
     return TrainConfig(**kw)
 
 

@@ -1,5 +1,6 @@
 """The run's description and its outcome: TrainConfig (every option, with the task's defaults filled
-in and checked by `resolved`), `config_dict` (the config as plain data, for checkpoints and
+in and checked by `resolved`), `task_of` (the Task a config trains on: a built-in task, or a data
+file read by lstmc.datafile), `config_dict` (the config as plain data, for checkpoints and
 metrics.json) and TrainResult (what `train` returns and metrics.json holds)."""
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tasks import Task
+from ..tasks import Task, get_task
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+DEFAULT_TASK = "adding"
+DATA_OPTIONS = ("inputs", "predict", "label", "sequence", "horizon", "split", "fillna")
 SCHEDULES = ("none", "step", "cosine", "plateau")
 
 
@@ -20,7 +23,7 @@ SCHEDULES = ("none", "step", "cosine", "plateau")
 class TrainConfig:
     """Everything a run depends on. `None` means "the task's default" (see `Task.defaults`)."""
     cell: str = "lstm"                  # built-in cell name, path to a .cell file, or a lstmc.Cell
-    task: str = "adding"
+    task: str = DEFAULT_TASK
     length: int | None = None           # adding: T; copy: delay T; charlm: window; sunspots: window
     hidden: int | None = None
     layers: int = 1
@@ -48,11 +51,39 @@ class TrainConfig:
     threads: int | None = None          # torch and BLAS threads (default: see placement.thread_budget)
     target: float | None = None         # stop once the validation metric is at least this good
     time_budget: float | None = None    # stop after this many seconds of wall time (not reproducible)
+    # Training on a data file (lstmc.datafile; None: its default). With `data`, `task` must be left at
+    # its default; `length` is the forecasting window (default 20). `resolved` records the values used
+    # (the file name as task, the columns, the split...).
+    data: str | None = None             # a .csv, .parquet or .npz file
+    inputs: str | None = None           # comma-separated input columns
+    predict: str | None = None          # forecasting: the column to predict
+    label: str | None = None            # classification: the class column
+    sequence: str | None = None         # classification: the column whose values group rows into sequences
+    horizon: int | None = None          # forecasting: predict this many rows after the window (1)
+    split: str | None = None            # "TRAIN,VAL" fractions, in time/file order; test is the rest (0.7,0.15)
+    fillna: str | None = None           # missing values: error (default), ffill, interpolate, drop
+    data_sha256: str | None = None      # set by `resolved`: the data file's sha256 (--resume refuses a changed file)
 
     def resolved(self, task: Task) -> "TrainConfig":
         """A copy with every task default filled in and every value checked."""
         c = dataclasses.replace(self)
         d = task.defaults
+        if c.data is not None:
+            if c.task not in (DEFAULT_TASK, task.name):
+                raise ValueError(f"task {c.task!r} and data {c.data!r} exclude each other: with data, leave "
+                                 f"task out")
+            sha = task.options["sha256"]
+            if c.data_sha256 not in (None, sha):
+                raise ValueError(f"data file {c.data} changed: its sha256 is {sha[:12]}..., the config expects "
+                                 f"{c.data_sha256[:12]}...")
+            c.task, c.data_sha256 = task.name, sha
+            o = task.options            # the data options as used (defaults filled in), for the records
+            c.predict, c.label, c.sequence = o["predict"], o["label"], o["sequence"]
+            c.inputs = ",".join(o["inputs"]) if o["inputs"] is not None else None
+            c.horizon = o.get("horizon") if o["kind"] == "forecast" else None
+            c.split, c.fillna = ",".join(f"{v:g}" for v in o["split"]), o["fillna"]
+        elif c.data_sha256 is not None:
+            raise ValueError("data_sha256 is the sha256 of a data file: give the file with data")
         for k in ("hidden", "steps", "batch", "lr", "clip", "eval_every"):
             if getattr(c, k) is None:
                 setattr(c, k, d[k])
@@ -79,6 +110,18 @@ class TrainConfig:
         if c.resume and not c.out:
             raise ValueError("resume needs out: the directory holding checkpoint.pt")
         return c
+
+
+def task_of(cfg: TrainConfig) -> Task:
+    """The Task a config trains on: the data file `cfg.data` (lstmc.datafile) or the built-in `cfg.task`."""
+    if cfg.data is None:
+        given = [k for k in DATA_OPTIONS if getattr(cfg, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(k for k in given)} describe a data file: give it with data (--data FILE)")
+        return get_task(cfg.task, length=cfg.length)
+    from ..datafile import data_task
+
+    return data_task(cfg.data, length=cfg.length, **{k: getattr(cfg, k) for k in DATA_OPTIONS})
 
 
 def config_dict(cfg: TrainConfig) -> dict:

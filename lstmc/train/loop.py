@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tasks import Task, get_task
+from ..tasks import Task
 from .checkpoint import gather_rng_states, restore, save, save_model, seed_all
-from .config import TrainConfig, TrainResult, config_dict
+from .config import TrainConfig, TrainResult, config_dict, task_of
 from .distributed import Dist, all_mean, any_rank, broadcast, init_distributed, shard
 from .evaluation import evaluate as evaluate_split
 from .evaluation import validate_gradients
@@ -50,7 +50,7 @@ def train(config: TrainConfig | None = None, *, on_evaluate=None, **overrides) -
     import torch.distributed as dist
 
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-    task = get_task(cfg.task, length=cfg.length)
+    task = task_of(cfg)     # a built-in task, or the data file cfg.data
     cfg = cfg.resolved(task)
     d = init_distributed(cfg.device)
     threads = torch.get_num_threads()
@@ -299,7 +299,7 @@ class _Loop:
         test = tuple(broadcast(list(test), self.d))
         res = self.result(test=test)
         if self.write:
-            save_model(out / "model.pt", cfg, model, loop["best_step"])
+            save_model(out / "model.pt", cfg, model, loop["best_step"], task=self.task)
             write_outputs(out, res)
         return res
 
