@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import anomaly
 
     anomaly.add_parser(sub)
+    from . import tune
+
+    tune.add_parser(sub)
     from . import train
 
     train.add_parser(sub)
