@@ -2,8 +2,15 @@
 
     lstmc tune --task adding --cells lstm,gru,mgu --trials 30 --steps 600
     lstmc tune --task copy --storage postgresql://user@db-host/optuna --trials 20    # on every machine
+    lstmc tune --data co2.csv --predict co2 --fillna ffill --trials 30              # your own data
 
-What is searched (one trial = one in-process `lstmc.train.train` run on the task):
+What it tunes for: a built-in task (--task NAME) or your own CSV, Parquet or NPZ file (--data FILE,
+with `lstmc train`'s data options --inputs --predict --label --sequence --horizon --split --fillna;
+see lstmc.datafile), exactly one of the two. Both go through one path: the options make the
+TrainConfig every trial shares (`TuneOptions.base_config`) and `lstmc.train.config.task_of` makes
+its Task, as for `lstmc train`.
+
+What is searched (one trial = one in-process `lstmc.train.train` run on the task or data file):
 
     cell       categorical over --cells (default lstm,gru)
     hidden     integer, log scale, in --hidden-range (default 16..128)
@@ -15,11 +22,12 @@ What is searched (one trial = one in-process `lstmc.train.train` run on the task
     clip       gradient-norm clip, log scale in [0.1, 10]
     schedule   none, step, cosine or plateau (lstmc.train.config.SCHEDULES)
 
-Everything else (steps, batch, eval-every, length, optimizer adam, seed) is the same for every
-trial: the trials differ only by their hyperparameters, and every trial trains with the same
---seed. The samplers: `tpe` (default, Optuna's TPESampler), `random` (RandomSampler), `grid`
-(GridSampler over GRID below, with `hidden` at the two ends of --hidden-range and `cell` over
---cells; 48 points for two cells; the study stops once the grid is done).
+Everything else (steps, batch, eval-every, length, optimizer adam, seed, the data file and its
+options) is the same for every trial: the trials differ only by their hyperparameters, and every
+trial trains with the same --seed. The samplers: `tpe` (default, Optuna's TPESampler), `random`
+(RandomSampler), `grid` (GridSampler over GRID below, with `hidden` at the two ends of
+--hidden-range and `cell` over --cells; 48 points for two cells; the study stops once the grid is
+done).
 
 The objective is the best validation metric of the run (`TrainResult.val_metric`), minimised or
 maximised as the task says (`Task.higher_is_better`); the test metric is only recorded. Pruning:
@@ -52,7 +60,11 @@ workers started together do not race on the tables. A heartbeat (every 60 s) let
 trials of a worker that was killed as failed after 3 minutes, instead of running for ever; Ctrl-C
 fails the current trial (outcome "interrupted"), writes the reports and exits with 130. The study
 remembers the task, length, steps and eval-every it was created with and refuses a worker that
-asks for different ones.
+asks for different ones; for a data file, it remembers the file's sha256 (not its path, which may
+differ from machine to machine) and the data options as resolved (the column predicted, the
+split...), and refuses a worker whose file or options differ. Every trial's config also carries the
+sha256, so a file changed during the study fails its next trials rather than mixing two data sets.
+The default study name is lstmc-TASK, or lstmc-STEM for --data STEM.csv.
 
 Seeds: with tpe and random, the sampler of trial n is seeded with (--seed, n). Trial numbers are
 unique within a study, so parallel workers started with the same --seed never propose the same
@@ -60,9 +72,10 @@ random configurations, and a single-worker study is reproducible. The grid sampl
 such (every worker must shuffle the grid the same way: it refers to grid points by index).
 
 Outputs (OUT, written by each worker once its trials end, from the whole study so far, each file
-atomically): best.txt (the best trial as a complete `lstmc train ...` command line: same cell,
-seed, steps and every chosen hyperparameter; on the CPU it reproduces the trial's validation
-metric exactly), summary.md (trial counts, the best trial, the top trials), trials.csv
+atomically, by lstmc.tune_report): best.txt (the best trial as a complete `lstmc train ...` command
+line: same cell, seed, steps, every chosen hyperparameter, and --task or else --data FILE with the
+data options this worker was given; on the CPU it reproduces the trial's validation metric
+exactly), summary.md (what was tuned, trial counts, the best trial, the top trials), trials.csv
 (`study.trials_dataframe()`), optimization_history.png and param_importances.png (Optuna's
 matplotlib plots; the importances need two completed trials whose parameters differ).
 
@@ -74,21 +87,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import math
 import os
-import shlex
 import socket
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from .files import atomic_write
-from .tasks import TASKS, get_task
+from .datafile import DEFAULT_SPLIT, DEFAULT_WINDOW, FILLNA
+from .tasks import TASKS, Task
 from .train import TrainConfig, train
-from .train.config import SCHEDULES
+from .train.config import DATA_OPTIONS, SCHEDULES, task_of
 from .train.loop import NonFiniteLossWarning
+from .tune_report import display_url, one_line, plural, train_command, trial_line, write_reports
+
+__all__ = ["TuneOptions", "tune", "open_study", "write_reports", "train_command", "add_parser", "cli_main", "main",
+           "GRID", "SAMPLERS", "PRUNERS"]
 
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "none")
@@ -116,8 +131,17 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 @dataclasses.dataclass
 class TuneOptions:
-    """What `lstmc tune` runs (the command's options)."""
-    task: str
+    """What `lstmc tune` runs (the command's options): a built-in `task` or a `data` file (exactly one;
+    the data options as for TrainConfig, None: the file's default)."""
+    task: str | None = None
+    data: str | None = None             # a .csv, .parquet or .npz file (lstmc.datafile)
+    inputs: str | None = None
+    predict: str | None = None
+    label: str | None = None
+    sequence: str | None = None
+    horizon: int | None = None
+    split: str | None = None
+    fillna: str | None = None
     cells: tuple[str, ...] = ("lstm", "gru")
     trials: int = 20                    # this worker's trials
     steps: int | None = None            # None: the task's default
@@ -125,23 +149,29 @@ class TuneOptions:
     eval_every: int | None = None
     hidden_range: tuple[int, int] = HIDDEN
     storage: str | None = None          # None: sqlite:///OUT/study.db
-    study: str | None = None            # None: lstmc-TASK
+    study: str | None = None            # None: lstmc-TASK, or lstmc-STEM for a data file
     sampler: str = "tpe"
     pruner: str = "median"
     out: str = "tune"
     seed: int = 0
     timeout: float | None = None        # seconds; no new trial starts after it
     progress: bool = True
+    data_sha256: str | None = None      # set by `checked`: the data file's sha256
 
     def checked(self) -> "TuneOptions":
         """A copy with the defaults filled in (study name, storage, steps...) and every value checked;
-        ValueError or FileNotFoundError (an unknown cell) with a one-line message otherwise."""
+        ValueError or FileNotFoundError (an unknown cell or data file) with a one-line message otherwise."""
         from .build import load
 
         o = dataclasses.replace(self, cells=tuple(self.cells))
-        if o.task not in TASKS:
-            raise ValueError(f"unknown task {o.task!r}; choose one of {', '.join(TASKS)}")
-        task = get_task(o.task, length=o.length)
+        if o.task is not None and o.data is not None:
+            raise ValueError(f"--task {o.task} and --data {o.data} exclude each other: give one")
+        if o.task is None and o.data is None:
+            raise ValueError(f"nothing to tune for: give --task NAME ({', '.join(TASKS)}) or --data FILE")
+        given = [f"--{k}" for k in DATA_OPTIONS if getattr(o, k) is not None]
+        if o.data is None and given:
+            raise ValueError(f"{', '.join(given)} describe a data file: give it with --data FILE, not --task")
+        task = o.load_task()        # ValueError for an unknown task, DataError/FileNotFoundError for a file
         if not o.cells:
             raise ValueError("--cells is empty; give at least one cell, e.g. --cells lstm,gru")
         if len(set(o.cells)) != len(o.cells):
@@ -159,11 +189,33 @@ class TuneOptions:
         lo, hi = o.hidden_range
         if not 1 <= lo <= hi:
             raise ValueError(f"--hidden-range must be LO,HI with 1 <= LO <= HI, got {lo},{hi}")
-        probe = TrainConfig(task=o.task, length=o.length, steps=o.steps, eval_every=o.eval_every).resolved(task)
-        o.steps, o.eval_every, o.length = probe.steps, probe.eval_every, probe.length
-        o.study = o.study or f"lstmc-{o.task}"
+        probe = o.base_config().resolved(task)
+        o.steps, o.eval_every, o.length, o.data_sha256 = probe.steps, probe.eval_every, probe.length, probe.data_sha256
+        o.study = o.study or f"lstmc-{o.task if o.data is None else Path(o.data).stem}"
         o.storage = o.storage or f"sqlite:///{Path(o.out) / 'study.db'}"
         return o
+
+    def base_config(self) -> TrainConfig:
+        """The TrainConfig every trial shares (a trial adds its hyperparameters): the task, or the data
+        file with its options (and, once checked, its sha256), length, steps, evaluations, seed."""
+        target = {"task": self.task} if self.data is None else {"data": self.data, "data_sha256": self.data_sha256}
+        return TrainConfig(**target, **{k: getattr(self, k) for k in DATA_OPTIONS}, length=self.length,
+                           steps=self.steps, eval_every=self.eval_every, seed=self.seed, progress=self.progress)
+
+    def load_task(self) -> Task:
+        """The Task every trial trains on: the built-in task or the data file, by `task_of` as for
+        `lstmc train` (cached: a data file is only read and hashed again, not parsed)."""
+        return task_of(self.base_config())
+
+    def data_options(self) -> dict | None:
+        """--data FILE and the data options as given ({"data": FILE, option: value}); None for a task."""
+        if self.data is None:
+            return None
+        return {"data": self.data, **{k: getattr(self, k) for k in DATA_OPTIONS if getattr(self, k) is not None}}
+
+    def param_names(self) -> list[str]:
+        """The search space's parameters, in order (the columns of summary.md's table)."""
+        return list(grid_space(self))
 
 
 # ------------------------------------------------------------------------------ the search space
@@ -177,9 +229,8 @@ def suggest_config(trial, o: TuneOptions) -> TrainConfig:
     lr = trial.suggest_float("lr", *LR, log=True)
     clip = trial.suggest_float("clip", *CLIP, log=True)
     schedule = trial.suggest_categorical("schedule", list(SCHEDULES))
-    return TrainConfig(cell=cell, task=o.task, length=o.length, hidden=hidden, layers=layers, dropout=dropout,
-                       lr=lr, clip=clip, schedule=schedule, steps=o.steps, eval_every=o.eval_every, seed=o.seed,
-                       progress=o.progress)
+    return dataclasses.replace(o.base_config(), cell=cell, hidden=hidden, layers=layers, dropout=dropout, lr=lr,
+                               clip=clip, schedule=schedule)
 
 
 def grid_space(o: TuneOptions) -> dict:
@@ -248,16 +299,6 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-def display_url(url: str) -> str:
-    """The URL without its password (for messages and summary.md)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:   # not a URL at all: show it as given
-        return url
-
-
 @contextlib.contextmanager
 def _init_lock(db: Path | None):
     """An exclusive lock beside a SQLite file while the tables and the study are created, so that
@@ -285,13 +326,14 @@ def open_study(o: TuneOptions, pruner=None):
     try:
         db = _sqlite_path(o.storage)
     except Exception as e:
-        raise ValueError(f"cannot open the storage {display_url(o.storage)}: {_one_line(e)}") from None
+        raise ValueError(f"cannot open the storage {display_url(o.storage)}: {one_line(e)}") from None
     if db is not None and o.storage == f"sqlite:///{Path(o.out) / 'study.db'}":
         db.parent.mkdir(parents=True, exist_ok=True)         # the default place: made for the user
     elif db is not None and not db.parent.is_dir():
         raise ValueError(f"cannot open the storage {display_url(o.storage)}: the directory {db.parent} does not exist")
     engine = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
-    direction = "maximize" if get_task(o.task, length=o.length).higher_is_better else "minimize"
+    task = o.load_task()
+    direction = "maximize" if task.higher_is_better else "minimize"
     with _init_lock(db):
         try:
             # The heartbeat marks the trials of a killed worker (kill -9, a lost machine) as failed
@@ -304,26 +346,44 @@ def open_study(o: TuneOptions, pruner=None):
                                         load_if_exists=True, sampler=make_sampler(o),
                                         pruner=pruner if pruner is not None else make_pruner(o))
         except Exception as e:   # any driver's, SQLAlchemy's or Optuna's error: all mean "cannot open"
-            raise ValueError(f"cannot open the storage {display_url(o.storage)}: {_one_line(e)}") from None
-        wanted = {"task": o.task, "length": o.length, "steps": o.steps, "eval_every": o.eval_every}
+            raise ValueError(f"cannot open the storage {display_url(o.storage)}: {one_line(e)}") from None
+        wanted = study_settings(o, task)
         had = {k: study.user_attrs[k] for k in wanted if k in study.user_attrs}
-        if had and had != {k: wanted[k] for k in had}:
-            made = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in had.items())
-            asked = ", ".join(f"{k.replace('_', '-')} {wanted[k]}" for k in had)
+        differ = [k for k in had if had[k] != wanted[k]]
+        if had.get("data_sha256") and wanted["data_sha256"] and "data_sha256" in differ:
+            raise ValueError(f"data file {o.data} is not the one study {o.study!r} was made with (sha256 "
+                             f"{wanted['data_sha256'][:12]}..., the study's {had['data_sha256'][:12]}...): give "
+                             f"that file, or another --study name")
+        if differ:
+            made = ", ".join(_setting(k, had[k]) for k in differ)
+            asked = ", ".join(_setting(k, wanted[k]) for k in differ)
             raise ValueError(f"study {o.study!r} was made for {made}; this run asks for {asked}: give another "
                              f"--study name")
         for k, v in wanted.items():
             if k not in had:
                 study.set_user_attr(k, v)
+        if o.data is not None and "data" not in study.user_attrs:
+            study.set_user_attr("data", o.data)         # for the record only: workers may see it by other paths
     if study.direction.name.lower() != direction:
-        raise ValueError(f"study {o.study!r} is set to {study.direction.name.lower()}, but task {o.task}'s "
-                         f"metric is to {direction}: give another --study name")
+        raise ValueError(f"study {o.study!r} is set to {study.direction.name.lower()}, but {task.name}'s "
+                         f"{task.metric} is to {direction}: give another --study name")
     return study
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+def study_settings(o: TuneOptions, task: Task) -> dict:
+    """What a study remembers of the worker that made it, and every later worker must match: the task
+    or the data file's sha256 with its data options as resolved, length, steps and eval-every."""
+    settings = {"task": o.task, "data_sha256": o.data_sha256}
+    if o.data is not None:
+        resolved = o.base_config().resolved(task)
+        settings.update({k: getattr(resolved, k) for k in DATA_OPTIONS})
+    return {**settings, "length": o.length, "steps": o.steps, "eval_every": o.eval_every}
+
+
+def _setting(key: str, value) -> str:
+    if key == "data_sha256":
+        return f"data file sha256 {value[:12]}..." if value else "no data file"
+    return f"{key.replace('_', '-')} {value}" if value is not None else f"no {key.replace('_', '-')}"
 
 
 # ------------------------------------------------------------------------------- the objective
@@ -333,7 +393,7 @@ def make_objective(o: TuneOptions):
     to the pruner (stopping the run when it prunes), return the best validation metric."""
     import optuna
 
-    metric = get_task(o.task, length=o.length).metric
+    metric = o.load_task().metric
 
     def objective(trial) -> float:
         cfg = suggest_config(trial, o)
@@ -362,7 +422,7 @@ def make_objective(o: TuneOptions):
             return math.nan
         except RuntimeError as e:       # recorded here; Optuna fails the trial and logs the traceback
             trial.set_user_attr("outcome", "error")
-            trial.set_user_attr("reason", _one_line(e))
+            trial.set_user_attr("reason", one_line(e))
             raise
         for k, v in (("config", res.config), ("test_metric", res.test_metric), ("best_step", res.best_step),
                      ("steps_run", res.steps), ("wall_time", round(res.wall_time, 3)), ("params", res.params)):
@@ -393,9 +453,9 @@ def tune(options: TuneOptions, pruner=None):
     o = options.checked()
     optuna.logging.set_verbosity(optuna.logging.WARNING)     # one line per trial is printed below
     study = open_study(o, pruner=pruner)
-    metric = get_task(o.task, length=o.length).metric
+    metric = o.load_task().metric
     print(f"study {o.study} in {display_url(o.storage)}: {o.sampler} sampler, {o.pruner} pruner, {o.trials} trials "
-          f"by worker {WORKER}; {_count(len(study.trials), 'trial')} there already", flush=True)
+          f"by worker {WORKER}; {plural(len(study.trials), 'trial')} there already", flush=True)
     objective = make_objective(o)
     # A RuntimeError in training (out of memory, a backend failure) fails that trial only (the
     # objective records it as outcome "error") and the worker goes on. Other exceptions are bugs: they stop it.
@@ -404,153 +464,6 @@ def tune(options: TuneOptions, pruner=None):
     if objective.interrupted:
         raise KeyboardInterrupt
     return study
-
-
-def trial_line(t, metric: str) -> str:
-    """One line about a finished trial."""
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-    if t.state.name == "COMPLETE":
-        what = f"validation {metric} {t.value:.4g} (test {t.user_attrs.get('test_metric', math.nan):.4g})"
-    else:
-        what = f"{t.state.name.lower()}: {reason(t)}"
-    took = f" [{t.duration.total_seconds():.1f} s]" if t.duration else ""
-    return f"trial {t.number} {what}; {params}{took}"
-
-
-def reason(t) -> str:
-    """Why a trial was pruned or failed (user attr `reason`; "" for a trial still running)."""
-    return t.user_attrs.get("reason", "")
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-# --------------------------------------------------------------------------------------- reports
-
-def train_command(config: dict) -> str:
-    """`lstmc train ...` that repeats a trial: every option its TrainConfig (as plain data) depends
-    on, floats written exactly (repr)."""
-    def val(v):
-        return repr(float(v)) if isinstance(v, float) else str(v)
-
-    args = ["lstmc", "train"]
-    for key in ("cell", "task", "length", "hidden", "layers", "dropout", "steps", "batch", "lr", "optimizer",
-                "clip", "schedule", "weight_decay", "seed", "eval_every"):
-        args += [f"--{key.replace('_', '-')}", val(config[key])]
-    if config.get("embed"):
-        args += ["--embed", val(config["embed"])]
-    if config.get("bidirectional"):
-        args.append("--bidirectional")
-    if config.get("backend", "auto") != "auto":
-        args += ["--backend", config["backend"]]
-    return shlex.join(args)
-
-
-def write_reports(study, o: TuneOptions) -> list[str]:
-    """best.txt, summary.md, trials.csv and the plots in OUT, from the whole study; the lines to print."""
-    from optuna.trial import TrialState
-
-    out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
-    task = get_task(o.task, length=o.length)
-    trials = study.get_trials(deepcopy=False)
-    by = {s: [t for t in trials if t.state == s] for s in TrialState}
-    complete = by[TrialState.COMPLETE]
-    diverged = sum(t.user_attrs.get("outcome") == "diverged" for t in by[TrialState.PRUNED])
-    counts = (f"{_count(len(trials), 'trial')}: {len(complete)} complete, {len(by[TrialState.PRUNED])} pruned "
-              f"({diverged} of them diverged), {len(by[TrialState.FAIL])} failed, "
-              f"{len(by[TrialState.RUNNING])} running")
-    arrow = "higher" if task.higher_is_better else "lower"
-    lines = [f"study {study.study_name}: {counts}"]
-    md = [f"# lstmc tune: {study.study_name}", "",
-          f"- task: {o.task} (length {o.length}), {o.steps} steps, evaluation every {o.eval_every} steps, "
-          f"seed {o.seed}",
-          f"- objective: best validation {task.metric} ({arrow} is better; {task.baseline_name} baseline "
-          f"{task.baseline('val'):.4g})",
-          f"- storage: {display_url(o.storage)}",
-          f"- {counts}", ""]
-    files = ["summary.md", "trials.csv"]
-    if complete:
-        best = study.best_trial
-        cmd = train_command(best.user_attrs["config"])
-        atomic_write(out / "best.txt", (cmd + "\n").encode())
-        files.insert(0, "best.txt")
-        lines.append(f"best: trial {best.number}, validation {task.metric} {best.value:.4g} (test "
-                     f"{best.user_attrs['test_metric']:.4g}; {task.baseline_name} baseline "
-                     f"{task.baseline('test'):.4g})")
-        lines.append(f"reproduce: {cmd}")
-        md += ["## Best trial", "",
-               f"Trial {best.number}: validation {task.metric} {best.value:.6g}, test {task.metric} "
-               f"{best.user_attrs['test_metric']:.6g} (worker {best.user_attrs.get('worker', '?')}).", "",
-               "| parameter | value |", "|---|---|"]
-        md += [f"| {k} | {_fmt(v)} |" for k, v in best.params.items()]
-        md += ["", "Reproduce it:", "", "```", cmd, "```", "", "## Top trials", ""]
-        names = sorted({k for t in complete for k in t.params}, key=list(grid_space(o)).index)
-        md += ["| rank | trial | validation | test | " + " | ".join(names) + " | seconds | worker |",
-               "|---" * (len(names) + 6) + "|"]
-        ranked = sorted(complete, key=lambda t: -t.value if task.higher_is_better else t.value)
-        for i, t in enumerate(ranked[:10], 1):
-            cells = " | ".join(_fmt(t.params[k]) if k in t.params else "–" for k in names)
-            md.append(f"| {i} | {t.number} | {t.value:.4g} | {t.user_attrs.get('test_metric', math.nan):.4g} | "
-                      f"{cells} | {t.duration.total_seconds():.1f} | {t.user_attrs.get('worker', '?')} |")
-    else:
-        lines.append("no completed trial yet: no best.txt")
-        md.append("No completed trial yet.")
-    stopped = by[TrialState.PRUNED] + by[TrialState.FAIL]
-    if stopped:
-        md += ["", "## Trials that did not complete", "", "| trial | state | outcome | reason |", "|---|---|---|---|"]
-        md += [f"| {t.number} | {t.state.name.lower()} | {t.user_attrs.get('outcome', '')} | {reason(t)} |"
-               for t in sorted(stopped, key=lambda t: t.number)]
-    atomic_write(out / "summary.md", ("\n".join(md) + "\n").encode())
-    atomic_write(out / "trials.csv", study.trials_dataframe().to_csv(index=False).encode())
-    plotted, skipped = _plots(study, o, out, complete)
-    files += plotted
-    lines += [f"no {name}: {why}" for name, why in skipped]
-    lines.append(f"outputs in {out}: {' '.join(files)}")
-    return lines
-
-
-def _plots(study, o: TuneOptions, out: Path, complete) -> tuple[list[str], list[tuple[str, str]]]:
-    """Optuna's matplotlib plots as PNG files (Agg); the files written, and (file, why) for the skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    target = f"validation {get_task(o.task, length=o.length).metric}"
-    plots = [("optimization_history.png", ovm.plot_optimization_history,
-              None if complete else "no completed trial")]
-    common = set.intersection(*(set(t.params) for t in complete)) if complete else set()
-    varied = [k for k in sorted(common) if len({repr(t.params[k]) for t in complete}) > 1]
-    why = ("parameter importances need at least 2 completed trials" if len(complete) < 2 else
-           None if varied else "the completed trials all have the same parameters")
-    plots.append(("param_importances.png", ovm.plot_param_importances, why))
-    written, skipped = [], []
-    for name, plot, why in plots:
-        if why is None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    ax = plot(study, target_name=target)
-                fig = ax.figure
-                buf = io.BytesIO()
-                fig.set_size_inches(8, 5)
-                fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-                plt.close(fig)
-                atomic_write(out / name, buf.getvalue())
-                written.append(name)
-                continue
-            except (ValueError, RuntimeError, ZeroDivisionError) as e:   # e.g. importances of a degenerate study
-                why = _one_line(e)
-        skipped.append((name, why))
-    return written, skipped
 
 
 # ------------------------------------------------------------------------------- command line
@@ -570,18 +483,24 @@ def _hidden_range(text: str) -> tuple[int, int]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `tune` to the `lstmc` command's subparsers (sets fn=cli_main)."""
     p = subparsers.add_parser(
-        "tune", help="hyperparameter search (Optuna) over cells and training settings on a task",
+        "tune", help="hyperparameter search (Optuna) over cells and training settings on a task or your data",
         description="Search cell, hidden size, layers, dropout, learning rate, gradient clipping and schedule "
-                    "for the best validation metric of a task, with Optuna (TPE and median pruning by "
-                    "default). Every process runs its --trials against one shared study: start several "
-                    "with the same --out or --storage to search in parallel.")
-    p.add_argument("--task", required=True, help=f"the task to tune for: {', '.join(TASKS)}")
+                    "for the best validation metric of a built-in task (--task) or of your own CSV, Parquet or "
+                    "NPZ file (--data), with Optuna (TPE and median pruning by default). Every process runs its "
+                    "--trials against one shared study: start several with the same --out or --storage to "
+                    "search in parallel.",
+        epilog="Your own data: `lstmc tune --data co2.csv --predict co2 --fillna ffill --trials 30` searches a "
+               "forecaster of the column co2; the data options are `lstmc train`'s (see `lstmc train --help` "
+               "and `python -m pydoc lstmc.datafile`), and OUT/best.txt repeats them.")
+    p.add_argument("--task", default=None,
+                   help=f"the built-in task to tune for: {', '.join(TASKS)}; not with --data")
     p.add_argument("--cells", type=_cells, default=("lstm", "gru"),
                    help="comma-separated cells to choose from: built-in names or .cell files (default lstm,gru)")
     p.add_argument("--trials", type=int, default=20, help="trials this process runs (default 20)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every trial (task default)")
     p.add_argument("--length", type=int, default=None,
-                   help="the task's sequence length, as for `lstmc train` (task default)")
+                   help=f"the task's sequence length, as for `lstmc train` (task default); with --data, the "
+                        f"forecasting window in rows ({DEFAULT_WINDOW})")
     p.add_argument("--eval-every", type=int, default=None,
                    help="steps between validations, which are also the pruning points (task default)")
     p.add_argument("--hidden-range", type=_hidden_range, default=HIDDEN, metavar="LO,HI",
@@ -589,7 +508,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna RDB storage URL, e.g. postgresql://user:pw@host/db for several machines "
                         "(default sqlite:///OUT/study.db)")
-    p.add_argument("--study", default=None, metavar="NAME", help="study name (default lstmc-TASK)")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="study name (default lstmc-TASK, or lstmc-STEM for --data STEM.csv)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe (default): Optuna's TPE; random; grid: a small fixed grid (see lstmc.tune.GRID)")
     p.add_argument("--pruner", choices=PRUNERS, default="median",
@@ -602,12 +522,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no new trial after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for each trial's training")
+    g = p.add_argument_group("your own data (--data), as for `lstmc train`")
+    g.add_argument("--data", default=None, metavar="FILE",
+                   help="tune on a .csv, .parquet (needs pyarrow) or .npz file instead of --task; its rows in time "
+                        "order")
+    g.add_argument("--predict", default=None, metavar="COL",
+                   help="forecasting: the column to predict (default: the only numeric column)")
+    g.add_argument("--horizon", type=int, default=None, metavar="H",
+                   help="forecasting: predict COL H rows after the window's last row (default 1)")
+    g.add_argument("--label", default=None, metavar="COL", help="classification: the column holding each class")
+    g.add_argument("--sequence", default=None, metavar="COL",
+                   help="classification: rows with the same value in COL form one sequence (file order)")
+    g.add_argument("--inputs", default=None, metavar="A,B,...",
+                   help="the input columns (default: forecasting, the predicted column alone; classification, "
+                        "every numeric column but --label and --sequence)")
+    g.add_argument("--split", default=None, metavar="TRAIN,VAL",
+                   help=f"chronological train and validation fractions; test is the rest (default {DEFAULT_SPLIT})")
+    g.add_argument("--fillna", default=None, choices=FILLNA,
+                   help="forecasting: missing values are an error (default), carried forward, interpolated or "
+                        "their rows dropped")
     p.set_defaults(fn=cli_main)
     return p
 
 
 def options_from_args(args) -> TuneOptions:
-    return TuneOptions(task=args.task, cells=args.cells, trials=args.trials, steps=args.steps, length=args.length,
+    return TuneOptions(task=args.task, data=args.data, **{k: getattr(args, k) for k in DATA_OPTIONS},
+                       cells=args.cells, trials=args.trials, steps=args.steps, length=args.length,
                        eval_every=args.eval_every, hidden_range=args.hidden_range, storage=args.storage,
                        study=args.study, sampler=args.sampler, pruner=args.pruner, out=args.out, seed=args.seed,
                        timeout=args.timeout, progress=not args.no_progress)

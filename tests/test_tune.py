@@ -1,13 +1,17 @@
 """`lstmc tune`: workers sharing one SQLite study, the reports, best.txt reproducing the best trial,
-the samplers, pruning, diverged trials, and the one-line errors.
+the samplers, pruning, diverged trials, tuning on a data file (--data), and the one-line errors.
 
 Every run is small: the adding problem with T=10, 60 steps, a validation every 20 steps, hidden
-sizes 8..24 (a trial trains in well under a second once the kernels are compiled)."""
+sizes 8..24 (a trial trains in well under a second once the kernels are compiled); the data file is
+statsmodels' yearly sunspots (309 rows) as a CSV, window 10, 40 steps."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import hashlib
+import io
 import math
 import shlex
 import subprocess
@@ -232,6 +236,10 @@ def test_ctrl_c_fails_the_trial_and_starts_no_other(tmp_path, monkeypatch):
     (["--task", "adding", "--storage", "nosuchdb://host/x"], "cannot open the storage nosuchdb://host/x"),
     (["--task", "adding", "--storage", "sqlite:////nonexistent-dir/x/study.db"], "cannot open the storage"),
     (["--task", "adding", "--storage", "postgresql://bob:secret@127.0.0.1:1/db"], "cannot open the storage"),
+    (["--task", "adding", "--data", "x.csv"], "--task adding and --data x.csv exclude each other: give one"),
+    ([], "nothing to tune for: give --task NAME"),
+    (["--task", "adding", "--predict", "y", "--split", "0.5,0.2"], "--predict, --split describe a data file"),
+    (["--data", "/nonexistent/x.csv"], "data file '/nonexistent/x.csv' does not exist"),
 ])
 def test_errors_are_one_line(argv, words, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
@@ -262,3 +270,95 @@ def test_open_study_joins_the_existing_one(tmp_path):
     a = open_study(o)
     b = open_study(o)
     assert a._study_id == b._study_id and b.user_attrs["steps"] == 60
+
+
+# ---------------------------------------------------------------------------- --data: your own file
+
+DATA_SMALL = ["--predict", "SUNACTIVITY", "--length", "10", "--steps", "40", "--eval-every", "20",
+              "--hidden-range", "8,16", "--cells", "lstm,gru", "--pruner", "none", "--no-progress"]
+
+
+def write_sunspots(path: Path) -> Path:
+    from statsmodels.datasets import sunspots
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sunspots.load_pandas().data.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    """`lstmc tune --data sunspots.csv`, 2 trials, in this process (the cells' kernels are compiled
+    already); the CSV, OUT, the exit status and what it printed."""
+    root = tmp_path_factory.mktemp("tune-data")
+    data = write_sunspots(root / "sunspots.csv")
+    out = root / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["--data", str(data), *DATA_SMALL, "--trials", "2", "--out", str(out)])
+    return SimpleNamespace(data=data, out=out, rc=rc, stdout=stdout.getvalue())
+
+
+def test_data_run_completes(data_run):
+    assert data_run.rc == 0, data_run.stdout
+    sha = hashlib.sha256(data_run.data.read_bytes()).hexdigest()
+    study = load(data_run.out, "lstmc-sunspots")            # the default name: lstmc-<file stem>
+    assert study.user_attrs["task"] is None and study.user_attrs["data_sha256"] == sha
+    assert (study.user_attrs["predict"], study.user_attrs["inputs"], study.user_attrs["length"]) == (
+        "SUNACTIVITY", "SUNACTIVITY", 10)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        cfg = t.user_attrs["config"]
+        assert (cfg["data"], cfg["task"], cfg["data_sha256"], cfg["predict"]) == (
+            str(data_run.data), "sunspots.csv", sha, "SUNACTIVITY")
+        assert (cfg["length"], cfg["steps"], cfg["eval_every"], cfg["horizon"]) == (10, 40, 20, 1)
+        assert math.isfinite(t.value) and t.value > 0              # validation RMSE, in sunspot numbers
+    summary = (data_run.out / "summary.md").read_text()
+    assert f"- data: {data_run.data} (sha256 {sha[:12]}...): forecast SUNACTIVITY" in summary
+    assert "best validation rmse (lower is better; persistence baseline" in summary
+    assert "reproduce: lstmc train --cell" in data_run.stdout and "outputs in" in data_run.stdout
+
+
+def test_data_best_command_reproduces_the_best_trial(data_run):
+    """best.txt names the file with --data and the data options given to tune, not --task; parsed by
+    `lstmc train`'s own parser and trained again, it gives the best trial's metrics exactly."""
+    from lstmc.train import train
+    from lstmc.train.cli import add_parser, config_from_args
+
+    best = load(data_run.out, "lstmc-sunspots").best_trial
+    words = shlex.split((data_run.out / "best.txt").read_text())
+    assert words[:2] == ["lstmc", "train"] and "--task" not in words
+    at = words.index("--data")
+    assert words[at:at + 4] == ["--data", str(data_run.data), "--predict", "SUNACTIVITY"]
+    assert "--split" not in words and "--fillna" not in words          # not given: left to their defaults
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="command"))
+    cfg = config_from_args(p.parse_args(words[1:] + ["--no-progress"]))
+    assert (cfg.data, cfg.predict, cfg.length, cfg.steps, cfg.eval_every) == (str(data_run.data), "SUNACTIVITY",
+                                                                            10, 40, 20)
+    for k, v in best.params.items():
+        assert getattr(cfg, k) == v, k
+    res = train(cfg)
+    assert res.val_metric == best.value
+    assert res.test_metric == best.user_attrs["test_metric"]
+
+
+def test_data_worker_with_another_file_or_options_is_refused(data_run, tmp_path, capsys):
+    """A worker joining the study with a modified copy of the file (same name, elsewhere) is refused
+    by its sha256; with the same file but another column to predict, by that option."""
+    changed = write_sunspots(tmp_path / "sunspots.csv")
+    changed.write_text(changed.read_text().replace("1701.0,11.0", "1701.0,12.0"))
+    assert changed.read_bytes() != data_run.data.read_bytes()
+    out = ["--out", str(data_run.out)]
+    assert main(["--data", str(changed), *DATA_SMALL, "--trials", "1", *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lstmc: error: data file {changed} is not the one study "
+                                               f"'lstmc-sunspots' was made with (sha256 "), err
+    other = [*DATA_SMALL, "--trials", "1", *out]
+    other[other.index("SUNACTIVITY")] = "YEAR"
+    assert main(["--data", str(data_run.data), *other]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    asked = "was made for inputs SUNACTIVITY, predict SUNACTIVITY; this run asks for inputs YEAR, predict YEAR"
+    assert len(err) == 1 and asked in err[0], err
+    assert len(load(data_run.out, "lstmc-sunspots").trials) == 2
