@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import tune
 
     tune.add_parser(sub)
+    from . import onnx_export
+
+    onnx_export.add_parser(sub)
     from . import train
 
     train.add_parser(sub)

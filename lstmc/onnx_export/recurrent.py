@@ -1,0 +1,314 @@
+"""A `lstmc.nn.Recurrent` as ONNX: layers, directions, lengths, initial and final states.
+
+Graph inputs:  input [T, B, I] ([B, T, I] with batch_first), T and B symbolic;
+               lengths [B] int64 (with lengths=True); one [L·D, B, H] tensor per state, named after
+               the cell's states (with initial_states=True; otherwise zeros).
+Graph outputs: output [T, B, D·H] ([B, T, D·H] with batch_first); <state>_n [L·D, B, H] per state.
+
+Each layer and direction is one `Scan` over the lowered Program's step (lstmc/onnx_export/step.py),
+after the input products of all T·B rows as one MatMul, or, for a built-in whose semantics ONNX's
+operator shares, that operator (lstmc/onnx_export/native.py). Sequence semantics are lstmc's
+(docs/nn.md, "Calling it"; lstmc/backends/sequence.py): a row past its length outputs 0 and keeps
+its state; the reverse direction reads each row backwards within its own length (`ReverseSequence`,
+which leaves positions past the length in place, exactly lstmc's `reverse_index`); positions past a
+row's length are cleared before the input product (`clear_padding`). Inter-layer dropout is a
+training-time operation and is not exported (the graph is the module in eval mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..backends.sequence import NumpyOps, dense_weights
+from ..lower import lower
+from ..program import Program
+from ..spec import Cell
+from .graph import Graph
+from .native import NATIVE, native_of, native_weights
+from .step import ExportError, StepWeights, scan_body, transposed_stack
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 14          # LSTM/GRU with `layout`, Split/Unsqueeze/ReduceSum with their axes as inputs
+NATIVE_CHOICES = ("auto", True, False)
+
+
+@dataclass
+class Net:
+    """What the export needs of a Recurrent: the cell, its Program, sizes, and every layer and
+    direction's parameters as NumPy arrays (biases dropped by bias=False as zeros; `heads N`
+    recurrent matrices as the dense block-diagonal [H, H] matrices they stand for)."""
+    cell: Cell
+    program: Program
+    input_size: int
+    hidden: int
+    layers: int
+    dirs: int
+    dtype: np.dtype
+    params: dict          # (layer, direction) -> {parameter: array}
+
+    @classmethod
+    def from_recurrent(cls, rnn) -> "Net":
+        cell, H = rnn.cell, rnn.hidden_size
+        check_supported(cell)
+        program = lower(cell)
+        dirs = 2 if rnn.bidirectional else 1
+        first = next(iter(rnn.parameters()), None)      # a cell whose every parameter is a dropped bias has none
+        dtype = np.dtype(str(first.dtype).replace("torch.", "") if first is not None else "float32")
+        params = {}
+        for layer in range(rnn.num_layers):
+            in_size = rnn.input_size if layer == 0 else H * dirs
+            for d in range(dirs):
+                pd = rnn.cell_params(layer, reverse=bool(d))
+                p = {k: (pd[k].detach().cpu().numpy().astype(dtype) if k in pd else
+                         np.zeros(cell.param_shape(k, in_size, H), dtype=dtype)) for k in cell.params}
+                params[(layer, d)] = dense_weights(NumpyOps(dtype), program, p)
+        return cls(cell, program, rnn.input_size, H, rnn.num_layers, dirs, dtype, params)
+
+    @staticmethod
+    def label(layer: int, d: int) -> str:
+        """l0, l0_reverse, l1, ...: Recurrent's own names for a layer and direction."""
+        return f"l{layer}" + ("_reverse" if d else "")
+
+
+def check_supported(cell: Cell) -> None:
+    """Refuse, naming it, a construct the export does not express: extra per-step inputs (`input`
+    lines) and parameters other than W [H, I], U [H, H] (block-diagonal with heads) and b [H]."""
+    extra = getattr(cell, "inputs", None)
+    if extra:
+        raise ExportError(f"cell '{cell.name}' reads extra per-step inputs ({', '.join(extra)}: `input` lines), "
+                          f"which the ONNX export does not support yet; export a cell without them")
+    odd = [f"{p} (kind {k})" for p, k in cell.params.items() if k not in ("W", "U", "b")]
+    if odd:
+        raise ExportError(f"cell '{cell.name}' has parameters the ONNX export does not support yet: {', '.join(odd)}")
+
+
+class _Sequence:
+    """Values every layer shares: the batch size, zeros for absent initial states, the lengths,
+    the mask of live positions [T, B, 1] and of rows with a nonzero length [B, 1]."""
+
+    def __init__(self, g: Graph, x: str, H: int, lengths: str | None):
+        self.g = g
+        shape = g.op("Shape", [x], name="shape_input")
+        self.T = g.op("Gather", [shape, g.const(0, np.int64)], name="T", axis=0)
+        self.B = g.op("Gather", [shape, g.const(1, np.int64)], name="B", axis=0)
+        self.H = H
+        self.lengths = lengths
+        self._zeros = None
+        self.live = self._nonempty = self._lengths_i32 = None
+        if lengths is not None:
+            t = g.op("Range", [g.const(0, np.int64), self.T, g.const(1, np.int64)], name="time")
+            live = g.op("Less", [g.op("Unsqueeze", [t, g.ints([1], "axes_1")], name="time_col"),
+                                 g.op("Unsqueeze", [lengths, g.ints([0], "axes_0")], name="lengths_row")],
+                        name="live_TB")
+            self.live = g.op("Unsqueeze", [live, g.ints([2], "axes_2")], name="live")
+
+    def zeros(self) -> str:
+        """A [B, H] zero state (shared by every layer, direction and state without an initial value)."""
+        if self._zeros is None:
+            g = self.g
+            bh = g.op("Concat", [g.op("Unsqueeze", [self.B, g.ints([0], "axes_0")], name="B_1"),
+                                 g.ints([self.H], "H_1")], name="shape_BH", axis=0)
+            self._zeros = g.op("ConstantOfShape", [bh], name="zeros_BH",
+                               value=helper.make_tensor("zero", g.elem, [1], [0.0]))
+        return self._zeros
+
+    def int32_lengths(self) -> str:
+        """The lengths as ONNX's LSTM/GRU take them (sequence_lens is int32)."""
+        if self._lengths_i32 is None:
+            self._lengths_i32 = self.g.op("Cast", [self.lengths], name="lengths_int32", to=TensorProto.INT32)
+        return self._lengths_i32
+
+    def nonempty(self) -> str:
+        """[B, 1]: the rows whose length is not 0."""
+        if self._nonempty is None:
+            g = self.g
+            self._nonempty = g.op("Unsqueeze", [g.op("Greater", [self.lengths, g.const(0, np.int64)], name="nonempty_B"),
+                                                g.ints([1], "axes_1")], name="nonempty")
+        return self._nonempty
+
+
+def emit_recurrent(g: Graph, net: Net, x: str, lengths: str | None, states: dict[str, str] | None,
+                   native: str | None) -> tuple[str, dict[str, str]]:
+    """Emit the network reading `x` [T, B, I] (time-major); returns (output [T, B, D·H],
+    {state: its L·D final values [B, H], in nn.LSTM's order}). `states`: state -> its [L·D, B, H]
+    input (None: zeros);
+    `native`: the built-in whose ONNX operator to use (None: the generic Scan form)."""
+    seq = _Sequence(g, x, net.hidden, lengths)
+    finals = {s: [] for s in net.cell.states}
+    layer_in = x
+    for layer in range(net.layers):
+        outs = []
+        for d in range(net.dirs):
+            label = Net.label(layer, d)
+            k = layer * net.dirs + d
+            s0 = {s: (seq.zeros() if states is None else
+                      g.op("Gather", [states[s], g.const(k, np.int64)], name=f"{label}.{s}0", axis=0))
+                  for s in net.cell.states}
+            emit = _native_direction if native else _generic_direction
+            y, fin = emit(g, net, seq, label, net.params[(layer, d)], layer_in, bool(d), s0, native)
+            outs.append(y)
+            for s in net.cell.states:
+                finals[s].append(fin[s])
+        layer_in = outs[0] if len(outs) == 1 else g.op("Concat", outs, name=f"l{layer}.output", axis=2)
+    return layer_in, finals
+
+
+def _clear_padding(g: Graph, seq: _Sequence, x: str, label: str) -> str:
+    """x with every position past its row's length set to 0 (lstmc clears it before the input products)."""
+    return x if seq.lengths is None else g.op("Where", [seq.live, x, g.const(0.0)], name=f"{label}.x_cleared")
+
+
+def _generic_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, x: str, reverse: bool,
+                       s0: dict[str, str], native=None):
+    prog, H = net.program, net.hidden
+    if reverse and seq.lengths is not None:          # each row backwards within its own length
+        x = g.op("ReverseSequence", [x, seq.lengths], name=f"{label}.x_reversed", batch_axis=1, time_axis=0)
+    x = _clear_padding(g, seq, x, label)
+    mats = prog.input_mats
+    if mats:
+        W = g.initializer(f"{label}.W", transposed_stack([p[m] for m in mats]))
+        xs = g.op("MatMul", [x, W], name=f"{label}.xp")          # all T·B rows at once, before the loop
+        width = len(mats) * H
+    else:
+        xs, width = x, net.input_size if label.startswith("l0") else net.hidden * net.dirs
+    weights = StepWeights(
+        vecs={v: g.initializer(f"{label}.{v}", p[v]) for v in prog.vector_params},
+        groups={gr.index: g.initializer(f"{label}.U{gr.index}", transposed_stack([p[m] for m in gr.mats]))
+                for gr in prog.weight_groups})
+    masked = seq.lengths is not None
+    body = scan_body(g, prog, weights, H, label, bool(mats), masked, width)
+    scan_in = [xs] + ([seq.live] if masked else [])
+    flip = reverse and not masked                    # the whole sequence backwards: Scan's own direction
+    outs = g.op("Scan", [s0[s] for s in prog.cell.states] + scan_in, name=f"{label}.scan",
+                outputs=[f"{label}.{s}_n" for s in prog.cell.states] + [f"{label}.y"],
+                body=body, num_scan_inputs=len(scan_in),
+                scan_input_directions=[int(flip)] * len(scan_in), scan_output_directions=[int(flip)])
+    y = outs[-1]
+    if reverse and masked:
+        y = g.op("ReverseSequence", [y, seq.lengths], name=f"{label}.y_in_order", batch_axis=1, time_axis=0)
+    return y, dict(zip(prog.cell.states, outs[:-1]))
+
+
+def _native_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, x: str, reverse: bool,
+                      s0: dict[str, str], native: str):
+    op, attrs = NATIVE[native]
+    H = net.hidden
+    w = {k: g.initializer(f"{label}.{k}", v) for k, v in native_weights(native, p, H).items()}
+    x = _clear_padding(g, seq, x, label)
+    lens = seq.int32_lengths() if seq.lengths is not None else ""
+    init = {s: g.op("Unsqueeze", [s0[s], g.ints([0], "axes_0")], name=f"{label}.{s}0_1") for s in net.cell.states}
+    inputs = [x, w["W"], w["R"], w["B"], lens, init["h"]]
+    if op == "LSTM":
+        inputs += [init["c"], w.get("P", "")]
+    outs = g.op(op, inputs, name=f"{label}.{op.lower()}",
+                outputs=[f"{label}.Y", *(f"{label}.Y_{s}" for s in net.cell.states)],
+                hidden_size=H, direction="reverse" if reverse else "forward", **attrs)
+    y = g.op("Squeeze", [outs[0], g.ints([1], "axes_1")], name=f"{label}.y")       # [T, 1, B, H] -> [T, B, H]
+    fin = {}
+    for s, v in zip(net.cell.states, outs[1:]):
+        f = g.op("Squeeze", [v, g.ints([0], "axes_0")], name=f"{label}.{s}_n")
+        if seq.lengths is not None:   # ONNX Runtime returns 0 for a length-0 row; lstmc its initial state
+            f = g.op("Where", [seq.nonempty(), f, s0[s]], name=f"{label}.{s}_n_kept")
+        fin[s] = f
+    return y, fin
+
+
+def _stack(g: Graph, parts: list[str], name: str) -> str:
+    """[B, H] values -> [len(parts), B, H]."""
+    ups = [g.op("Unsqueeze", [v, g.ints([0], "axes_0")], name=f"{v}/1") for v in parts]
+    return g.op("Identity" if len(ups) == 1 else "Concat", ups, name=name, exact=True,
+                **({} if len(ups) == 1 else {"axis": 0}))
+
+
+def choose_native(net: Net, native) -> str | None:
+    """The built-in whose ONNX operator to use, or None for the generic Scan form. native="auto": the
+    operator when the cell's Program is a built-in's and the dtype is float32 (ONNX Runtime runs its
+    LSTM/GRU in float32 only); True: the operator, or an error naming why not; False: generic."""
+    if native not in NATIVE_CHOICES:
+        raise ValueError(f"native must be 'auto', True or False, got {native!r}")
+    if native is False:
+        return None
+    name = native_of(net.cell, net.program)
+    if native is True and name is None:
+        raise ExportError(f"cell '{net.cell.name}' has no native ONNX operator with the same semantics (only "
+                          f"the built-ins {', '.join(NATIVE)} do, unchanged): use native=False or 'auto'")
+    if native == "auto" and net.dtype != np.float32:
+        return None
+    return name
+
+
+def check_opset(opset) -> int:
+    opset = DEFAULT_OPSET if opset is None else opset
+    top = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= top:
+        raise ValueError(f"opset must be an integer from {MIN_OPSET} to {top} (this onnx's newest), got {opset!r}")
+    return opset
+
+
+def make_model(g: Graph, inputs, outputs, name: str) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)],
+                              producer_name="lstmc", doc_string=f"lstmc export: {name}")
+    model.ir_version = min(model.ir_version, 9)      # readable by ONNX Runtime releases of the last years
+    onnx.checker.check_model(model)
+    return model
+
+
+def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_states: bool = False,
+            native="auto", opset: int | None = None) -> onnx.ModelProto:
+    """Export a `lstmc.nn.Recurrent` to ONNX; write it to `path` (unless None) and return the model.
+
+    Graph inputs: `input` ([T, B, I], or [B, T, I] with batch_first; T and B are symbolic),
+    `lengths` ([B] int64, with lengths=True: lstmc's `lengths=` semantics) and, with
+    initial_states=True, one [L·D, B, H] input per state named after the cell's states (`h`, `c`).
+    Outputs: `output` and the final states `<state>_n` (`h_n`, `c_n`).
+
+    `example_input` fixes the layout and dtype (it must match the module's parameters); it is not run.
+    native: "auto" (the native ONNX LSTM/GRU for the built-ins lstm, gru, gru_v1, peephole_lstm,
+    cifg_lstm in float32, else the generic Scan form), True (native or an error) or False (generic).
+    """
+    import torch
+
+    if not all(hasattr(recurrent, a) for a in ("cell_params", "cell", "hidden_size")):
+        raise TypeError(f"to_onnx takes a lstmc.nn.Recurrent, got {type(recurrent).__name__}")
+    net = Net.from_recurrent(recurrent)
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 3:
+        raise ValueError("example_input must be a 3-D tensor ([T, B, I], or [B, T, I] with batch_first); "
+                         "unbatched and packed inputs are not exported"
+                         + ("" if not isinstance(example_input, torch.Tensor)
+                            else f", got {example_input.dim()} dimensions"))
+    if int(example_input.shape[-1]) != net.input_size:
+        raise ValueError(f"example_input.size(-1) must be input_size {net.input_size}, got {int(example_input.shape[-1])}")
+    if np.dtype(str(example_input.dtype).replace("torch.", "")) != net.dtype:
+        raise ValueError(f"example_input has dtype {example_input.dtype} but the module's parameters are "
+                         f"{net.dtype}: convert one of them")
+    g = Graph(net.dtype, opset=check_opset(opset))
+    kind = choose_native(net, native)
+    bf = bool(recurrent.batch_first)
+    D, H, LD = net.dirs, net.hidden, net.layers * net.dirs
+    x = g.names.claim("input")
+    inputs = [g.value_info(x, ["B", "T", net.input_size] if bf else ["T", "B", net.input_size])]
+    if bf:
+        x = g.op("Transpose", [x], name="input_time_major", perm=[1, 0, 2])
+    L = None
+    if lengths:
+        L = g.names.claim("lengths")
+        inputs.append(g.value_info(L, ["B"], TensorProto.INT64))
+    states = None
+    if initial_states:
+        states = {s: g.names.claim(s) for s in net.cell.states}
+        inputs += [g.value_info(v, [LD, "B", H]) for v in states.values()]
+    y, finals = emit_recurrent(g, net, x, L, states, kind)
+    out = g.op("Transpose" if bf else "Identity", [y], name="output", exact=True, **({"perm": [1, 0, 2]} if bf else {}))
+    outputs = [g.value_info(out, ["B", "T", D * H] if bf else ["T", "B", D * H])]
+    for s in net.cell.states:
+        outputs.append(g.value_info(_stack(g, finals[s], f"{s}_n"), [LD, "B", H]))
+    form = f"native {NATIVE[kind][0]}" if kind else "generic Scan"
+    model = make_model(g, inputs, outputs, f"{net.cell.name} ({form}, {net.layers} layer(s), {D} direction(s))")
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
