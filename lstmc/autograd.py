@@ -1,7 +1,10 @@
-"""How a compiled layer joins torch autograd: `_CellFunction` runs one layer and direction of a
-compiled program forward and backward, and hands the tape's arrays to torch (zero-copy), so that
-torch frees them with the graph and reports in-place changes of an input, as for its own ops.
-lstmc layers are once-differentiable; a second-order use says so in one sentence.
+"""How a compiled layer joins torch autograd on the `torch` and `reference` backends:
+`_CellFunction` runs one layer and direction of a compiled program forward and backward, and hands
+the tape's arrays to torch (zero-copy), so that torch frees them with the graph and reports in-place
+changes of an input, as for its own ops. numba (CPU) and triton (CUDA) layers go through the cell's
+custom operators instead (lstmc/torch_ops.py), which torch.compile, torch.export and torch.func
+can trace. lstmc layers are once-differentiable; a second-order use says so in one sentence
+(`ONCE_DIFFERENTIABLE`, shared by both paths).
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@
 
 Its one job is to run compiled cells as torch modules: layers, directions, batch_first,
 PackedSequence, inter-layer dropout, state layout and argument checking mirror nn.LSTM; each layer and
-direction is one `torch.autograd.Function` whose forward and backward are the compiled program's
-(`prog.forward` / `prog.backward`), never autograd through the cell's math. docs/nn.md is the manual.
+direction is one call of the cell's torch custom operator (lstmc/torch_ops.py: numba on CPU, triton
+on CUDA; what torch.compile and torch.export record) or, on the torch and reference backends, one
+`torch.autograd.Function` (lstmc/autograd.py); either way forward and backward are the compiled
+program's (`prog.forward` / `prog.backward`), never autograd through the cell's math. docs/nn.md is
+the manual.
 
 Parameters live in one `nn.ParameterDict` per layer and direction, keyed by the cell's own parameter
 names: `l0.W_i`, `l1_reverse.U_f`. `bias=False` drops the cell's biases (`bias_params`): per-unit
@@ -34,6 +37,7 @@ from .build import load
 from .interop import torch_cell_of, torch_param_names
 from .ir import walk
 from .spec import Cell
+from .torch_ops import OP_BACKENDS, CellOps, cell_ops, registered_ops
 
 __all__ = ["Recurrent", "bias_params", "select_backend", "BACKEND_CHOICES"]
 
@@ -70,6 +74,10 @@ _triton_probe: dict = {}
 def _triton_status(cell: Cell, dtype: str) -> tuple[bool, str]:
     """(usable, why not) for the triton backend on this cell and dtype; probed once per process."""
     key = (cell.source or repr(cell), cell.name, dtype)
+    if key not in _triton_probe and torch.compiler.is_compiling():
+        # no compiling inside a trace: the cell's operator compiles it when it first runs (and says
+        # why if it cannot); run the module once eagerly to get the torch fallback instead
+        return True, ""
     if key not in _triton_probe:
         try:
             import lstmc.backends.triton  # noqa: F401
@@ -231,6 +239,7 @@ class Recurrent(nn.Module):
         self.trainable = tuple(p for p in self.cell.params if self.bias or p not in self.biases)
         self.last_backend = None          # the backend that ran the latest forward
         self._programs = {}               # (backend, dtype) -> compiled program; not state
+        self._op_name = cell_ops(self.cell).name   # its torch custom operators (lstmc/torch_ops.py)
         num_dir = 2 if self.bidirectional else 1
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else self.hidden_size * num_dir
@@ -267,6 +276,10 @@ class Recurrent(nn.Module):
         d = dict(self.__dict__)
         d["_programs"] = {}               # compiled kernels are rebuilt (from the cache) where needed
         return d
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self._op_name = cell_ops(self.cell).name   # a new process: register the cell's operators again
 
     # initialisation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -348,15 +361,27 @@ class Recurrent(nn.Module):
                 if unbatched:
                     lengths = [lengths] if np.ndim(lengths) == 0 else lengths
                 src = "input" + (" (unbatched)" if unbatched else ", batch_first" if self.batch_first else "")
-                lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]), source=src)
-        B = int(x.shape[1])
+                if torch.compiler.is_compiling() and isinstance(lengths, torch.Tensor):
+                    lengths = lengths.reshape(-1)     # checked by the operator, on the real values
+                else:
+                    lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]), source=src)
+        B = x.shape[1]                    # not int(): torch.export keeps B symbolic
         states = self._check_state(state, B, dtype, x.device, unbatched)
         if states is not None and sorted_idx is not None:
             states = [s.index_select(1, sorted_idx) for s in states]
 
         backend = select_backend(self.backend, x.device, dtype, self.cell)
         self.last_backend = backend
-        runner = _Runner(self._program(backend, dtype), backend, self.cell, tuple(self.cell.params))
+        if backend == OP_BACKENDS.get(x.device.type):
+            # the cell's custom operators (lstmc/torch_ops.py): what torch.compile and torch.export trace;
+            # registered by __init__ / __setstate__ (a lookup: cell_ops would lower the cell again)
+            runner = registered_ops(self._op_name)
+            if not torch.compiler.is_compiling():
+                self._programs[(backend, dtype)] = runner.compiled(x.device, dtype)
+        else:
+            runner = _Runner(self._program(backend, dtype), backend, self.cell, tuple(self.cell.params))
+        if isinstance(lengths, np.ndarray) and isinstance(runner, CellOps):
+            lengths = torch.from_numpy(lengths)
         zero = None
         H, num_dir = self.hidden_size, 2 if self.bidirectional else 1
         finals = [[] for _ in self.state_names]
@@ -399,9 +424,12 @@ class Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, (final[0] if len(final) == 1 else tuple(final))
 
-    def _run(self, runner: _Runner, x, lengths, reverse: bool, s0, params):
-        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in s0)
-                                        or any(p.requires_grad for p in params)):
+    def _run(self, runner, x, lengths, reverse: bool, s0, params):
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in s0)
+                                            or any(p.requires_grad for p in params))
+        if isinstance(runner, CellOps):
+            return runner(x, s0, params, lengths, reverse, grad)
+        if grad:
             y, *fin = _CellFunction.apply(runner, lengths, reverse, x, *s0, *params)
             return y, fin
         y, fin, _ = runner.forward(x, lengths, reverse, s0, params, need_tape=False)
@@ -468,7 +496,7 @@ class Recurrent(nn.Module):
             label = "state" if n == 1 else f"state[{i}] ({nm})"
             if unbatched and s.dim() != 2:
                 raise RuntimeError(f"For unbatched 2-D input, {label} should also be 2-D but got {s.dim()}-D")
-            if _shape(s) != want:
+            if tuple(s.shape) != want:
                 raise RuntimeError(f"Expected {label} size {want}, got {_shape(s)}")
             if s.dtype != dtype:
                 raise ValueError(f"{label} has dtype {s.dtype} but the input and module are {dtype}: "
@@ -508,3 +536,16 @@ class Recurrent(nn.Module):
         rnn.train(module.training)
         return rnn
 
+
+    def to_onnx(self, path, example_input, *, lengths: bool = False, initial_states: bool = False,
+                native="auto", opset: int | None = None):
+        """Write this module as an ONNX model that ONNX Runtime runs without lstmc (and return it):
+        inputs `input` ([T, B, I], or batch-first; T and B dynamic), with lengths=True `lengths` ([B],
+        int64) and with initial_states=True one `[layers·directions, B, H]` input per state, named
+        after the cell's states; outputs `output` and the final states `<state>_n`. Each layer and
+        direction is an ONNX Scan over the cell's step, or the native LSTM/GRU operator for the
+        built-ins whose math it is (native="auto"; False forces the Scan form). See docs/onnx.md."""
+        from .onnx_export import to_onnx
+
+        return to_onnx(self, path, example_input, lengths=lengths, initial_states=initial_states, native=native,
+                       opset=opset)

@@ -1,0 +1,405 @@
+"""PyTorch custom operators for compiled cells, so that `torch.compile(fullgraph=True)`,
+`torch.export` and `torch.func` see one opaque, shape-typed operator per layer and direction
+instead of Python code holding NumPy arrays.
+
+Design: one set of operators per cell, registered lazily (the first time a `Recurrent` of that
+cell is built) through `torch.library.custom_op`, named from the cell's name and a hash of its
+lowered program text, so two cells never share an operator and the same cell always gets the
+same name (an exported program can be loaded in a process that has built the module again):
+
+    lstmc::<cell>_<hash>_fwd(Tensor x, Tensor[] states, Tensor[] params, Tensor? lengths, bool reverse)
+        -> (Tensor y, Tensor[] finals, Tensor[] tape)
+    lstmc::<cell>_<hash>_infer(same arguments) -> (Tensor y, Tensor[] finals)      no tape: inference
+    lstmc::<cell>_<hash>_bwd(Tensor x, Tensor[] params, Tensor? lengths, bool reverse, Tensor[] tape,
+                             Tensor dy, Tensor[] dfinals) -> (Tensor dx, Tensor[] dstates, Tensor[] dparams)
+
+x is [T, B, I]; states and finals are [B, H] in the cell's state order; params are in the cell's
+parameter order; lengths is an optional int64 CPU tensor [B]. The tape is what the compiled
+backward reads that cannot be recomputed cheaply: every state sequence [T+1, B, H] (the state before
+step t at index t) and every saved value [T, B, H], in the program's order. The rest of the
+backend's tape (the time-ordered, padding-cleared input, the packed weights, the reverse index) is
+rebuilt in the backward operator from its inputs, so backward is a pure function of tensors and
+a compiled or exported graph carries no Python object between forward and backward. That rebuild
+copies the weights once (O(params), against the kernel's O(T·B·params)) and, with `reverse` or
+short rows, the input once (as forward does).
+
+One operator per cell rather than one generic operator taking a cell-key string: the schema then
+names the cell, fake tensors and opcheck need no side table, and a program printed by torch.export
+says which cell each call runs.
+
+The implementations run the compiled program of the input's device: numba on CPU (zero-copy NumPy
+views in and out), triton on CUDA (with CUDA graphs off: a graphed forward keeps its tape in a
+static workspace that the next forward reuses, which a tensor returned by an operator must never
+be). `register_fake` gives every output's shape from the inputs' shapes (T and B may be symbolic),
+`register_autograd` joins them to autograd (backward calls the `_bwd` operator; a second derivative
+raises `ONCE_DIFFERENTIABLE`), `register_vmap` runs a batch of calls one at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+
+import numpy as np
+import torch
+from torch.autograd import forward_ad
+
+from .autograd import ONCE_DIFFERENTIABLE
+from .backends.base import Tape, check_lengths
+from .backends.sequence import dense_weights, order_inputs, pack
+from .build import compile as _compile
+from .build import load
+from .lower import lower
+
+__all__ = ["CellOps", "cell_ops", "registered_ops", "OP_BACKENDS", "NO_FORWARD_MODE"]
+
+OP_BACKENDS = {"cpu": "numba", "cuda": "triton"}   # device type -> the backend its operators run
+_NAMESPACE = "lstmc"
+_registry: dict[str, "CellOps"] = {}
+_lock = threading.Lock()
+
+
+def cell_ops(cell) -> "CellOps":
+    """The operators of `cell` (a Cell, built-in name or path), registered on first use."""
+    cell = load(cell)
+    key = _op_name(cell)
+    ops = _registry.get(key)
+    if ops is None:
+        with _lock:
+            ops = _registry.get(key)
+            if ops is None:
+                ops = _registry[key] = CellOps(cell, key)
+    return ops
+
+
+def registered_ops(name: str) -> "CellOps":
+    """The operators registered under `name` (CellOps.name): a lookup torch.compile can trace."""
+    return _registry[name]
+
+
+def _op_name(cell) -> str:
+    digest = hashlib.sha256(lower(cell).text().encode()).hexdigest()[:12]
+    safe = "".join(ch if ch.isalnum() else "_" for ch in cell.name).lower()
+    return f"{safe}_{digest}"
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A tensor as the numba backend reads it: a C-contiguous NumPy view (a copy only if strided)."""
+    return t.detach().contiguous().numpy()
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _fresh(ts: list) -> list:
+    """The tensors with no two sharing memory (an operator's outputs must not alias each other:
+    the weight gradients of one stacked product are views of one array)."""
+    seen, out = set(), []
+    for t in ts:
+        p = t.untyped_storage().data_ptr()
+        if p in seen:
+            t = t.clone()
+        seen.add(p)
+        out.append(t)
+    return out
+
+
+class CellOps:
+    """The registered operators of one cell and their implementations."""
+
+    def __init__(self, cell, name: str):
+        self.cell = cell
+        self.program = lower(cell)
+        self.name = name
+        self.states = tuple(cell.states)
+        self.params = tuple(cell.params)
+        self.saved = tuple(n for n, _ in self.program.saved)
+        self._compiled: dict = {}
+        args = "(Tensor x, Tensor[] states, Tensor[] params, Tensor? lengths, bool reverse)"
+        q = f"{_NAMESPACE}::{name}"
+        self.fwd_def = torch.library.custom_op(f"{q}_fwd", self._fwd, mutates_args=(),
+                                               schema=args + " -> (Tensor, Tensor[], Tensor[])")
+        self.infer_def = torch.library.custom_op(f"{q}_infer", self._infer, mutates_args=(),
+                                                 schema=args + " -> (Tensor, Tensor[])")
+        self.bwd_def = torch.library.custom_op(
+            f"{q}_bwd", self._bwd, mutates_args=(),
+            schema="(Tensor x, Tensor[] params, Tensor? lengths, bool reverse, Tensor[] tape, Tensor dy, "
+                   "Tensor[] dfinals) -> (Tensor, Tensor[], Tensor[])")
+        self.fwd_def.register_fake(self._fwd_fake)
+        self.infer_def.register_fake(self._infer_fake)
+        self.bwd_def.register_fake(self._bwd_fake)
+        self.fwd_def.register_autograd(self._backward, setup_context=self._setup_context)
+        self.bwd_def.register_autograd(_refuse_second_order, setup_context=_no_context)
+        for d in (self.fwd_def, self.infer_def, self.bwd_def):
+            d.register_vmap(_vmap_one_at_a_time(d))
+        # the OpOverloads: what torch.compile and torch.export see and record
+        self.fwd = getattr(getattr(torch.ops, _NAMESPACE), f"{name}_fwd").default
+        self.infer = getattr(getattr(torch.ops, _NAMESPACE), f"{name}_infer").default
+        self.bwd = getattr(getattr(torch.ops, _NAMESPACE), f"{name}_bwd").default
+
+    def __repr__(self):
+        return f"<CellOps {_NAMESPACE}::{self.name}_{{fwd,infer,bwd}} cell={self.cell.name!r}>"
+
+    # ------------------------------------------------------------------------------ programs
+    def compiled(self, device: torch.device, dtype: torch.dtype):
+        """The compiled program that runs on `device` with `dtype` (compiled once)."""
+        backend = OP_BACKENDS.get(device.type)
+        if backend is None:
+            raise RuntimeError(f"lstmc operators run on CPU (numba) and CUDA (triton) tensors, but the input is on "
+                               f"{device}: use lstmc.nn.Recurrent(..., backend='torch') there")
+        key = (backend, dtype)
+        prog = self._compiled.get(key)
+        if prog is None:
+            name = str(dtype).replace("torch.", "")
+            opts = {"graphs": False} if backend == "triton" else {}
+            prog = self._compiled[key] = _compile(self.cell, backend=backend, dtype=name, **opts)
+        return prog
+
+    @staticmethod
+    def _lengths(lengths, T: int, B: int):
+        return None if lengths is None else check_lengths(lengths.detach().cpu().numpy(), T, B)
+
+    # -------------------------------------------------------------------------------- forward
+    def _run(self, x, states, params, lengths, reverse, need_tape):
+        self._check_lists(states, params)
+        prog = self.compiled(x.device, x.dtype)
+        T, B = int(x.shape[0]), int(x.shape[1])
+        L = self._lengths(lengths, T, B)
+        if prog.backend == "numba":
+            y, final, tape = prog.forward(_np(x), {p: _np(v) for p, v in zip(self.params, params)},
+                                          {s: _np(v) for s, v in zip(self.states, states)},
+                                          lengths=L, reverse=bool(reverse), need_tape=need_tape)
+            y, finals = _t(y), [_t(final[s]) for s in self.states]
+            tape_out = [] if tape is None else (
+                [_t(tape.states[s]) for s in self.states] + [_t(tape.saved[n]) for n in self.saved])
+        else:
+            y, final, tape = prog.forward(x.detach(), {p: v.detach() for p, v in zip(self.params, params)},
+                                          {s: v.detach() for s, v in zip(self.states, states)},
+                                          lengths=L, reverse=bool(reverse), need_tape=need_tape)
+            finals = [final[s] for s in self.states]
+            tape_out = [] if tape is None else (
+                [tape.states[s] for s in self.states] + [tape.saved[n] for n in self.saved])
+            # a length-0 row can hand back the very tensor it was given: outputs never alias inputs
+            ins = {v.untyped_storage().data_ptr() for v in [x, *states, *params]}
+            finals = [f.clone() if f.untyped_storage().data_ptr() in ins else f for f in finals]
+        return y, finals, tape_out
+
+    def _fwd(self, x, states, params, lengths, reverse):
+        return self._run(x, states, params, lengths, reverse, True)
+
+    def _infer(self, x, states, params, lengths, reverse):
+        y, finals, _ = self._run(x, states, params, lengths, reverse, False)
+        return y, finals
+
+    def _check_lists(self, states, params):
+        if len(states) != len(self.states) or len(params) != len(self.params):
+            raise ValueError(f"cell '{self.cell.name}' takes {len(self.states)} states ({', '.join(self.states)}) "
+                             f"and {len(self.params)} parameters ({', '.join(self.params)}), got {len(states)} "
+                             f"and {len(params)}")
+
+    def _fwd_fake(self, x, states, params, lengths, reverse):
+        y, finals = self._infer_fake(x, states, params, lengths, reverse)
+        T, B, H = x.shape[0], x.shape[1], states[0].shape[-1]
+        tape = [x.new_empty((T + 1, B, H)) for _ in self.states] + [x.new_empty((T, B, H)) for _ in self.saved]
+        return y, finals, tape
+
+    def _infer_fake(self, x, states, params, lengths, reverse):
+        self._check_lists(states, params)
+        T, B, H = x.shape[0], x.shape[1], states[0].shape[-1]
+        return x.new_empty((T, B, H)), [s.new_empty((B, H)) for s in states]
+
+    # ------------------------------------------------------------------------------- backward
+    def _tape(self, prog, x, params: dict, L, reverse, tape: list):
+        """The backend's Tape, rebuilt from the operator's inputs and the forward's tape tensors."""
+        T, B, I = (int(s) for s in x.shape)
+        n = len(self.states)
+        H = int(tape[0].shape[2])
+        states, saved = dict(zip(self.states, tape[:n])), dict(zip(self.saved, tape[n:]))
+        L = np.full(B, T, np.int64) if L is None else L
+        xo, rev_idx = order_inputs(prog.ops, x, L, bool(reverse))
+        params = dense_weights(prog.ops, prog.program, params)
+        if prog.backend == "numba":
+            pk = pack(prog.program, params, lambda names: prog._packed(params, names))
+            Wcat = pk.W if pk.W is not None else np.zeros((0, I), prog.np_dtype)
+            packed = {"Wcat": Wcat, "vecs": list(pk.vecs.values()), "U": [u for u in pk.U if u is not None]}
+            extra = {}
+        else:
+            pk = pack(prog.program, params, lambda names: torch.cat([params[m] for m in names]).contiguous())
+            packed = {"Wcat": pk.W, "U": pk.U, "vecs": pk.vecs,
+                      "L": torch.as_tensor(L, dtype=torch.int32).to(x.device)}
+            extra = {"numpy": False, "schedule": prog.resolve(None, B, H)}
+        return Tape(owner=prog, x=xo, states=states, saved=saved, lengths=L, mask=None, reverse=bool(reverse),
+                    rev_idx=rev_idx, packed=packed, shapes=(T, B, I, H), extra=extra)
+
+    def _bwd(self, x, params, lengths, reverse, tape, dy, dfinals):
+        prog = self.compiled(x.device, x.dtype)
+        T, B = int(x.shape[0]), int(x.shape[1])
+        L = self._lengths(lengths, T, B)
+        if prog.backend == "numba":
+            tp = self._tape(prog, _np(x), {p: _np(v) for p, v in zip(self.params, params)}, L, reverse,
+                            [_np(t) for t in tape])
+            dx, ds, dp = prog.backward(tp, _np(dy), {s: _np(d) for s, d in zip(self.states, dfinals)})
+            return (_t(dx), [_t(ds[s]) for s in self.states], _fresh([_t(dp[p]) for p in self.params]))
+        with torch.no_grad():
+            tp = self._tape(prog, x.detach(), {p: v.detach() for p, v in zip(self.params, params)}, L, reverse,
+                            [t.detach() for t in tape])
+            dx, ds, dp = prog.backward(tp, dy.detach(), {s: d.detach() for s, d in zip(self.states, dfinals)})
+        return dx, [ds[s] for s in self.states], _fresh([dp[p] for p in self.params])
+
+    def _bwd_fake(self, x, params, lengths, reverse, tape, dy, dfinals):
+        # contiguous, as the real outputs are (empty_like would copy a transposed input's strides)
+        return x.new_empty(x.shape), [d.new_empty(d.shape) for d in dfinals], [p.new_empty(p.shape) for p in params]
+
+    # ------------------------------------------------------------------------------------ call
+    def __call__(self, x, states, params, lengths, reverse: bool, grad: bool):
+        """(y, finals) of one layer and direction; `grad`: record it for autograd (a tape is kept)."""
+        if not torch.compiler.is_compiling() and (torch._C._functorch.peek_interpreter_stack() is not None
+                                                  or forward_ad._current_level >= 0):
+            # torch.func (grad, vmap, jacrev): the autograd.Function torch generates for a custom
+            # operator has no setup_context, which functorch requires; this one has, and it refuses
+            # forward mode (jvp) in a sentence instead of a silent zero tangent
+            n = len(self.states)
+            out = _TransformableCell.apply(self, lengths, bool(reverse), x, *states, *params)
+            return out[0], list(out[1:1 + n])
+        if not grad:
+            return self.infer(x, states, params, lengths, reverse)
+        y, finals, _ = self.fwd(x, states, params, lengths, reverse)
+        return y, finals
+
+    # ------------------------------------------------------------------------------- autograd
+    def _setup_context(self, ctx, inputs, output):
+        x, states, params, lengths, reverse = inputs
+        _, finals, tape = output
+        ctx.mark_non_differentiable(*tape)
+        ctx.reverse, ctx.n_params, ctx.has_lengths = bool(reverse), len(params), lengths is not None
+        # saved through autograd: freed with the graph, and an in-place change of an input (a
+        # parameter updated between forward and backward) is reported as for torch's own ops
+        ctx.save_for_backward(x, *params, *tape, *([lengths] if lengths is not None else []))
+
+    def _backward(self, ctx, dy, dfinals, _dtape):
+        return (*self._grads(ctx, dy, dfinals), None, None)
+
+    def _grads(self, ctx, dy, dfinals, bwd=None):
+        """(dx, dstates, dparams) from what _setup_context saved, by the _bwd operator (or `bwd`)."""
+        if bwd is None and torch.is_grad_enabled():   # create_graph=True: a gradient of the gradient
+            raise RuntimeError(ONCE_DIFFERENTIABLE)
+        saved = ctx.saved_tensors         # raises if freed (second backward) or modified in place
+        x, rest = saved[0], saved[1:]
+        params, rest = list(rest[:ctx.n_params]), rest[ctx.n_params:]
+        lengths = rest[-1] if ctx.has_lengths else None
+        tape = list(rest[:-1] if ctx.has_lengths else rest)
+        H, B = tape[0].shape[2], x.shape[1]
+        if dy is None:
+            dy = x.new_zeros((x.shape[0], B, H))
+        dfinals = [x.new_zeros((B, H)) if d is None else d for d in dfinals]
+        return (bwd or self.bwd)(x, params, lengths, ctx.reverse, tape, dy, dfinals)
+
+
+NO_FORWARD_MODE = ("lstmc layers have no forward-mode derivative (torch.func.jvp, jacfwd, hessian, "
+                   "torch.autograd.forward_ad): their backward is compiled reverse-mode code; use reverse mode "
+                   "(torch.func.grad, vjp, jacrev, or loss.backward())")
+
+
+class _TransformableCell(torch.autograd.Function):
+    """The _fwd/_bwd operators as an autograd.Function with setup_context, for torch.func
+    transforms (grad, vjp, jacrev, and vmap over them through the operators' vmap rules)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(ops, lengths, reverse, x, *rest):
+        n = len(ops.states)
+        y, finals, tape = ops.fwd(x, list(rest[:n]), list(rest[n:]), lengths, reverse)
+        return (y, *finals, *tape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ops, lengths, reverse, x, *rest = inputs
+        n = len(ops.states)
+        ops._setup_context(ctx, (x, rest[:n], rest[n:], lengths, reverse), (output[0], output[1:1 + n],
+                                                                             output[1 + n:]))
+        ctx.ops = ops
+
+    @staticmethod
+    def backward(ctx, dy, *grads):
+        ops = ctx.ops
+        n = len(ops.states)
+        # torch.func runs every backward with create_graph=True: a second derivative is refused by
+        # _TransformableBackward's backward, when (and only when) an outer transform asks for it
+        dx, dstates, dparams = ops._grads(ctx, dy, list(grads[:n]), bwd=functools.partial(
+            _call_backward, ops))
+        return (None, None, None, dx, *dstates, *dparams)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(NO_FORWARD_MODE)
+
+
+def _call_backward(ops, x, params, lengths, reverse, tape, dy, dfinals):
+    out = _TransformableBackward.apply(ops, lengths, reverse, len(params), len(tape), x, *params, *tape, dy,
+                                       *dfinals)
+    n = len(ops.states)
+    return out[0], list(out[1:1 + n]), list(out[1 + n:])
+
+
+class _TransformableBackward(torch.autograd.Function):
+    """The _bwd operator under torch.func: differentiating it again says the layer is once-differentiable."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(ops, lengths, reverse, n_params, n_tape, x, *rest):
+        params, tape = list(rest[:n_params]), list(rest[n_params:n_params + n_tape])
+        dy, dfinals = rest[n_params + n_tape], list(rest[n_params + n_tape + 1:])
+        dx, dstates, dparams = ops.bwd(x, params, lengths, reverse, tape, dy, dfinals)
+        return (dx, *dstates, *dparams)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ONCE_DIFFERENTIABLE)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(NO_FORWARD_MODE)
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+def _refuse_second_order(ctx, *grads):
+    raise RuntimeError(ONCE_DIFFERENTIABLE)
+
+
+def _vmap_one_at_a_time(opdef):
+    """A vmap rule that runs the operator once per batch element and stacks the results (lstmc's
+    kernels have no batch-of-problems dimension; for a batch of inputs to one model, folding it into
+    the B dimension is faster and is what a caller should do)."""
+
+    def rule(info, in_dims, *args):
+        N = info.batch_size
+
+        def pick(a, d, i):
+            if isinstance(a, (list, tuple)):
+                return [pick(v, dv, i) for v, dv in zip(a, d if isinstance(d, (list, tuple)) else [d] * len(a))]
+            return a if d is None or not isinstance(a, torch.Tensor) else a.select(d, i)
+
+        outs = [opdef(*[pick(a, d, i) for a, d in zip(args, in_dims)]) for i in range(N)]
+
+        def stack(parts):
+            first = parts[0]
+            if isinstance(first, (list, tuple)):
+                return [stack([p[j] for p in parts]) for j in range(len(first))]
+            return torch.stack(parts)
+
+        def zeros_like(o):
+            return [zeros_like(v) for v in o] if isinstance(o, (list, tuple)) else 0
+
+        result = stack(outs)
+        return tuple(result), tuple(zeros_like(o) for o in outs[0])
+
+    return rule
