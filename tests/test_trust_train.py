@@ -161,13 +161,13 @@ def test_a_non_finite_loss_stops_training_at_that_step(tmp_path):
 
 def test_a_loss_that_is_never_finite_stops_at_once_without_a_test(tmp_path, monkeypatch):
     """NaN targets: the very first loss is NaN. Nothing was validated: no test metric, no model.pt."""
-    import lstmc.train.loop as lt          # the module whose train() looks the task up
+    import lstmc.train.loop as lt          # the module whose train() looks the task up (task_of)
     from lstmc import tasks
 
     task = tasks.get_task("sunspots")
     x, y = task.data["train"]
     bad = dataclasses.replace(task, data={**task.data, "train": (x, y * float("nan"))})
-    monkeypatch.setattr(lt, "get_task", lambda name, length=None: bad)
+    monkeypatch.setattr(lt, "task_of", lambda cfg: bad)
     with pytest.warns(NonFiniteLossWarning, match="became nan at step 1;"):
         r = train(TrainConfig(lr=1e-3, eval_every=5, out=str(tmp_path), **DIVERGE))
     assert r.diverged and r.steps == 0 and r.train_losses == [] and math.isnan(r.test_metric)
