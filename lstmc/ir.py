@@ -8,6 +8,7 @@ module only builds, walks and prints nodes.
 Leaf ops (no args):
   const   attr=float                   a number
   input   attr=None                    x, the step input (size I); only ever the operand of a matvec
+          attr=name                    an extra per-step input (`input dt`, `input keep[H]`, `input u[K]`)
   state   attr=name                    a state's value at t-1 (size H)
   param   attr=name                    a per-unit parameter vector [H]
   var     attr=(kind, name...)         a named value of the lowered program (buffers, seeds, saved)
@@ -83,8 +84,9 @@ def param(name: str) -> Node:
     return Node("param", (), name)
 
 
-def input_() -> Node:
-    return Node("input", (), None)
+def input_(name: str | None = None) -> Node:
+    """x (no name), or the extra per-step input `name`."""
+    return Node("input", (), name)
 
 
 def matvec(mat: str, v: Node) -> Node:
@@ -195,7 +197,7 @@ def _atom(n: Node, args) -> tuple[str, int]:
     if op == "const":
         return _fmt_const(n.attr), 5
     if op == "input":
-        return "x", 5
+        return n.attr or "x", 5
     if op in ("state", "param"):
         return n.attr, 5
     if op == "var":

@@ -2,7 +2,11 @@
 
 The result is a `Program` (lstmc/program.py) that every backend renders (docs/design.md, "Lowering"):
 
-1. every `M @ x` is hoisted into one input GEMM over all T·B rows (`xp`, one column slot per M);
+1. every `M @ x` is hoisted into one input GEMM over all T·B rows (`xp`, one column slot per M),
+   and so is every `V @ u` of an extra input `u[K]`; an extra input read element-wise (`dt`,
+   `keep[H]`) is a slot of its own holding the input itself (a scalar broadcast over H), so every
+   backend reads extra inputs exactly as it reads input products, and their adjoints (dxp) are the
+   inputs' gradients;
 2. recurrent products are grouped by operand: all `M @ v` with the same v are one GEMM per step;
 3. a product whose operand depends on this step's GEMM results is staged into a later phase;
 4. the pointwise work between GEMMs is fused into one `Block` per phase;
@@ -87,7 +91,7 @@ def _plan_products(cell: Cell) -> _Products:
         args = tuple(memo[a] for a in n.args)
         if n.op == "matvec":
             (v,) = args
-            if v.op == "input":
+            if n.args[0].op == "input":       # M @ x, or V @ u of an extra input: hoisted
                 if ("x", n.attr) not in seen_mats:
                     seen_mats.add(("x", n.attr))
                     p.input_mats.append(n.attr)
@@ -111,6 +115,9 @@ def _plan_products(cell: Cell) -> _Products:
                 p.groups.append({"operand": v, "mats": [n.op], "phase": phase[v], "reduce": n.op})
             m = var("rp", gi, n.op)
             phase[m] = phase[v] + 1
+        elif n.op == "input" and n.attr is not None:     # an extra input read element-wise: its own slot
+            m = var("xp", n.attr)
+            phase[m] = 0
         else:
             m = n if args == n.args else ir.Node(n.op, args, n.attr)
             phase[m] = max((phase[a] for a in args), default=0)
@@ -126,6 +133,14 @@ def _plan_products(cell: Cell) -> _Products:
         if simple.get(node) in memo:
             p.names.setdefault(memo[simple[node]], name)
     p.fwd_nodes = set(walk(list(p.new.values()) + [g["operand"] for g in p.groups]))
+    # the slots in the order the sequence code fills them: x's products, each input's V products
+    # (in declaration order), then the inputs read element-wise
+    direct = [u for u in cell.inputs if var("xp", u) in p.fwd_nodes]
+    by_input = {u: [m for m in p.input_mats if cell.param_inputs.get(m) == u] for u in cell.inputs}
+    p.input_mats = ([m for m in p.input_mats if m not in cell.param_inputs]
+                    + [m for u in cell.inputs for m in by_input[u]] + direct)
+    for u in direct:
+        p.names.setdefault(var("xp", u), u)
     return p
 
 
@@ -200,6 +215,7 @@ class _Saver:
     def __init__(self, cell: Cell, prod: _Products):
         self.prod = prod
         self.new_of = {prod.new[s]: s for s in cell.states}
+        self.inputs = set(cell.inputs)
         self.saved: list[tuple[str, Node]] = []
         self.names: dict[Node, str] = {}
         self.used_names = {mangle(n) for n in (*cell.params, *cell.states, "x")}
@@ -238,8 +254,9 @@ class _Saver:
             if n in memo:
                 stack.pop()
                 continue
-            if n.op == "var" and n.attr[0] in ("xp", "rp"):
-                memo[n] = True
+            if n.op == "var" and n.attr[0] in ("xp", "rp") and not (n.attr[0] == "xp" and n.attr[1] in self.inputs):
+                memo[n] = True           # (an extra input's slot is no product: it is saved itself, and
+                                         # arithmetic over it recomputed, as over a state)
             elif n.op in TRANSCENDENTAL or n in self.new_of:
                 memo[n] = False
             else:

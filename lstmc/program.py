@@ -13,6 +13,11 @@ pointwise blocks between them, plus what the time loop around the step must agre
 
 These are decided here once (`decide`); renderers, hosts and the sequence driver read them.
 
+Input slots (`input_mats`, the column slots of the hoisted XP [T, B, nx*H]), in this order: the
+products `W @ x`, then each extra input's products `V @ u` (in declaration order), then the extra
+inputs read element-wise (`keep`: the input itself; `dt`: broadcast over H). `input_segments()`
+lists them; lstmc/backends/sequence.py fills XP and scatters dXP back (dW, dx, dV, du, dkeep, ddt).
+
 Value names (`var` keys) used in blocks (their table, with each local's prefix, is lstmc/names.py):
   ('xp', M)          input product M @ x_t              ('rp', g, M)   recurrent product M @ v_g
   ('s1', s)          new state s'                        ('sv', name)   a value saved in the tape
@@ -122,6 +127,25 @@ class Program:
         """The groups that multiply learned matrices (not reductions)."""
         return tuple(g for g in self.groups if g.reduce is None)
 
+    @property
+    def x_mats(self) -> tuple[str, ...]:
+        """The input slots that multiply x (the W parameters)."""
+        return tuple(m for m in self.input_mats if self.cell.params.get(m) == "W")
+
+    def input_segments(self) -> list[tuple]:
+        """The input slots as contiguous segments (source, slot names, direct, first slot):
+        source None is x; direct False: products of the source with the slots' matrices; direct
+        True: the extra input itself (one slot, named after it)."""
+        segs: list[tuple] = []
+        for j, m in enumerate(self.input_mats):
+            direct = m in self.cell.inputs
+            src = m if direct else self.cell.param_inputs.get(m)
+            if segs and segs[-1][0] == src and not direct and not segs[-1][2]:
+                segs[-1] = (src, segs[-1][1] + (m,), False, segs[-1][3])
+            else:
+                segs.append((src, (m,), direct, j))
+        return segs
+
     def dp_sums(self) -> tuple[str, ...]:
         """The vector parameters whose gradients are accumulated (the others copy one of these)."""
         return tuple(p for p in self.vector_params if p not in self.dp_shared)
@@ -134,14 +158,26 @@ class Program:
             out.append(f"  heads: {self.cell.heads} (every U block-diagonal, multiplied as a dense [H, H] matrix)")
         if self.cell.inits:
             out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
-        out.append("  input GEMM (hoisted, all T*B rows): xp = x @ [" + ", ".join(self.input_mats) + "]^T"
-                   if self.input_mats else "  input GEMM: none")
+        if self.cell.inputs:
+            out.append("  extra inputs: " + ", ".join(
+                f"{u} [T, B{'' if k is None else ', ' + k}]" for u, k in self.cell.inputs.items())
+                + ("   sizes: " + ", ".join(self.cell.sizes) if self.cell.sizes else ""))
+        gemms = [f"{src or 'x'} @ [{', '.join(names)}]^T" for src, names, direct, _ in self.input_segments()
+                 if not direct]
+        out.append("  input GEMM (hoisted, all T*B rows): xp = " + "; ".join(gemms) if gemms else "  input GEMM: none")
+        direct = [src + ("" if self.cell.inputs[src] else " (broadcast over H)")
+                  for src, _, d, _ in self.input_segments() if d]
+        if direct:
+            out.append("  inputs read per step as xp slots: " + ", ".join(direct))
         out.append("  saved per step: " + (", ".join(n for n, _ in self.saved) or "(states only)"))
         for title, stages in (("forward step", self.fwd), ("backward step", self.bwd)):
             out.append(f"  {title}:")
             for st in stages:
                 out.extend("    " + line for line in describe(st))
-        out.append("  after the loop: dW = dxp^T @ x, dU_g = drp_g^T @ v_g, dx = dxp @ W (whole-sequence GEMMs)")
+        out.append("  after the loop: dW = dxp^T @ x, dU_g = drp_g^T @ v_g, dx = dxp @ W (whole-sequence GEMMs)"
+                   + ("; dV = dxp^T @ u, du = dxp @ V" if any(k == "V" for k in self.cell.params.values()) else "")
+                   + ("; an input read per step gets its slot's dxp (summed over H when it is [T, B])"
+                      if any(d for _, _, d, _ in self.input_segments()) else ""))
         out.append("  decisions:")
         out.append("    rows past their length: " + ", ".join(f"{k} {v}" for k, v in self.past_length.items()))
         out.append(f"    dy seeds the adjoint of {self.dy_state}'")
@@ -206,8 +242,12 @@ def _verify(p: Program) -> None:
     cell = p.cell
     params = cell.params
     for m in p.input_mats:
-        if params.get(m) != "W":
-            _fail(f"input matrix {m} is not a W parameter of cell {cell.name}")
+        if params.get(m) not in ("W", "V") and m not in cell.inputs:
+            _fail(f"input slot {m} is neither a W or V parameter nor an extra input of cell {cell.name}")
+    seen = [(src, d) for src, _, d, _ in p.input_segments()]
+    if len(set(seen)) != len(seen) or seen != sorted(seen, key=lambda sd: (
+            sd[0] is not None, sd[1], list(cell.inputs).index(sd[0]) if sd[0] is not None else -1)):
+        _fail(f"input slots {p.input_mats} are not x's products, then each input's, then the direct inputs")
     for v in p.vector_params:
         if params.get(v) != "b":
             _fail(f"vector parameter {v} is not a b parameter of cell {cell.name}")

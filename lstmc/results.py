@@ -38,7 +38,7 @@ def problem(cell, T=4, B=3, I=3, H=5, seed=0, lengths=True, dtype=np.float64):
     rng = np.random.default_rng(seed)
     ref = compile_cell(cell, "reference", "float64")
     H = -(-H // ref.cell.heads) * ref.cell.heads
-    params = {k: v.astype(dtype) for k, v in ref.init_params(I, H, seed=seed).items()}
+    params = {k: v.astype(dtype) for k, v in ref.init_params(I, H, seed=seed, sizes=problem_sizes(ref.cell)).items()}
     x = rng.normal(size=(T, B, I)).astype(dtype)
     st = {s: (0.5 * rng.normal(size=(B, H))).astype(dtype) for s in ref.cell.states}
     L = None
@@ -50,3 +50,26 @@ def problem(cell, T=4, B=3, I=3, H=5, seed=0, lengths=True, dtype=np.float64):
     dy = rng.normal(size=(T, B, H)).astype(dtype)
     ds = {s: rng.normal(size=(B, H)).astype(dtype) for s in ref.cell.states}
     return x, params, st, L, dy, ds
+
+
+PROBLEM_SIZE = 4     # the value of every `size` line in a test problem
+
+
+def problem_sizes(cell) -> dict | None:
+    """The sizes of a test problem: PROBLEM_SIZE for each of the cell's `size` lines (None: none)."""
+    return {k: PROBLEM_SIZE for k in cell.sizes} or None
+
+
+def problem_inputs(cell, T=4, B=3, H=5, seed=0, dtype=np.float64) -> dict | None:
+    """The extra inputs of a test problem for `cell` (None for a cell without any): uniform in
+    [0, 1.5) (non-negative, as time gaps, masks and resets are), drawn from their own generator so
+    the values `problem` draws are the same with or without them. H as `problem` rounds it."""
+    if not cell.inputs:
+        return None
+    rng = np.random.default_rng(seed + 7919)
+    H = -(-H // cell.heads) * cell.heads
+    out = {}
+    for u, size in cell.inputs.items():
+        shape = (T, B) if size is None else (T, B, H if size == "H" else PROBLEM_SIZE)
+        out[u] = rng.uniform(0.0, 1.5, size=shape).astype(dtype)
+    return out

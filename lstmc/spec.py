@@ -8,17 +8,23 @@ The language (README, "The cell language") is line oriented:
     init NAME = VALUE         optional; VALUE is a number or zeros|ones|uniform|normal|xavier|orthogonal
     param NAME, ...           optional; once present, every free name must be declared
     heads N                   optional; every recurrent matrix is block-diagonal, [N, H/N, H/N]
+    size K, ...               optional; named sizes besides H and I, given at run time (sizes={"K": 8})
+    input dt, keep[H], u[K]   optional; extra per-step inputs: [T, B] (one number per row, broadcast
+                              over H), [T, B, H] (element-wise), [T, B, K] (only as `V @ u`, hoisted
+                              like `W @ x`: V is [H, K])
     NAME = EXPR               an intermediate, assigned once, in any order (no cycles)
     s' = EXPR                 each state updated exactly once
 
-Expressions are parsed by a Lark LALR grammar; nothing is ever evaluated. Every error is a
-`SpecError` (lstmc/spec_errors.py, with the hints and error builders) carrying the location and a fix.
+Expressions are parsed by a Lark LALR grammar (lstmc/spec_expr.py); nothing is ever evaluated. The
+`input` and `size` lines are lstmc/spec_inputs.py's. Every error is a `SpecError` (lstmc/spec_errors.py,
+with the hints and error builders) carrying the location and a fix.
 """
 
 from __future__ import annotations
 
 import keyword
 import math
+import numbers
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ from .ir import Node
 from .ops import FUNCTIONS
 from .spec_expr import ROW_FUNCTIONS, Expressions, _parser
 from .spec_errors import CHAR_HINTS, DIRECTIVES, FUNCS_TEXT, Diagnostics, SpecError, did_you_mean, with_article
+from .spec_inputs import InputDeclarations
 
 __all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
 
@@ -70,9 +77,37 @@ class Cell:
     source: str = ""
     filename: str = "<string>"
     heads: int = 1                         # `heads N`: every U is block-diagonal, [N, H/N, H/N]
+    inputs: dict = field(default_factory=dict)        # extra input -> None ([T, B]), "H" or a size name
+    sizes: tuple = ()                                  # `size K` lines, in order
+    param_inputs: dict = field(default_factory=dict)  # a "V" parameter -> the input it multiplies
 
-    def param_shape(self, name: str, input_size: int, hidden_size: int) -> tuple[int, ...]:
+    def input_size_of(self, name: str, hidden_size: int, sizes: dict | None = None) -> int | None:
+        """The feature count of extra input `name`: None for a scalar input ([T, B]), H for [H], else
+        the value of its declared size in `sizes` (a ValueError saying how to pass it when missing)."""
+        size = self.inputs[name]
+        if size is None or size == "H":
+            return None if size is None else hidden_size
+        if not sizes or size not in sizes:
+            raise ValueError(f"cell '{self.name}' declares `size {size}` (for `input {name}[{size}]`): pass its "
+                             f"value, e.g. sizes={{{size!r}: 8}}")
+        k = sizes[size]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"sizes[{size!r}] must be a positive integer, got {k!r}")
+        return int(k)
+
+    def param_dims(self, name: str) -> str:
+        """A parameter's shape in words: [H, I], [H, H] ([N, H/N, H/N] with heads), [H], [H, K]."""
         kind = self.params[name]
+        if kind == "V":
+            return f"[H, {self.inputs[self.param_inputs[name]] or 1}]"
+        if kind == "U" and self.heads > 1:
+            return f"[{self.heads}, H/{self.heads}, H/{self.heads}]"
+        return {"W": "[H, I]", "U": "[H, H]", "b": "[H]"}[kind]
+
+    def param_shape(self, name: str, input_size: int, hidden_size: int, sizes: dict | None = None) -> tuple[int, ...]:
+        kind = self.params[name]
+        if kind == "V":
+            return (hidden_size, self.input_size_of(self.param_inputs[name], hidden_size, sizes))
         if kind == "U" and self.heads > 1:
             if hidden_size % self.heads:
                 raise ValueError(f"cell '{self.name}' has {self.heads} heads, so hidden_size must be a multiple of "
@@ -94,7 +129,7 @@ def parse(text: str, filename: str = "<string>") -> Cell:
     return _Parser(text, filename).run()
 
 
-class _Parser(Expressions, Diagnostics):
+class _Parser(InputDeclarations, Expressions, Diagnostics):
     def __init__(self, text: str, filename: str):
         self.text = text
         self.filename = filename
@@ -103,6 +138,9 @@ class _Parser(Expressions, Diagnostics):
         self._conditions: set[int] = set()
         self._declared: dict | None = None     # `param` lines (None: free names are parameters)
         self._known: set[str] = set()          # every name the cell declares or defines (for hints)
+        self._inputs: dict = {}                # `input` lines: name -> (size, line, col, size col)
+        self._sizes: dict = {}                 # `size` lines: name -> (line, col)
+        self._used_inputs: set[str] = set()
 
     # top level ------------------------------------------------------------------------------
     def run(self) -> Cell:
@@ -190,6 +228,10 @@ class _Parser(Expressions, Diagnostics):
             raise self.err(f"`heads` takes a positive whole number, got `{rest.strip()}`", lineno, col,
                            fix="write `heads 4`: every recurrent matrix becomes block-diagonal with 4 blocks")
         return _Stmt("heads", lineno, line, int(m.group(1)))
+
+    @staticmethod
+    def stmt(kind, lineno, line, data) -> _Stmt:
+        return _Stmt(kind, lineno, line, data)
 
     def d_param(self, rest, lineno, line):
         return _Stmt("param", lineno, line, self._names(rest, lineno, line, "parameter"))
@@ -304,6 +346,8 @@ class _Parser(Expressions, Diagnostics):
         heads = None
         inits: dict[str, tuple] = {}
         declared: dict[str, tuple[int, int]] = {}    # `param` lines: name -> (line, col)
+        sizes: dict[str, tuple[int, int]] = {}       # `size` lines: name -> (line, col)
+        inputs: dict[str, tuple] = {}                # `input` lines: name -> (size, line, col, size col)
         assigns: dict[str, tuple] = {}      # target ("s'" for states) -> (tree, stmt)
         for st in stmts[1:]:
             if st.kind == "cell":
@@ -332,6 +376,8 @@ class _Parser(Expressions, Diagnostics):
                         raise self.err(f"parameter '{pname}' is declared twice (first on line {declared[pname][0]})",
                                        st.lineno, col, fix="declare each parameter once")
                     declared[pname] = (st.lineno, col)
+            elif st.kind in ("size", "input"):
+                self.declare(st, sizes, inputs)
             elif st.kind == "init":
                 pname, value = st.data
                 if pname in inits:
@@ -377,7 +423,10 @@ class _Parser(Expressions, Diagnostics):
                 raise self.err(f"output '{out_name}' is not a state", oline, ocol,
                                fix=f"name one of the states: {', '.join(state_names)}")
         self._declared = declared if declared else None
-        self._known = set(declared) | {k.rstrip("'") for k in assigns} | state_set
+        self._known = set(declared) | {k.rstrip("'") for k in assigns} | state_set | set(inputs)
+        self._inputs = inputs
+        self._sizes = sizes
+        self.check_inputs(inputs, sizes, state_set, declared, assigns)
         for pname, (line, col) in declared.items():
             if pname in state_set or pname in assigns:
                 raise self.err(f"'{pname}' is declared as a parameter but is "
@@ -385,6 +434,8 @@ class _Parser(Expressions, Diagnostics):
                                fix="declare only free names (matrices and vectors that are learned)")
         cell = self.build(name, state_names, out_name, inits, assigns)
         cell.heads = heads or 1
+        cell.sizes = tuple(sizes)
+        cell.inputs = {n: v[0] for n, v in inputs.items()}
         return cell
 
     @staticmethod
@@ -445,12 +496,16 @@ class _Parser(Expressions, Diagnostics):
             names.setdefault(node, key)
             equations.append((key, node))
         self.unused(assigns, deps, params)
-        # parameters in order of first appearance in the source
+        self.unused_inputs(params)
+        # parameters in order of first appearance in the source; a "V:u" kind is a V multiplying input u
         pkinds = {p: k for p, (k, _, _) in sorted(params.items(), key=lambda kv: kv[1][1:])}
+        param_inputs = {p: k[2:] for p, k in pkinds.items() if k.startswith("V:")}
+        pkinds = {p: "V" if p in param_inputs else k for p, k in pkinds.items()}
         init_vals = {}
         for pname, (value, st) in inits.items():
             if pname not in pkinds:
                 what = ("the input" if pname == "x" else "a state" if pname in state_set
+                        else "an extra input" if pname in self._inputs
                         else "an intermediate" if pname in values else "not used in any equation")
                 raise self.err(f"`init` names '{pname}', which is not a parameter of this cell ({what})", st.lineno,
                                st.col, fix=f"parameters are: {', '.join(sorted(pkinds)) or '(none)'}")
@@ -460,7 +515,8 @@ class _Parser(Expressions, Diagnostics):
             init_vals[pname] = value
         new = {s: values[s + "'"] for s in states}
         return Cell(name=name, states=tuple(states), output=output, new=new, params=pkinds, inits=init_vals,
-                    equations=equations, names=names, source=self.text, filename=self.filename)
+                    equations=equations, names=names, source=self.text, filename=self.filename,
+                    param_inputs=param_inputs)
 
     def unused(self, assigns, deps, params) -> None:
         """The typo rules: an intermediate never used, or a declared parameter never used, is an error

@@ -12,7 +12,7 @@ from lark import Token, Tree
 
 from .ops import FUNCTIONS
 
-DIRECTIVES = ("cell", "state", "output", "init", "param", "heads")
+DIRECTIVES = ("cell", "state", "output", "init", "param", "heads", "input", "size")
 FUNCS_TEXT = ", ".join(FUNCTIONS)
 
 _SHOW = 60   # an error message shows at most 2 * _SHOW characters of the offending line
@@ -128,6 +128,8 @@ class Diagnostics:
             what = "a function call"
         elif lname == "x":
             what = "the input x"
+        elif lname in self._inputs:
+            what = f"the input '{lname}' (declared on line {self._inputs[lname][1]})"
         elif lname in state_set:
             what = f"the state '{lname}'"
         elif lname in values:
@@ -140,10 +142,20 @@ class Diagnostics:
                        fix=fix)
 
     def no_bare_x(self, node, st, tree):
-        """Reject x used other than as `M @ x` (`tree` locates it; its column is only looked up on error)."""
-        if node is not None and node.op == "input":
+        """Reject x, or an extra input of a size other than H (`input u[K]`), used other than as `M @ x`
+        (`tree` locates it; its column is only looked up on error). `input dt` (one number per row,
+        broadcast over H) and `input keep[H]` are read element-wise like any hidden-size value."""
+        if node is None or node.op != "input":
+            return
+        if node.attr is None:
             raise self.err("x (size I) can only be used directly as `M @ x`", st.lineno, self.col_of(tree, st),
                            fix="multiply it by an input weight matrix first, e.g. W @ x")
+        size = self._inputs[node.attr][0]
+        if size not in (None, "H"):
+            raise self.err(f"the input '{node.attr}' has size {size}, not H, so it can only be used directly as "
+                           f"`M @ {node.attr}`", st.lineno, self.col_of(tree, st),
+                           fix=f"multiply it by a weight matrix first, e.g. V @ {node.attr} (V becomes [H, {size}]), "
+                               f"or declare it `input {node.attr}[H]` to use it element-wise")
 
     @staticmethod
     def col_of(t, st) -> int:

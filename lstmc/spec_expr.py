@@ -68,6 +68,8 @@ class Expressions:
     """Lark tree -> IR for one statement (needs `err`, `no_bare_x`, `check_name`... of the parser)."""
 
     _conditions: set   # ids of the comparison trees that are where's first argument
+    _inputs: dict      # `input` lines: name -> (size, line, col, size col)
+    _used_inputs: set
 
     def is_vector(self, node: Node) -> bool:
         """Does `node` depend on x, a state or a parameter? (Memoised over the interned nodes, so a long
@@ -136,9 +138,12 @@ class Expressions:
             params[pname] = (kind, st.lineno, tok.column)
             return
         if prev[0] != kind:
-            desc = {"W": "a matrix applied to x ([H, I])", "U": "a matrix applied to a hidden vector ([H, H])",
-                    "b": "a per-unit vector ([H])"}
-            raise self.err(f"parameter '{pname}' is used as {desc[kind]} here but as {desc[prev[0]]} on line "
+            def desc(k):
+                if k.startswith("V:"):
+                    return f"a matrix applied to the input {k[2:]} ([H, {self._inputs[k[2:]][0]}])"
+                return {"W": "a matrix applied to x ([H, I])", "U": "a matrix applied to a hidden vector ([H, H])",
+                        "b": "a per-unit vector ([H])"}[k]
+            raise self.err(f"parameter '{pname}' is used as {desc(kind)} here but as {desc(prev[0])} on line "
                            f"{prev[1]}", st.lineno, tok.column, fix="use a separate parameter for each role")
 
     def row_function(self, fname: str, tok, args, result, st) -> Node:
@@ -186,6 +191,12 @@ class Expressions:
                 if primed:
                     raise self.err("x has no primed value", st.lineno, tok.column, fix="write x")
                 return ir.input_()
+            if nm in self._inputs:
+                if primed:
+                    raise self.err(f"the input '{nm}' has no primed value", st.lineno, tok.column,
+                                   fix=f"write {nm}: an input is given at every step, never updated")
+                self._used_inputs.add(nm)
+                return ir.input_(nm)
             if primed:
                 if nm not in state_set:
                     raise self.err(f"'{key}' is primed but '{nm}' is not a state", st.lineno, tok.column,
@@ -207,7 +218,8 @@ class Expressions:
             if fname in ROW_FUNCTIONS:
                 return self.row_function(fname, tok, args, result, st)
             if fname not in FUNCTIONS:
-                known = fname in values or fname in state_set or fname in params or fname == "x"
+                known = (fname in values or fname in state_set or fname in params or fname == "x"
+                         or fname in self._inputs)
                 raise self.err((f"'{fname}' is not a function and cannot be called" if known
                                 else f"unknown function '{fname}'{did_you_mean(fname, ALL_FUNCTIONS)}"),
                                st.lineno, tok.column,
@@ -241,10 +253,17 @@ class Expressions:
             right = result[id(right_tree)]
             lname = (str(left_tree.children[0]) if isinstance(left_tree, Tree) and left_tree.data == "name"
                      and len(left_tree.children) == 1 else None)
-            if lname is None or lname == "x" or lname in state_set or lname in values or lname in FUNCTIONS:
+            if (lname is None or lname == "x" or lname in state_set or lname in values or lname in FUNCTIONS
+                    or lname in self._inputs):
                 self.bad_matmul_left(left_tree, lname, st, state_set, values)
+            if right.op == "input" and right.attr is not None and self._inputs[right.attr][0] is None:
+                raise self.err(f"the input '{right.attr}' is one number per batch row, so a matrix cannot multiply "
+                               f"it", st.lineno, self.col_of(right_tree, st),
+                               fix=f"scale by it element-wise (p * {right.attr} with p a per-unit parameter), or "
+                                   f"declare it with a size (`input {right.attr}[K]` and `size K`) to use "
+                                   f"M @ {right.attr}")
             if right.op == "input":
-                kind = "W"
+                kind = "W" if right.attr is None else "V:" + right.attr
             elif self.is_vector(right):   # x elsewhere in `right` was already rejected by no_bare_x
                 kind = "U"
             else:

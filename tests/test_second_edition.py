@@ -64,7 +64,11 @@ c' = h1 * c + mean(h')
 CELLS = {"selects": SELECTS, "clipped": CLIPPED, "mingru": str(EXAMPLES / "mingru.cell"),
          "slstm": str(EXAMPLES / "slstm.cell"), "reduces": REDUCES,
          "layernorm_lstm": str(EXAMPLES / "layernorm_lstm.cell"), "constants": CONSTANTS,
-         "slstm_heads": str(EXAMPLES / "slstm_heads.cell")}
+         "slstm_heads": str(EXAMPLES / "slstm_heads.cell"),
+         # extra per-step inputs (tests/test_inputs.py has their oracles, bad specs and arguments)
+         "tlstm": str(EXAMPLES / "tlstm.cell"), "episodic_gru": str(EXAMPLES / "episodic_gru.cell"),
+         "zoneout_lstm": str(EXAMPLES / "zoneout_lstm.cell"),
+         "conditioned_lstm": str(EXAMPLES / "conditioned_lstm.cell")}
 
 
 @pytest.mark.parametrize("name", list(CELLS))

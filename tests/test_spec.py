@@ -66,7 +66,8 @@ BAD = [
     ("keyword-argument", _cell("h' = sigmoid(x=1)"), 3, 14, "keyword arguments"),
     ("keyword-argument-2", _cell("h' = tanh(W @ x, approximate=1)"), 3, 18, "keyword arguments"),
     # directives
-    ("unknown-directive", _cell("input x", "h' = W @ x"), 3, 1, "unknown directive 'input'"),
+    ("unknown-directive", _cell("inputs x", "h' = W @ x"), 3, 1, "unknown directive 'inputs'"),
+    ("input-x", _cell("input x", "h' = W @ x"), 3, 7, "'x' is the built-in step input"),
     ("misspelt-directive", "cell c\nstat h\nh' = W @ x\n", 2, 1, "did you mean `state`?"),
     ("missing-cell", "state h\nh' = W @ x\n", 1, 1, "first statement must be `cell NAME`"),
     ("cell-not-first", "state h\ncell c\nh' = W @ x\n", 1, 1, "first statement must be `cell NAME`"),

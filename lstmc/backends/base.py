@@ -62,6 +62,28 @@ class Tape:
     shapes: tuple          # (T, B, I, H)
     extra: dict = field(default_factory=dict)
     owner: object = None   # the CompiledCell whose forward made this tape (backward refuses others')
+    inputs: dict = field(default_factory=dict)   # extra input -> [T, B(, n)] in loop order, padding cleared
+    vmats: dict = field(default_factory=dict)    # extra input u -> its matrices V stacked [k*H, K]
+
+
+class Gradients(tuple):
+    """What backward returns: the triple (dx, dstate0, dparams), so `dx, dstate0, dparams =
+    prog.backward(tape, dy)` works as it always has, and, as the attribute `dinputs`, the gradients
+    of the extra inputs (`input dt`, `input keep[H]`, `input u[K]`): {name: array of the input's
+    shape ([T, B] or [T, B, n]), at the original time positions, 0 past each row's length}
+    ({} for a cell without extra inputs)."""
+
+    def __new__(cls, dx, dstate, dparams, dinputs=None):
+        g = super().__new__(cls, (dx, dstate, dparams))
+        g.dinputs = dict(dinputs or {})
+        return g
+
+    def __getnewargs__(self):          # pickle and copy rebuild it with its dinputs
+        return (*self, self.dinputs)
+
+    dx = property(lambda self: self[0])
+    dstate = property(lambda self: self[1])
+    dparams = property(lambda self: self[2])
 
 
 class CompiledCell:
@@ -80,18 +102,42 @@ class CompiledCell:
         return f"<{type(self).__name__} cell={self.cell.name!r} backend={self.backend!r} dtype={self.dtype}>"
 
     # parameters -----------------------------------------------------------------------------
-    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        return {p: self.cell.param_shape(p, input_size, hidden_size) for p in self.cell.params}
+    def param_shapes(self, input_size: int, hidden_size: int, sizes: dict | None = None) -> dict[str, tuple[int, ...]]:
+        """{parameter: shape}; `sizes` gives the cell's `size` lines their values ({"K": 8})."""
+        self._check_sizes(sizes)
+        return {p: self.cell.param_shape(p, input_size, hidden_size, sizes) for p in self.cell.params}
 
-    def init_params(self, input_size: int, hidden_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Parameters initialised from the cell's `init` lines; everything else U(-1/sqrt(H), 1/sqrt(H))."""
+    def input_shapes(self, T: int, B: int, hidden_size: int, sizes: dict | None = None) -> dict[str, tuple]:
+        """{extra input: the shape forward's `inputs` must have}: [T, B], [T, B, H] or [T, B, K]."""
+        self._check_sizes(sizes)
+        out = {}
+        for u in self.cell.inputs:
+            n = self.cell.input_size_of(u, hidden_size, sizes)
+            out[u] = (T, B) if n is None else (T, B, n)
+        return out
+
+    def _check_sizes(self, sizes) -> None:
+        if sizes is None:
+            return
+        if not isinstance(sizes, dict):
+            raise ValueError(f"sizes must be a dict {{size name: int}}, got {self._describe(sizes)}")
+        bad = [k for k in sizes if k not in self.cell.sizes]
+        if bad:
+            have = (f"its sizes are {', '.join(self.cell.sizes)}" if self.cell.sizes
+                    else "it declares none (no `size` line)")
+            raise ValueError(f"sizes has unknown entries {bad} for cell '{self.cell.name}': {have}")
+
+    def init_params(self, input_size: int, hidden_size: int, seed: int = 0,
+                    sizes: dict | None = None) -> dict[str, np.ndarray]:
+        """Parameters initialised from the cell's `init` lines; everything else U(-1/sqrt(H), 1/sqrt(H)).
+        `sizes`: the values of the cell's `size` lines ({"K": 8}), needed when it has any."""
         for nm, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{nm} must be a positive integer, got {v!r}")
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(hidden_size)
         out = {}
-        for p, shape in self.param_shapes(input_size, hidden_size).items():
+        for p, shape in self.param_shapes(input_size, hidden_size, sizes).items():
             how = self.cell.inits.get(p, "uniform")
             out[p] = init_array(how, shape, k, rng).astype(self.np_dtype)
         return out
@@ -137,6 +183,8 @@ class CompiledCell:
             elif kind == "W" and len(shp) == 2:
                 vote(votes_h, shp[0])
                 vote(votes_i, shp[1])
+            elif kind == "V" and len(shp) == 2:
+                vote(votes_h, shp[0])
         has_w = "W" in self.cell.params.values()
         if Ix is not None and votes_i:
             vote(votes_i, Ix)
@@ -213,9 +261,13 @@ class CompiledCell:
         if shape is not None and got != tuple(shape):
             raise ValueError(f"{name} has shape {got}, expected {tuple(shape)}{why() if callable(why) else why}")
 
-    def check_inputs(self, x, params, state, lengths):
+    def check_inputs(self, x, params, state, lengths, inputs=None):
         """Validate every argument; return (T, B, I, H, lengths as int64 array). Each error names the
         argument, what was expected (shapes derived from the cell: `param_shapes`) and the fix."""
+        if inputs is not None and not isinstance(inputs, dict):
+            raise ValueError(f"inputs must be a dict {{input name: array}}, got {self._describe(inputs)}")
+        if self.cell.inputs or inputs:
+            self._check_input_names(inputs or {})
         self._check_array("x", x, None)
         xs = self._shape_of(x)
         if len(xs) != 3:
@@ -226,7 +278,8 @@ class CompiledCell:
             raise ValueError(f"x has shape {xs}: T and B must be at least 1 (x is [T, B, input_size]: "
                              f"{'an empty sequence' if T < 1 else 'an empty batch'} has nothing to run)")
         I, H = self._sizes(params, Ix)
-        dims = {"W": "[hidden_size, input_size]", "b": "[hidden_size]",
+        sizes = self._sizes_from(params, inputs or {}, H)
+        dims = {"W": "[hidden_size, input_size]", "b": "[hidden_size]", "V": "[hidden_size, K]",
                 "U": "[hidden_size, hidden_size]" if self.cell.heads == 1 else
                      f"[{self.cell.heads}, hidden_size/{self.cell.heads}, hidden_size/{self.cell.heads}] (heads)"}
         for p, kind in self.cell.params.items():
@@ -237,6 +290,14 @@ class CompiledCell:
                                  f"other parameter has the shape its kind needs to tell the sizes: make the "
                                  f"parameters with init_params(input_size, hidden_size) (shapes: "
                                  f"param_shapes(input_size, hidden_size))")
+            if kind == "V":
+                u = self.cell.param_inputs[p]
+                n = self.cell.input_size_of(u, H, sizes)
+                self._check_array(name, params[p], (H, n), lambda p=p, u=u, n=n: (
+                    f": {p} is [hidden_size, {self.cell.inputs[u]}] (the cell's {p} @ {u}), and the other "
+                    f"parameters give hidden_size={H}, " + (f"{self.cell.inputs[u]}={n}" if self.cell.inputs[u] != "H"
+                                                             else "")))
+                continue
             self._check_array(name, params[p], self.cell.param_shape(p, I, H), lambda p=p, kind=kind: (
                 f": {p} is {dims[kind]}, and " + (f"x and the other parameters give hidden_size={H}, input_size={I}"
                                                   if kind == "W" else f"the other parameters give hidden_size={H}")))
@@ -257,8 +318,48 @@ class CompiledCell:
             for s, v in state.items():
                 self._check_array(f"state['{s}']", v, (B, H),
                                   f" = [batch, hidden_size]: B={B} from x, hidden_size={H} from params")
+        for u, shape in self.input_shapes(T, B, H, sizes).items():
+            size = self.cell.inputs[u]
+            self._check_array(f"inputs['{u}']", inputs[u], shape, (
+                f" = [T, B] (`input {u}`: one number per batch row and step)" if size is None else
+                f" = [T, B, hidden_size] (`input {u}[H]`)" if size == "H" else
+                f" = [T, B, {size}] (`input {u}[{size}]`, {size}={shape[2]} from the parameters)")
+                + f"; T={T} and B={B} from x")
         lengths = check_lengths(lengths, T, B)
         return T, B, I, H, lengths
+
+    def _check_input_names(self, inputs: dict) -> None:
+        cell = self.cell
+        if not cell.inputs:
+            raise ValueError(f"inputs has entries {list(inputs)}, but cell '{cell.name}' has no extra inputs "
+                             f"(declare them in the cell: `input dt`, `input keep[H]`)")
+        missing = [u for u in cell.inputs if u not in inputs]
+        if missing:
+            u = missing[0]
+            size = cell.inputs[u]
+            shape = "[T, B]" if size is None else f"[T, B, {size}]"
+            raise ValueError(f"inputs is missing '{u}': cell '{cell.name}' declares `input {u}"
+                             f"{'' if size is None else f'[{size}]'}`; pass inputs={{'{u}': array {shape}, ...}} "
+                             f"(its inputs: {', '.join(cell.inputs)})")
+        bad = [k for k in inputs if k not in cell.inputs]
+        if bad:
+            raise ValueError(f"inputs has unknown entries {bad}; the inputs of cell '{cell.name}' are "
+                             f"{', '.join(cell.inputs)}{did_you_mean_any(bad[0], cell.inputs)}")
+
+    def _sizes_from(self, params: dict, inputs: dict, H) -> dict:
+        """The values of the cell's `size` lines, read off the parameters (the first V of an input
+        sized K with two dimensions gives K), else off the input itself ([T, B, K])."""
+        sizes = {}
+        for p, u in self.cell.param_inputs.items():
+            k = self.cell.inputs[u]
+            shp = self._shape_of(params[p])
+            if k not in (None, "H") and k not in sizes and shp is not None and len(shp) == 2:
+                sizes[k] = shp[1]
+        for u, k in self.cell.inputs.items():
+            shp = self._shape_of(inputs.get(u))
+            if k not in (None, "H") and k not in sizes and shp is not None and len(shp) == 3:
+                sizes[k] = shp[2]
+        return sizes
 
     def check_backward(self, tape, dy, dstate) -> None:
         """Validate backward's arguments against the tape of the forward call."""
@@ -287,6 +388,13 @@ class CompiledCell:
                                      f"{', '.join(self.cell.states)}")
                 self._check_array(f"dstate['{s}']", v, (B, H),
                                   f" = [batch, hidden_size], the shape of forward's final state['{s}']")
+
+
+def did_you_mean_any(word, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_flags(**flags) -> None:

@@ -97,16 +97,18 @@ class ReferenceCell(CompiledCell):
         dp = {p: env[var("dp", p)] for p in prog.vector_params}
         return dS, dxp, drp, dp
 
-    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
-        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None)."""
-        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, inputs=None):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None). `inputs`: the
+        cell's extra inputs, {name: [T, B] or [T, B, n]}."""
+        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths, inputs)
         check_flags(reverse=reverse, need_tape=need_tape)
-        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs)
         if tape is not None:
             tape.owner = self
         return y, st, tape
 
     def backward(self, tape, dy, dstate=None):
-        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate."""
+        """Gradients (dx, {state: d initial state}, {param: grad}) given dy [T, B, H] and optional dstate;
+        the extra inputs' gradients are its `.dinputs` (base.Gradients)."""
         self.check_backward(tape, dy, dstate)
         return self.driver.backward(tape, dy, dstate)

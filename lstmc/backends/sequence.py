@@ -2,13 +2,16 @@
 
 Every backend runs the same sequence around its own time loop:
 
-  before the loop   reverse each row within its length (`order_inputs`), clear the padding,
-                    pack the weights as the GEMM plan uses them (`pack`), and compute the input
-                    products of all T·B rows in one GEMM (`input_products`);
+  before the loop   reverse each row within its length (`order_inputs`; the extra inputs:
+                    `order_extra`), clear the padding, pack the weights as the GEMM plan uses them
+                    (`pack`), and compute the input products of all T·B rows in one GEMM
+                    (`input_products`: x's and each extra input's products, and the extra inputs
+                    read element-wise, as the Program's input slots say);
   after forward     put the outputs back at their original time positions (`restore_order`);
   after backward    the whole-sequence weight and input GEMMs, scattered by slot to each weight
                     (`weight_grads`), shared bias sums copied and unused parameters' zero
-                    gradients filled in (`param_grads`), dx back in time order.
+                    gradients filled in (`param_grads`), dx back in time order; the extra
+                    inputs' gradients from their slots (`input_grads`).
 
 A backend supplies the few array operations these need as an `ArrayOps` (NumPy here, torch in
 torch.py, BLAS-backed NumPy for numba, mixed-precision torch for triton) and keeps only its time
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..program import Program
-from .base import Tape
+from .base import Gradients, Tape
 
 # ------------------------------------------------------------------------------------ array ops
 
@@ -145,10 +148,11 @@ def clear_padding(x, lengths: np.ndarray, T: int):
 
     A row never reads those positions, but the whole-sequence GEMMs do: the hoisted input product,
     and dW = dXP^T x after the loop, where 0 x NaN = NaN would poison every input-weight gradient.
-    So padding (NaN, inf, garbage) can never reach a result."""
+    So padding (NaN, inf, garbage) can never reach a result. (An extra input [T, B] or [T, B, n]
+    likewise.)"""
     if bool(np.all(lengths == T)):
         return x
-    live = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+    live = (np.arange(T)[:, None] < lengths[None, :]).reshape((T, lengths.shape[0]) + (1,) * (x.ndim - 2))
     if isinstance(x, np.ndarray):
         return np.where(live, x, x.dtype.type(0))
     import torch
@@ -167,6 +171,17 @@ def order_inputs(ops: ArrayOps, x, lengths: np.ndarray, reverse: bool):
     return clear_padding(x, lengths, T), rev_idx
 
 
+def order_extra(ops: ArrayOps, inputs: dict | None, lengths: np.ndarray, rev_idx) -> dict:
+    """The extra inputs as the time loop reads them, as `order_inputs` does for x: reversed within
+    each row's length when `rev_idx` is given, padding cleared."""
+    out = {}
+    for name, a in (inputs or {}).items():
+        if rev_idx is not None:
+            a = ops.take_rows(a, rev_idx)
+        out[name] = clear_padding(a, lengths, a.shape[0])
+    return out
+
+
 def restore_order(ops: ArrayOps, a, rev_idx):
     """A [T, B, ...] result of the time loop at the original time positions (`rev_idx` None: as is)."""
     return a if rev_idx is None else ops.take_rows(a, rev_idx)
@@ -175,9 +190,10 @@ def restore_order(ops: ArrayOps, a, rev_idx):
 @dataclass
 class Packed:
     """The weights as the GEMM plan uses them."""
-    W: object        # [nx*H, I]: the input matrices stacked (None for a cell without input products)
+    W: object        # [nw*H, I]: the matrices of x stacked (None for a cell without products of x)
     U: list          # per group g: [k_g*H, H], its matrices stacked (index = group index)
     vecs: dict       # vector parameter -> [H]
+    V: dict = None   # extra input u -> [k_u*H, K]: the matrices of u stacked (`V @ u`)
 
 
 def dense_weights(ops: ArrayOps, program: Program, params: dict) -> dict:
@@ -192,19 +208,41 @@ def dense_weights(ops: ArrayOps, program: Program, params: dict) -> dict:
 def pack(program: Program, params: dict, stack_rows) -> Packed:
     """Concatenate weights the way the GEMM plan uses them. `stack_rows(names)` is the backend's
     row-wise concatenation of params[name] for those names (into recycled memory, on a device...)."""
-    W = stack_rows(program.input_mats) if program.input_mats else None
+    W = stack_rows(program.x_mats) if program.x_mats else None
     U = [stack_rows(g.mats) if g.reduce is None else None for g in program.groups]   # a reduction has no weight
-    return Packed(W=W, U=U, vecs={p: params[p] for p in program.vector_params})
+    V = {src: stack_rows(names) for src, names, direct, _ in program.input_segments() if src is not None and not direct}
+    return Packed(W=W, U=U, vecs={p: params[p] for p in program.vector_params}, V=V)
 
 
-def input_products(ops: ArrayOps, program: Program, x, W, H: int, out=None):
-    """XP [T, B, nx*H] = x @ W^T for all T·B rows in one GEMM (`out`: [T·B, nx*H] to write into);
-    None for a cell without input products."""
+def input_products(ops: ArrayOps, program: Program, x, W, H: int, out=None, inputs=None, V=None):
+    """XP [T, B, nx*H] for all T·B rows, slot by slot as `program.input_segments()` says: x @ W^T in
+    one GEMM, each extra input's u @ V_u^T in one GEMM (`V`: pack's stacked matrices), and each
+    input read element-wise copied into its slot (a [T, B] input broadcast over H). `inputs`: the
+    extra inputs as `order_extra` returns them; `out`: [T·B, nx*H] to write into. None for a cell
+    without input slots."""
     nx = len(program.input_mats)
     if not nx:
         return None
     T, B, I = x.shape
-    return ops.mm(x.reshape(T * B, I), W.T, out).reshape(T, B, nx * H)
+    segs = program.input_segments()
+    if len(segs) == 1 and segs[0][0] is None:            # only x's products: one GEMM straight into `out`
+        return ops.mm(x.reshape(T * B, I), W.T, out).reshape(T, B, nx * H)
+    parts = []
+    for src, names, direct, _ in segs:
+        if src is None:
+            parts.append(ops.mm(x.reshape(T * B, I), W.T))
+        elif not direct:
+            u = inputs[src]
+            parts.append(ops.mm(u.reshape(T * B, u.shape[2]), V[src].T))
+        elif inputs[src].ndim == 2:                      # one number per row, broadcast over H
+            parts.append(inputs[src].reshape(T * B, 1) + ops.zeros((1, H), like=inputs[src]))
+        else:
+            parts.append(inputs[src].reshape(T * B, H))
+    XP = ops.cat(parts, 1)
+    if out is not None:
+        out[...] = XP
+        XP = out
+    return XP.reshape(T, B, nx * H)
 
 
 # ------------------------------------------------------------------------------- after the loop
@@ -223,12 +261,22 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
     T, B, I, H = tape.shapes
     grads = {}
     nx = len(program.input_mats)
+    nw = len(program.x_mats)
     if nx:
         dXP2 = dXP.reshape(T * B, nx * H)
-        dW = ops.mm_grad(dXP2.T, tape.x.reshape(T * B, I))
-        for j, m in enumerate(program.input_mats):
+        for src, names, direct, j0 in program.input_segments():
+            if src is None or direct:
+                continue
+            u = tape.inputs[src]
+            dV = ops.mm_grad(dXP2[:, j0 * H:(j0 + len(names)) * H].T, u.reshape(T * B, u.shape[2]))
+            for j, m in enumerate(names):
+                grads[m] = ops.grad(dV[j * H:(j + 1) * H])
+    if nw:
+        dXPx = dXP2 if nw == nx else dXP2[:, :nw * H]     # x's slots come first
+        dW = ops.mm_grad(dXPx.T, tape.x.reshape(T * B, I))
+        for j, m in enumerate(program.x_mats):
             grads[m] = ops.grad(dW[j * H:(j + 1) * H])
-        dx = ops.mm(dXP2, W, None if dx_out is None else dx_out.reshape(T * B, I)).reshape(T, B, I)
+        dx = ops.mm(dXPx, W, None if dx_out is None else dx_out.reshape(T * B, I)).reshape(T, B, I)
     elif dx_out is not None:
         dx_out[...] = 0
         dx = dx_out
@@ -241,6 +289,32 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
         for j, m in enumerate(g.mats):
             grads[m] = ops.grad(dU[j * H:(j + 1) * H] if N == 1 else ops.diag_blocks(dU[j * H:(j + 1) * H], N))
     return grads, dx
+
+
+def input_grads(ops: ArrayOps, program: Program, tape: Tape, dXP) -> dict:
+    """{extra input: gradient} in loop order, each the shape of its input: du = dxp_u @ V_u for the
+    products `V @ u` (tape.vmats: pack's V), an element-wise input's slot of dXP (summed over H for
+    a [T, B] input), both added when an input is used both ways. Rows past their length get 0 (the
+    Program's past_length for dxp)."""
+    T, B, I, H = tape.shapes
+    if not program.cell.inputs:
+        return {}
+    nx = len(program.input_mats)
+    dXP2 = None if dXP is None else dXP.reshape(T * B, nx * H)
+    out = {}
+    for src, names, direct, j0 in program.input_segments():
+        if src is None:
+            continue
+        d = dXP2[:, j0 * H:(j0 + len(names)) * H]
+        u = tape.inputs[src]
+        if not direct:
+            g = ops.mm(d, tape.vmats[src]).reshape(u.shape)
+        elif u.ndim == 2:
+            g = d.sum(1).reshape(T, B)
+        else:
+            g = ops.copy(d).reshape(T, B, H)
+        out[src] = g if src not in out else out[src] + g
+    return out
 
 
 def param_grads(ops: ArrayOps, program: Program, grads: dict, dp: dict, zeros, I: int, H: int) -> dict:
@@ -277,15 +351,16 @@ class SequenceDriver:
         """The step functions' P: vector parameters by name, U{g} per group."""
         params = dense_weights(self.ops, self.program, params)
         pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0))
-        return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W}
+        return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W, "V": pk.V}
 
-    def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H):
+    def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H, inputs=None):
         prog, ops = self.program, self.ops
         cell = prog.cell
         full = bool(np.all(lengths == T))
         x, rev_idx = order_inputs(ops, x, lengths, reverse)
+        inputs = order_extra(ops, inputs, lengths, rev_idx)
         P = self._packed(params)
-        XP = input_products(ops, prog, x, P["Wcat"], H)
+        XP = input_products(ops, prog, x, P["Wcat"], H, inputs=inputs, V=P["V"])
         S = {s: (state[s] if state is not None and s in state else ops.zeros((B, H), like=x)) for s in cell.states}
         mask = None if full else ops.mask((np.arange(T)[:, None] < lengths[None, :])[:, :, None], like=x)
         ys = []
@@ -311,7 +386,8 @@ class SequenceDriver:
         if need_tape:
             tape = Tape(x=x, states={s: ops.stack(v) for s, v in Sseq.items()},
                         saved={n: ops.stack(v) for n, v in saved.items()}, lengths=lengths, mask=mask,
-                        reverse=reverse, rev_idx=rev_idx, packed=P, shapes=(T, B, I, H))
+                        reverse=reverse, rev_idx=rev_idx, packed=P, shapes=(T, B, I, H), inputs=inputs,
+                        vmats=P["V"])
         return y, dict(S), tape
 
     def _past(self, kind: str, m, new, old):
@@ -357,4 +433,6 @@ class SequenceDriver:
         dXPs = ops.stack(dXP) if prog.input_mats else None
         grads, dx = weight_grads(ops, prog, tape, P["Wcat"], dXPs, {g: ops.stack(v) for g, v in dRP.items()})
         dx = restore_order(ops, dx, tape.rev_idx)
-        return dx, dS, param_grads(ops, prog, grads, dp, lambda shape: ops.zeros(shape, like=dy), I, H)
+        dinputs = {k: restore_order(ops, v, tape.rev_idx) for k, v in input_grads(ops, prog, tape, dXPs).items()}
+        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: ops.zeros(shape, like=dy), I, H),
+                         dinputs)

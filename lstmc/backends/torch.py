@@ -14,7 +14,7 @@ import torch
 
 from ..ir import Node, state, var
 from ..lower import Block, Gemm, Program
-from .base import CompiledCell, check_flags
+from .base import CompiledCell, Gradients, check_flags
 from .sequence import ArrayOps, SequenceDriver
 from .render import check_spelling, is_batched, key_name, render_expr, render_template, value_name
 
@@ -166,19 +166,21 @@ class TorchCell(CompiledCell):
             return a
         return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))   # 0-d stays 0-d
 
-    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True):
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, inputs=None):
         numpy_in = isinstance(x, np.ndarray)
         x = self._to_torch(x)
         params = {k: self._to_torch(v) for k, v in params.items()} if isinstance(params, dict) else params
         state = {k: self._to_torch(v) for k, v in state.items()} if isinstance(state, dict) else state
-        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths)
+        inputs = {k: self._to_torch(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
+        T, B, I, H, lengths = self.check_inputs(x, params, state, lengths, inputs)
         check_flags(reverse=reverse, need_tape=need_tape)
         for nm, t in ([(f"params['{k}']", v) for k, v in params.items()]
-                      + [(f"state['{k}']", v) for k, v in (state or {}).items()]):
+                      + [(f"state['{k}']", v) for k, v in (state or {}).items()]
+                      + [(f"inputs['{k}']", v) for k, v in (inputs or {}).items()]):
             if t.device != x.device:
                 raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device "
                                  f"({nm}.to('{x.device}'))")
-        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H)
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs)
         if tape is not None:
             tape.owner = self
         if tape is not None:
@@ -196,9 +198,12 @@ class TorchCell(CompiledCell):
         for nm, t in [("dy", dy)] + [(f"dstate['{k}']", v) for k, v in (dstate or {}).items()]:
             if t.device != dev:
                 raise ValueError(f"{nm} is on {t.device} but forward ran on {dev}: move it there ({nm}.to('{dev}'))")
-        dx, ds, dp = self.driver.backward(tape, dy, dstate)
+        grads = self.driver.backward(tape, dy, dstate)
+        dx, ds, dp = grads
+        di = grads.dinputs
         if tape.extra.get("numpy"):
             dx = dx.detach().numpy()
             ds = {k: v.detach().numpy() for k, v in ds.items()}
             dp = {k: v.detach().numpy() for k, v in dp.items()}
-        return dx, ds, dp
+            di = {k: v.detach().numpy() for k, v in di.items()}
+        return Gradients(dx, ds, dp, di)

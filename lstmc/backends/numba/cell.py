@@ -23,10 +23,10 @@ import numpy as np
 
 from ...lower import Program
 from ...threads import budget
-from ..base import CompiledCell, Tape, check_flags
+from ..base import CompiledCell, Gradients, Tape, check_flags
 from ..cache import build_module, forget_numba_cache, generator_key, options_key
-from ..sequence import (clear_padding, dense_weights, input_products, order_inputs, pack, param_grads, restore_order,
-                        reverse_index, weight_grads)
+from ..sequence import (clear_padding, dense_weights, input_grads, input_products, order_extra, order_inputs, pack,
+                        param_grads, restore_order, reverse_index, weight_grads)
 from .blas import BlasOps
 from .memory import Recycling
 from .options import JIT
@@ -90,9 +90,12 @@ class NumbaCell(Recycling, CompiledCell):
 
     def warm(self) -> None:
         """Compile both kernels now (from Numba's cache when it has them) on a tiny problem."""
-        p = self.init_params(2, 3 * self.cell.heads, seed=0)     # H a multiple of the heads
+        H = 3 * self.cell.heads                                  # a multiple of the heads
+        sizes = {k: 2 for k in self.cell.sizes} or None
+        p = self.init_params(2, H, seed=0, sizes=sizes)
         x = np.zeros((2, 1, 2), dtype=self.np_dtype)
-        y, _, tape = self.forward(x, p)
+        ins = {u: np.zeros(shp, self.np_dtype) for u, shp in self.input_shapes(2, 1, H, sizes).items()} or None
+        y, _, tape = self.forward(x, p, inputs=ins)
         self.backward(tape, np.zeros_like(y))
 
     def plan(self, B: int, H: int) -> Plan:
@@ -120,28 +123,32 @@ class NumbaCell(Recycling, CompiledCell):
     def _time_plan(self, plan: Plan, B: int, H: int, T: int = 12) -> float:
         """Best of 3 forward calls (after a warm-up: pool threads, page faults) under `plan`."""
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(self.np_dtype)
-        params = self.init_params(H, H, seed=0)
+        sizes = {k: H for k in self.cell.sizes} or None
+        params = self.init_params(H, H, seed=0, sizes=sizes)
+        ins = {u: np.ones(shp, self.np_dtype) for u, shp in self.input_shapes(T, B, H, sizes).items()} or None
         times = []
         for _ in range(4):
             t0 = time.perf_counter()
-            self.forward(x, params, _plan=plan)
+            self.forward(x, params, inputs=ins, _plan=plan)
             times.append(time.perf_counter() - t0)
         return min(times[1:])
 
     # ------------------------------------------------------------------------------------------
-    def _check_numba_inputs(self, x, params, state):
+    def _check_numba_inputs(self, x, params, state, inputs=None):
         _require_c("x", x)
+        for k, v in (inputs or {}).items():
+            _require_c(f"inputs['{k}']", v)
         for k, v in params.items():
             _require_c(f"params['{k}']", v)
         for k, v in (state or {}).items():
             _require_c(f"state['{k}']", v)
 
-    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, _plan=None):
-        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
-        `_plan` (internal: plan measurement) overrides the thread plan."""
-        T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, inputs=None, _plan=None):
+        """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None). `inputs`: the
+        cell's extra inputs. `_plan` (internal: plan measurement) overrides the thread plan."""
+        T, B, I, H, L = self.check_inputs(x, params, state, lengths, inputs)
         check_flags(reverse=reverse, need_tape=need_tape)
-        self._check_numba_inputs(x, params, state)
+        self._check_numba_inputs(x, params, state, inputs)
         prog, ops = self.program, self.ops
         dt = self.np_dtype
         nx = len(prog.input_mats)
@@ -154,10 +161,12 @@ class NumbaCell(Recycling, CompiledCell):
         steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))
         if not need_tape and steps < T:
             rev_idx = reverse_index(T, L) if reverse else None
-            return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H)
+            return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs, pk.V)
         x, rev_idx = order_inputs(ops, x, L, reverse)
+        ins = order_extra(ops, inputs, L, rev_idx)
         # XP is dead once the kernel returns: backward reuses its memory for dRP0 (same size for LSTM/GRU)
-        XP = input_products(ops, prog, x, Wcat, H, self._workspace("big", (T * B, nx * H)) if nx else None)
+        XP = input_products(ops, prog, x, Wcat, H, self._workspace("big", (T * B, nx * H)) if nx else None,
+                            inputs=ins, V=pk.V)
         if XP is None:
             XP = np.zeros((T, B, 0), dt)
         rows = T + 1 if need_tape else 2
@@ -178,7 +187,7 @@ class NumbaCell(Recycling, CompiledCell):
         if need_tape:
             tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
-                        shapes=(T, B, I, H), extra={"plan": plan})
+                        shapes=(T, B, I, H), extra={"plan": plan}, inputs=ins, vmats=pk.V)
         return Y, final, tape
 
     # Without a tape, the input products are computed a time chunk at a time into a workspace of at
@@ -186,7 +195,7 @@ class NumbaCell(Recycling, CompiledCell):
     # workspace instead of a [T, B, nx*H] buffer (4x the output for an LSTM).
     INFER_BYTES = 4 << 20
 
-    def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H):
+    def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs=None, V=None):
         """forward(need_tape=False) over time chunks of `steps` steps: each chunk's input products,
         then the kernel on that chunk, its state carried to the next in the kernel's ring of two."""
         prog, ops = self.program, self.ops
@@ -204,7 +213,10 @@ class NumbaCell(Recycling, CompiledCell):
             Lc = np.clip(L - t0, 0, n)                   # each row's remaining length within the chunk
             xc = ops.take_rows(x, rev_idx[t0:t0 + n]) if rev_idx is not None else x[t0:t0 + n]
             xc = clear_padding(xc, Lc, n)
-            XP = input_products(ops, prog, xc, Wcat, H, self._workspace("xpc", (n * B, nx * H)) if nx else None)
+            ic = {u: clear_padding(ops.take_rows(a, rev_idx[t0:t0 + n]) if rev_idx is not None else a[t0:t0 + n], Lc, n)
+                  for u, a in (inputs or {}).items()}
+            XP = input_products(ops, prog, xc, Wcat, H, self._workspace("xpc", (n * B, nx * H)) if nx else None,
+                                inputs=ic, V=V)
             if XP is None:
                 XP = np.zeros((n, B, 0), self.np_dtype)
             Yc = self._workspace("yc", (n, B, H)) if rev_idx is not None else Y[t0:t0 + n]
@@ -252,4 +264,6 @@ class NumbaCell(Recycling, CompiledCell):
         grads, dx = weight_grads(ops, prog, tape, tape.packed["Wcat"], dXP if nx else None, dRP,
                                  dx_out=self._recycled((T, B, I)))
         dx = restore_order(ops, dx, tape.rev_idx)
-        return dx, dS, param_grads(ops, prog, grads, dp, lambda shape: np.zeros(shape, dt), I, H)
+        dinputs = {k: restore_order(ops, v, tape.rev_idx)
+                   for k, v in input_grads(ops, prog, tape, dXP if nx else None).items()}
+        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: np.zeros(shape, dt), I, H), dinputs)

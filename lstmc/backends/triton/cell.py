@@ -33,8 +33,9 @@ import weakref
 import numpy as np
 
 from ...lower import Program
-from ..base import CompiledCell, Tape, check_flags
-from ..sequence import dense_weights, input_products, order_inputs, pack, param_grads, restore_order, weight_grads
+from ..base import CompiledCell, Gradients, Tape, check_flags
+from ..sequence import (dense_weights, input_grads, input_products, order_extra, order_inputs, pack, param_grads,
+                        restore_order, weight_grads)
 from ..torch import TorchOps
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
@@ -217,9 +218,10 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
                 launch(t=t, B=B, H=H)
 
     # ------------------------------------------------------------------------------- forward
-    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, schedule=None):
+    def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, schedule=None, inputs=None):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None).
-        `schedule`: a Schedule (or dict, 'auto', 'persistent', 'step'); default: the cell's."""
+        `schedule`: a Schedule (or dict, 'auto', 'persistent', 'step'); default: the cell's.
+        `inputs`: the cell's extra inputs, {name: [T, B] or [T, B, n]}."""
         torch = self.torch
         numpy_in = isinstance(x, np.ndarray)
         x = self._tensor("x", x)
@@ -227,18 +229,23 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             params = {k: self._tensor(f"params['{k}']", v) for k, v in params.items()}
         if isinstance(state, dict):
             state = {k: self._tensor(f"state['{k}']", v) for k, v in state.items()}
-        T, B, I, H, L = self.check_inputs(x, params, state, lengths)
+        if isinstance(inputs, dict):
+            inputs = {k: self._tensor(f"inputs['{k}']", v) for k, v in inputs.items()}
+        T, B, I, H, L = self.check_inputs(x, params, state, lengths, inputs)
         check_flags(reverse=reverse, need_tape=need_tape)
         self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
-                           + [(f"state['{k}']", v) for k, v in (state or {}).items()])
+                           + [(f"state['{k}']", v) for k, v in (state or {}).items()]
+                           + [(f"inputs['{k}']", v) for k, v in (inputs or {}).items()])
         sched = self.resolve(schedule, B, H)
         prog, DT = self.program, self.t_storage
         lease = None
         with torch.no_grad():
             x, rev_idx = order_inputs(self.ops, x, L, reverse)
+            ins = order_extra(self.ops, inputs, L, rev_idx)
             params = dense_weights(self.ops, prog, params)
             pk = pack(prog, params, lambda names: torch.cat([params[m] for m in names]).contiguous())
             Wcat, Ucat = pk.W, pk.U
+            xin = (ins, pk.V)
             Lcpu = torch.as_tensor(L, dtype=torch.int32)
             ws = None
             if self._graphed(sched, T, B):
@@ -246,14 +253,14 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             try:
                 if ws is not None:
                     Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I,
-                                                        H, need_tape)
+                                                        H, need_tape, xin)
                     last = T if need_tape else T % 2
                     if need_tape:
                         lease = _Lease(ws, ws.gen)
                         ws.lease, ws.released = weakref.ref(lease), False
                 else:
                     Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
-                                                                     T, B, I, H, need_tape)
+                                                                     T, B, I, H, need_tape, xin)
                 final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
                 if reverse:
                     Y = restore_order(self.ops, Y, rev_idx)
@@ -270,15 +277,15 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
                                 "vecs": {p: params[p] for p in prog.vector_params}},
-                        shapes=(T, B, I, H), extra=extra)
+                        shapes=(T, B, I, H), extra=extra, inputs=ins, vmats=pk.V)
         return self._out(Y, numpy_in), {s: self._out(v, numpy_in) for s, v in final.items()}, tape
 
-    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
+    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None)):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
         nx = len(prog.input_mats)
         env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
         if nx:
-            env["XP"] = input_products(self.ops, prog, x, Wcat, H)
+            env["XP"] = input_products(self.ops, prog, x, Wcat, H, inputs=xin[0], V=xin[1])
         for g in prog.weight_groups:
             env[array_name("UT", g.index)] = Ucat[g.index].t().contiguous()
         persistent = sched.variant == "persistent"
@@ -344,14 +351,17 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             dp = {p: dps[r.vec_index[p]].to(DT) for p in prog.dp_sums()}
             grads, dx = weight_grads(self.ops, prog, tape, tape.packed["Wcat"], dXP, dRP)
             dx = restore_order(self.ops, dx, tape.rev_idx)
+            dinputs = {k: restore_order(self.ops, v, tape.rev_idx)
+                       for k, v in input_grads(self.ops, prog, tape, dXP).items()}
             dparams = param_grads(self.ops, prog, grads, dp,
                                   lambda shape: torch.zeros(shape, dtype=DT, device=dev), I, H)
             dS0 = {s: DS[s].to(DT, copy=True) for s in prog.cell.states}   # a copy: DS may be a static buffer
         if lease is not None:
             lease.ws.released = True      # the workspace may serve the next forward call
         numpy_out = bool(tape.extra.get("numpy"))
-        return (self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
-                {p: self._out(v, numpy_out) for p, v in dparams.items()})
+        return Gradients(self._out(dx, numpy_out), {s: self._out(v, numpy_out) for s, v in dS0.items()},
+                         {p: self._out(v, numpy_out) for p, v in dparams.items()},
+                         {u: self._out(v, numpy_out) for u, v in dinputs.items()})
 
     def _backward_eager(self, tape, dy, dstate, sched, T, B, H):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute

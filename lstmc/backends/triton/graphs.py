@@ -179,7 +179,7 @@ class GraphWorkspaces:
         """Drop the cached workspaces and graphs (memory goes once no tape refers to it)."""
         self._ws.clear()
 
-    def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape):
+    def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None)):
         """The step design on a workspace's static buffers: inputs are copied in, the captured time
         loop replays. The tape's states and saved values are the workspace's own arrays."""
         prog = self.program
@@ -189,7 +189,7 @@ class GraphWorkspaces:
             e = ws.env
         nx = len(prog.input_mats)
         if nx:
-            input_products(self.ops, prog, x, Wcat, H, out=e["XP"].view(T * B, nx * H))
+            input_products(self.ops, prog, x, Wcat, H, out=e["XP"].view(T * B, nx * H), inputs=xin[0], V=xin[1])
         for g in prog.weight_groups:
             _put(e, array_name("UT", g.index), Ucat[g.index].t())
         for p, a in _param_args(prog):
