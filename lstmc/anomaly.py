@@ -223,8 +223,8 @@ def fit_threshold(val_errors, k: float | None = None, quantile: float | None = N
         rule = f"the {quantile:g}-quantile of the validation |error - mean| / std"
     else:
         k = 3.0 if k is None else float(k)
-        if not k > 0:
-            raise ValueError(f"the threshold k must be positive, got {k}")
+        if not 0 < k < math.inf:        # inf would flag nothing, silently
+            raise ValueError(f"the threshold k must be positive and finite, got {k}")
         z_max = k
         rule = f"|error - mean| > {k:g} std, mean and std of the validation errors"
     return Threshold(center, scale, z_max, rule)

@@ -297,17 +297,18 @@ def report_html(md: str, images: list[str], title: str = "lstmc arena") -> str:
 
 def write_reports(entries: list[Entry], out: Path, command: str = "") -> None:
     from .bench import machine_description
+    from .files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     md = report_md(entries, command, machine)
-    (out / "arena.md").write_text(md)
+    atomic_write(out / "arena.md", md.encode())
     data = {"command": command, "machine": machine,
             "entries": [dict(e.__dict__, mean=e.mean, std=e.std) for e in entries],
             "overall": [{"cell": c, "mean_rank": mr, "ranks": rs} for c, mr, rs in overall(entries)]}
-    (out / "arena.json").write_text(json.dumps(data, indent=1))
+    atomic_write(out / "arena.json", json.dumps(data, indent=1).encode())
     images = plot_curves(entries, out)
-    (out / "arena.html").write_text(report_html(md, images))
+    atomic_write(out / "arena.html", report_html(md, images).encode())
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -89,6 +89,8 @@ def data_task(path, *, length: int | None = None, inputs=None, predict: str | No
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     if path.is_dir():
         raise DataError(f"data file {str(path)!r} is a directory")
+    if not path.is_file():          # a FIFO or a device (/dev/zero): reading it would never end
+        raise DataError(f"data file {str(path)!r} is not a regular file; copy the data into a file")
     ext = path.suffix.lower()
     if ext not in FORMATS:
         raise DataError(f"data file {path.name!r}: unknown extension {path.suffix!r}; lstmc reads "
@@ -155,8 +157,8 @@ def _build(path: Path, ext: str, raw: bytes, sha: str, opt: dict) -> Task:
             if x.ndim != 3 or arrays["y"].ndim != 1 or len(arrays["y"]) != len(x):
                 raise DataError(f"{path.name}: x must be [N, T, F] or [N, T] and y [N]; got x "
                                 f"{list(arrays['x'].shape)}, y {list(arrays['y'].shape)}")
-            if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
-                raise DataError(f"{path.name}: x must be numeric, got dtype {x.dtype}")
+            if x.dtype.kind not in "iuf":          # not bool, complex, timedelta, strings...
+                raise DataError(f"{path.name}: x must be integers or floats, got dtype {x.dtype}")
             names = [f"c{i}" for i in range(x.shape[2])]
             return _classify(path, sha, opt, x.astype(np.float64), arrays["y"], names, "y", npz=True)
         frame = _npz_frame(path, arrays)
@@ -165,6 +167,9 @@ def _build(path: Path, ext: str, raw: bytes, sha: str, opt: dict) -> Task:
     if len(frame.columns) == 0 or len(frame) == 0:
         raise DataError(f"{path.name} holds no data")
     frame.columns = [str(c) for c in frame.columns]
+    twice = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if twice:
+        raise DataError(f"{path.name} names a column more than once ({', '.join(map(repr, twice))}); rename them")
     if opt["label"] is not None or opt["sequence"] is not None:
         return _classify_frame(path, sha, opt, frame)
     return _forecast(path, sha, opt, frame)
@@ -175,9 +180,17 @@ def _read_table(path: Path, ext: str, raw: bytes):
 
     if ext == ".csv":
         try:
-            return pd.read_csv(io.BytesIO(raw))
+            frame = pd.read_csv(io.BytesIO(raw))
+            header = pd.read_csv(io.BytesIO(raw), header=None, nrows=1, dtype=str).iloc[0].tolist()
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"{path.name} is not a readable CSV file ({_first_line(e)})") from None
+        if len(frame.columns) == 1 and (sep := next((c for c in ";\t|" if c in str(frame.columns[0])), None)):
+            raise DataError(f"{path.name} seems to separate its columns with {sep!r}: lstmc reads comma-separated "
+                            f"files; convert it, e.g. pandas.read_csv(f, sep={sep!r}).to_csv(out, index=False)")
+        named = [h for h in header if isinstance(h, str)]
+        if len(set(named)) != len(named) and len(header) == len(frame.columns):   # pandas renamed the second 'a' 'a.1'
+            frame.columns = [h if isinstance(h, str) else c for h, c in zip(header, frame.columns)]
+        return frame
     try:
         return pd.read_parquet(io.BytesIO(raw))
     except ImportError:
@@ -238,7 +251,8 @@ def _pick(path: Path, frame, names: list, role: str) -> None:
 def _numeric(frame, col: str) -> bool:
     import pandas as pd
 
-    return pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
+    t = pd.api.types
+    return t.is_numeric_dtype(frame[col]) and not (t.is_bool_dtype(frame[col]) or t.is_complex_dtype(frame[col]))
 
 
 def _need_numeric(path: Path, frame, names: list, role: str) -> None:
@@ -320,16 +334,18 @@ def _forecast(path: Path, sha: str, opt: dict, frame) -> Task:
                         f"samples with window {W} and horizon {H} (split {opt['split'][0]:g},{opt['split'][1]:g}); "
                         f"every split needs one: shorten --length, or use a longer series")
 
-    mu, sd = X[:t_va].mean(axis=0), X[:t_va].std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)                       # a column constant on the training rows: centred
-    mu_y, sd_y = float(s[:t_va].mean()), float(s[:t_va].std())
-    sd_y = sd_y if sd_y > 0 else 1.0
-    z = (X - mu) / sd
-    windows = np.lib.stride_tricks.sliding_window_view(z, W, axis=0).transpose(0, 2, 1)   # [n-W+1, W, F]
-    x = windows[:len(targets)]                           # window k covers rows k .. k+W-1 = targets[k]-H
-    y = ((s[targets] - mu_y) / sd_y)[:, None]
-    data = {k: (_t(x[m], "float32"), _t(y[m], "float32")) for k, m in parts.items()}
-    base = {k: float(np.sqrt(np.mean((s[targets[m]] - s[targets[m] - H]) ** 2))) for k, m in parts.items()}
+    with np.errstate(all="ignore"):                      # an overflow is caught by _no_overflow below
+        mu, sd = X[:t_va].mean(axis=0), X[:t_va].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)                   # a column constant on the training rows: centred
+        mu_y, sd_y = float(s[:t_va].mean()), float(s[:t_va].std())
+        sd_y = sd_y if sd_y > 0 else 1.0
+        z = (X - mu) / sd
+        windows = np.lib.stride_tricks.sliding_window_view(z, W, axis=0).transpose(0, 2, 1)   # [n-W+1, W, F]
+        x = windows[:len(targets)]                       # window k covers rows k .. k+W-1 = targets[k]-H
+        y = ((s[targets] - mu_y) / sd_y)[:, None]
+        data = {k: (_t(x[m], "float32"), _t(y[m], "float32")) for k, m in parts.items()}
+        base = {k: float(np.sqrt(np.mean((s[targets[m]] - s[targets[m] - H]) ** 2))) for k, m in parts.items()}
+    _no_overflow(path, data, [*base.values(), sd_y, mu_y])
 
     options = dict(opt, data=str(path), sha256=sha, kind="forecast", length=W, horizon=H, inputs=inputs,
                    predict=predict)
@@ -342,6 +358,15 @@ def _forecast(path: Path, sha: str, opt: dict, frame) -> Task:
     t.data_info = dict(kind="forecast", data=str(path), sha256=sha, inputs=inputs, predict=predict, length=W,
                        horizon=H, mean=mu.tolist(), std=sd.tolist(), target_mean=mu_y, target_std=sd_y, rows=n)
     return t
+
+
+def _no_overflow(path: Path, data: dict, numbers) -> None:
+    """The normalised data and its statistics are finite: values near the float64 limit (1e308)
+    overflow in the mean or standard deviation, and NaN would reach training."""
+    if not (all(bool(v.isfinite().all()) for xy in data.values() for v in xy) and np.isfinite(list(numbers)).all()):
+        raise DataError(f"{path.name}: its values are too large to normalise (the mean or standard deviation "
+                        f"overflows, or a normalised value exceeds float32); rescale the columns, e.g. divide "
+                        f"them by a power of ten")
 
 
 # ---------------------------------------------------------------------------------- classification
@@ -404,10 +429,15 @@ def _classify(path: Path, sha: str, opt: dict, x: np.ndarray, labels: np.ndarray
     if not np.isfinite(x).all():
         raise DataError(f"{path.name}: x has {int((~np.isfinite(x)).sum())} missing or infinite values; clean the file")
     N, T, F = x.shape
+    if x.size == 0:
+        raise DataError(f"{path.name} holds no data: x has shape {list(x.shape)}")
     if opt["length"] is not None and opt["length"] != T:
         raise DataError(f"length: the sequences of {path.name} have {T} steps; leave --length out")
     if labels.dtype.kind == "f" and np.isnan(labels).any():
         raise DataError(f"{path.name}: the labels ({label!r}) have missing values")
+    if labels.dtype.kind == "f" and (frac := labels[labels != np.round(labels)]).size:
+        raise DataError(f"{path.name}: the labels ({label!r}) are classes, but {frac[0].item()!r} is not a whole number; "
+                        f"give class names or integers (to predict a number, forecast it with --predict)")
     classes, y = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"{path.name}: every sequence has the label {classes[0]!r}: nothing to classify")
@@ -418,10 +448,12 @@ def _classify(path: Path, sha: str, opt: dict, x: np.ndarray, labels: np.ndarray
         raise DataError(f"{path.name}: {N} sequences give {sizes['train']}/{sizes['val']}/{sizes['test']} "
                         f"train/val/test (split {opt['split'][0]:g},{opt['split'][1]:g}); every split needs one")
     train_x = x[:a].reshape(-1, F)
-    mu, sd = train_x.mean(axis=0), train_x.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    z = (x - mu) / sd
-    data = {k: (_t(z[i], "float32"), _t(y[i], "int64")) for k, i in parts.items()}
+    with np.errstate(all="ignore"):                      # an overflow is caught by _no_overflow below
+        mu, sd = train_x.mean(axis=0), train_x.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        z = (x - mu) / sd
+        data = {k: (_t(z[i], "float32"), _t(y[i], "int64")) for k, i in parts.items()}
+    _no_overflow(path, data, [*mu, *sd])
     major = int(np.bincount(y[:a], minlength=len(classes)).argmax())
     base = {k: float(np.mean(y[i] == major)) for k, i in parts.items()}
     options = dict(opt, data=str(path), sha256=sha, kind="classify", length=T)

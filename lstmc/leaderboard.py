@@ -79,6 +79,9 @@ CREATE INDEX runs_by_setting ON runs (task, setting_key);
 """
 
 
+_COLUMNS = [line.split()[0] for line in _SCHEMA.split("CREATE TABLE runs (")[1].split(");")[0].strip().splitlines()]
+
+
 class LeaderboardError(ValueError):
     """The file is not an lstmc leaderboard, or is of a newer schema."""
 
@@ -124,13 +127,19 @@ def connect(path) -> sqlite3.Connection:
     try:
         con = sqlite3.connect(str(path), timeout=60)
         if new:
-            with con:
-                con.executescript(_SCHEMA)
+            # One transaction, under SQLite's write lock: of several arenas creating the file at once,
+            # the first makes the tables and marks the file; the others wait, then find them.
+            con.execute("BEGIN IMMEDIATE")
+            if con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
                 con.execute(f"PRAGMA application_id = {APP_ID}")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            return con
+            con.commit()
         app = con.execute("PRAGMA application_id").fetchone()[0]
         ver = con.execute("PRAGMA user_version").fetchone()[0]
+        columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
     except sqlite3.DatabaseError as e:
         raise LeaderboardError(f"{path} is not an lstmc leaderboard ({e}); give a new file name or the file an "
                                f"earlier arena wrote") from None
@@ -142,6 +151,12 @@ def connect(path) -> sqlite3.Connection:
         con.close()
         raise LeaderboardError(f"{path} was written by a newer lstmc (schema {ver}, this one reads {SCHEMA_VERSION}); "
                                f"upgrade lstmc to add to it")
+    missing = [c for c in _COLUMNS if c not in columns]
+    if missing:
+        con.close()
+        raise LeaderboardError(f"{path} is marked as an lstmc leaderboard but its table runs lacks "
+                               f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; it was left "
+                               f"untouched: give a new file name")
     return con
 
 
@@ -169,6 +184,8 @@ def record(db, row: dict, config: dict, cell_source: str, machine: dict) -> bool
             cur = con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(values)}) VALUES "
                               f"({', '.join('?' * len(values))})", list(values.values()))
         return cur.rowcount == 1
+    except sqlite3.DatabaseError as e:      # damaged since it was opened, locked for over 60 s...
+        raise LeaderboardError(f"cannot record into the leaderboard {db}: {e}") from None
     finally:
         if con is not db:
             con.close()
@@ -201,6 +218,8 @@ def entries(db, task: str | None = None) -> list[tuple[str, dict, list]]:
         q = "SELECT * FROM runs" + (" WHERE task = ?" if task else "") + " ORDER BY task, setting_key, cell, seed"
         con.row_factory = sqlite3.Row
         rows = [dict(r) for r in con.execute(q, (task,) if task else ())]
+    except sqlite3.DatabaseError as e:
+        raise LeaderboardError(f"cannot read the leaderboard {db}: {e}") from None
     finally:
         con.close()
     versions: dict[str, set] = {}
@@ -281,8 +300,10 @@ def cli_main(args) -> int:
     if args.out:
         from .arena import report_html
 
+        from .files import atomic_write
+
         base = Path(args.out)
-        base.with_suffix(".md").write_text(md)
-        base.with_suffix(".html").write_text(report_html(md, [], title="lstmc leaderboard"))
+        atomic_write(base.with_suffix(".md"), md.encode())
+        atomic_write(base.with_suffix(".html"), report_html(md, [], title="lstmc leaderboard").encode())
         print(f"wrote {base.with_suffix('.md')} and {base.with_suffix('.html')}")
     return 0

@@ -220,6 +220,9 @@ def test_cli_prints_the_table(capsys, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--threshold-quantile", "1.5"], "quantile must be in (0, 1)"),
     (["--k", "-1"], "k must be positive"),
+    (["--k", "0"], "k must be positive"),
+    (["--k", "inf"], "k must be positive and finite, got inf"),
+    (["--threshold-quantile", "1"], "quantile must be in (0, 1)"),
     (["--max-run", "-1"], "max-run must be >= 0"),
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--cell", "no_such_cell_here"], ""),

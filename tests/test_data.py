@@ -4,7 +4,9 @@ leakage, normalisation from training rows, formats agreeing, errors, training, o
 Real data: statsmodels' sunspots written to a CSV (it ships inside statsmodels, no download)."""
 
 import hashlib
+import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -226,8 +228,24 @@ def _long(lengths=(4, 4, 3), labels=(0, 1, 1)):
                          "cls": np.repeat(labels, lengths)})
 
 
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+_rows = "\n".join(f"{i};{i % 7}" for i in range(60)).encode()
+
 ERRORS = [
     # (frame or file bytes, file name, options, phrase)
+    (b"a,a\n" + _rows.replace(b";", b","), "w.csv", dict(predict="a"), r"names a column more than once \('a'\)"),
+    (b"a;b\n" + _rows, "w.csv", dict(), "separate its columns with ';': lstmc reads comma-separated"),
+    (b"a\n" + b"\n".join(b"%de307" % (9 * (-1) ** i) for i in range(60)), "w.csv", dict(), "too large to normalise"),
+    (_npz(x=np.zeros((0, 5)), y=np.zeros(0)), "s.npz", dict(), r"holds no data: x has shape \[0, 5, 1\]"),
+    (_npz(x=np.zeros((20, 5)), y=np.linspace(0, 1, 20)), "s.npz", dict(), "not a whole number"),
+    (_npz(x=np.ones((20, 5), complex), y=np.arange(20) % 2), "s.npz", dict(), "must be integers or floats"),
+    (_npz(x=np.ones((20, 5)) * np.arange(20)[:, None] * 1e300, y=np.arange(20) % 2), "s.npz", dict(),
+     "too large to normalise"),
     (_nan_frame(), "w.csv", dict(predict="a", inputs="a,b"), r"column 'b' has 2 missing values \(first at row 10"),
     (_walk(), "w.csv", dict(predict="zz"), r"no column 'zz' \(--predict\); its columns: t, a, b, c"),
     (_walk(), "w.csv", dict(predict="a", inputs="a,q"), r"no column 'q' \(--inputs\); its columns: t, a, b, c"),
@@ -285,6 +303,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys, entry):
         assert err.startswith("lstmc: error:") and phrase in err and "\n" not in err, err
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_is_refused_not_read_for_ever(tmp_path):
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(DataError, match="is not a regular file"):
+        data_task(tmp_path / "pipe.csv")
+
+
 def test_fillna_policies(tmp_path):
     f = _walk(60)
     f.loc[[0, 1, 20, 21], "a"] = np.nan          # two leading values, and a gap
@@ -328,6 +353,7 @@ def test_resume_continues_exactly_and_refuses_a_changed_file(sunspots_csv, tmp_p
     ("walk.csv", dict(predict="a")),
     ("seq.npz", dict()),
     ("long.csv", dict(sequence="id", label="cls")),
+    ("walk.csv", dict(predict="a", split="0.712345678,0.1")),     # recorded exactly, not as 0.712346
 ])
 def test_resolved_config_records_the_options_used_and_rebuilds_the_task(tmp_path, make, options):
     """The config a run records (metrics.json, checkpoints) names the columns, horizon and split it
@@ -343,7 +369,7 @@ def test_resolved_config_records_the_options_used_and_rebuilds_the_task(tmp_path
     cfg = TrainConfig(data=str(path), **options)
     task = task_of(cfg)
     r = cfg.resolved(task)
-    assert r.task == make and r.split == "0.7,0.15" and r.fillna == "error" and r.data_sha256 is not None
+    assert r.task == make and r.split == options.get("split", "0.7,0.15") and r.fillna == "error" and r.data_sha256 is not None
     if make == "walk.csv":
         assert r.predict == "a" and r.inputs == options.get("inputs", "a") and r.horizon == options.get("horizon", 1)
     again = task_of(r)

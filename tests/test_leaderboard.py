@@ -97,7 +97,14 @@ def _newer_board(p):
         con.execute(f"PRAGMA user_version = {lb.SCHEMA_VERSION + 1}")
 
 
+def _marked_but_foreign(p):
+    with sqlite3.connect(p) as con:         # our application_id, someone else's table
+        con.execute(f"PRAGMA application_id = {lb.APP_ID}")
+        con.execute("CREATE TABLE runs (run_key TEXT PRIMARY KEY, note TEXT)")
+
+
 @pytest.mark.parametrize("plant, says", [
+    (_marked_but_foreign, "its table runs lacks recorded_at, task, setting"),
     (lambda p: p.write_bytes(b"\x00garbage, not a database" * 100), "not an lstmc leaderboard"),
     (lambda p: p.write_text("a,b\n1,2\n"), "not an lstmc leaderboard"),
     (_foreign_sqlite, "not an lstmc leaderboard"),
@@ -109,6 +116,8 @@ def test_a_file_that_is_not_a_leaderboard_is_refused_untouched(tmp_path, plant, 
     before = _bytes(p)
     with pytest.raises(lb.LeaderboardError, match=says):
         lb.record(p, *run("lstm", 0, 0.1), "src", MACHINE_A)
+    with pytest.raises(lb.LeaderboardError, match=says):
+        lb.entries(p)
     assert _bytes(p) == before
 
 
@@ -143,6 +152,33 @@ def test_two_processes_record_into_one_file_at_once(tmp_path):
         assert p.wait(timeout=300) == 0, p.stderr.read()
     (_, cells), = board(db).items()
     assert {c: len(e.values) for c, e in cells.items()} == {"alice": 40, "bob": 40}
+
+
+_CREATOR = """
+import sys, time
+from lstmc import leaderboard as lb
+db, who, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))
+row = {"cell": who, "test_metric": 0.1, "val_metric": 0.1, "baseline": 0.2, "baseline_name": "b", "metric": "mse",
+       "higher_is_better": False, "params": 1, "steps": 1, "steps_per_s": 1.0, "wall_time": 1.0}
+assert lb.record(db, row, {"cell": who, "task": "adding", "steps": 10, "hidden": 4, "seed": 0}, who, {"cpu": who})
+"""
+
+
+def test_processes_creating_one_new_file_at_once_all_record(tmp_path):
+    """Arenas started together on a --db that does not exist yet: one creates the tables, the others
+    wait for it and record (before, the others failed with 'table runs already exists')."""
+    import time
+
+    for round_ in range(3):
+        db = tmp_path / f"new{round_}.sqlite"
+        start = time.time() + 4.0               # past every process's imports: they open the file together
+        procs = [subprocess.Popen([sys.executable, "-c", _CREATOR, str(db), who, str(start)], stderr=subprocess.PIPE,
+                                  text=True) for who in ("a", "b", "c", "d")]
+        for p in procs:
+            assert p.wait(timeout=300) == 0, p.stderr.read()[-500:]
+        (_, cells), = board(db).items()
+        assert sorted(cells) == ["a", "b", "c", "d"]
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ class TrainConfig:
             c.predict, c.label, c.sequence = o["predict"], o["label"], o["sequence"]
             c.inputs = ",".join(o["inputs"]) if o["inputs"] is not None else None
             c.horizon = o.get("horizon") if o["kind"] == "forecast" else None
-            c.split, c.fillna = ",".join(f"{v:g}" for v in o["split"]), o["fillna"]
+            c.split, c.fillna = ",".join(str(float(v)) for v in o["split"]), o["fillna"]   # exactly (not :g)
         elif c.data_sha256 is not None:
             raise ValueError("data_sha256 is the sha256 of a data file: give the file with data")
         for k in ("hidden", "steps", "batch", "lr", "clip", "eval_every"):
