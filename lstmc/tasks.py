@@ -338,15 +338,103 @@ def sunspots(length: int = 20) -> Task:
 
 # -------------------------------------------------------------------------------------- co2_anomaly
 
+# The anomalies injected into the test weeks (lstmc/anomaly.py's docstring documents them).
+KINDS = ("spike", "level_shift", "variance")
+EVENTS = {  # kind: (events, weeks each, size range in sigma): see lstmc/anomaly.py
+    "spike": (6, 1, (4.0, 6.0)),
+    "level_shift": (2, 8, (3.0, 4.0)),
+    "variance": (2, 12, (2.0, 2.0)),
+}
+GAP = 10            # weeks between two events, at least
+
+
+def load_co2():
+    """(weeks as datetime64[D], CO2 in ppm with the missing weeks interpolated, mask of those weeks)."""
+    from statsmodels.datasets import co2
+
+    s = co2.load_pandas().data["co2"]
+    filled = s.isna().to_numpy()
+    values = s.interpolate(method="time").to_numpy(dtype=np.float64)
+    if np.isnan(values).any():
+        raise ValueError("co2: a missing week at an end of the series cannot be interpolated")
+    return s.index.to_numpy().astype("datetime64[D]"), values, filled
+
+
+def inject(clean: np.ndarray, start: int, sigma: float, seed: int = 0, events: dict = EVENTS, gap: int = GAP):
+    """Inject `events` into clean[start:] with a fixed seed. Returns (series, kinds, placed): the
+    changed copy, the kind of every point ("" where unchanged) and one dict per event (kind, start,
+    weeks, size in sigma, as placed)."""
+    rng = np.random.default_rng([7, int(seed)])
+    n = len(clean)
+    order = [k for k, (count, _, _) in events.items() for _ in range(count)]
+    order = [order[i] for i in rng.permutation(len(order))]
+    taken = np.zeros(n, dtype=bool)
+    series = np.array(clean, dtype=np.float64)
+    kinds = np.full(n, "", dtype=object)
+    placed = []
+    for kind in order:
+        _, weeks, (lo, hi) = events[kind]
+        for _ in range(10_000):
+            a = int(rng.integers(start, n - weeks + 1))
+            if not taken[max(0, a - gap):a + weeks + gap].any():
+                break
+        else:
+            raise ValueError(f"cannot place the anomalies {gap} weeks apart in {n - start} test weeks")
+        taken[a:a + weeks] = True
+        size = float(rng.uniform(lo, hi))
+        if kind == "variance":
+            delta = rng.normal(0.0, size * sigma, weeks)
+        else:
+            delta = np.full(weeks, size * sigma * rng.choice((-1.0, 1.0)))
+        series[a:a + weeks] += delta
+        kinds[a:a + weeks] = kind
+        placed.append({"kind": kind, "start": a, "weeks": weeks, "size_sigma": round(size, 3)})
+    placed.sort(key=lambda e: e["start"])
+    return series, kinds, placed
+
+
+def co2_task(length: int = 26, seed: int = 0):
+    """The `co2_anomaly` task (the data, the injection and the threshold rule: lstmc/anomaly.py's docstring). Besides the data, it carries for the
+    detector: `index` (split -> the week each sample predicts), `times`, `series` (with the
+    anomalies), `clean`, `kinds` (per week), `events`, `filled`, `sigma` and `norm`."""
+    W = int(length)
+    times, clean, filled = load_co2()
+    n = len(clean)
+    if not 1 <= W <= 104:
+        raise ValueError(f"co2_anomaly: length (the window, in weeks) must be in [1, 104], got {W}")
+    t_tr, t_va = int(0.7 * n), int(0.85 * n)
+    d_clean = np.diff(clean)                        # d_clean[t-1] = clean[t] - clean[t-1]
+    ok = ~(filled[1:] | filled[:-1])
+    sigma = float(d_clean[:t_tr - 1][ok[:t_tr - 1]].std())
+    series, kinds, events = inject(clean, t_va, sigma, seed)
+
+    d = np.concatenate([[np.nan], np.diff(series)])  # d[t] = series[t] - series[t-1]
+    targets = np.arange(W + 1, n)                   # sample k predicts d[t] from d[t-W:t], t = targets[k]
+    reads_filled = np.array([filled[t - W - 1:t + 1].any() for t in targets])
+    parts = {"train": (targets < t_tr) & ~reads_filled, "val": (targets >= t_tr) & (targets < t_va),
+             "test": targets >= t_va}
+    mu, sd = float(d[targets[parts["train"]]].mean()), float(d[targets[parts["train"]]].std())
+    z = (d - mu) / sd
+    x = np.stack([z[t - W:t] for t in targets])[:, :, None]
+    y = z[targets][:, None]
+    data = {k: (_t(x[m], "float32"), _t(y[m], "float32")) for k, m in parts.items()}
+    base = {k: float(np.sqrt(np.mean(d[targets[m]] ** 2))) for k, m in parts.items()}
+    t = Task("co2_anomaly", f"weekly Mauna Loa CO2 differences, window {W}, anomalies injected into test",
+             "float", 1, 0, "last", "mse", 1, "rmse", False, data, base, "persistence",
+             dict(hidden=32, steps=600, batch=32, lr=5e-3, clip=1.0, eval_every=50),
+             dict(length=W, seed=int(seed)), y_scale=sd)
+    t.index = {k: targets[m] for k, m in parts.items()}
+    t.times, t.series, t.clean, t.kinds, t.events, t.filled = times, series, clean, kinds, events, filled
+    t.sigma, t.norm = sigma, (mu, sd)
+    return t
+
+
 def co2_anomaly(length: int = 26, seed: int = 0) -> Task:
     """Weekly Mauna Loa CO2 1958-2001 (statsmodels.datasets.co2, missing weeks interpolated),
     differenced: forecast next week's change from a window of `length` weekly changes. Chronological
     split 70/15/15 by the predicted week, normalised with the training part; anomalies of three kinds
     (spikes, level shifts, variance changes; fixed `seed`) injected into the test weeks only.
-    Metric: RMSE of the level forecast in ppm. Baseline: persistence. Built by lstmc.anomaly.co2_task,
-    whose docstring documents the data, the injection and the extra attributes."""
-    from .anomaly import co2_task
-
+    Metric: RMSE of the level forecast in ppm. Baseline: persistence. lstmc.anomaly detects them."""
     return co2_task(length, seed)
 
 
