@@ -93,10 +93,13 @@ def backend_vs_reference(cell, backend: str, dtype: str = "float64", T=6, B=3, I
     y1, f1, tape1 = other.forward(x, params, state=st, lengths=L, reverse=reverse, inputs=inputs)
     g1 = other.backward(tape1, dy, ds)
     # float64: both sides differ only in rounding. float32 (vs the float64 reference): the error of
-    # float32 rounding and of the numba backend's activation approximations (< 4e-7). Measured at
-    # T=1000, B=4, H=24 over every built-in cell: forward <= 4.1e-7, backward <= 5.1e-5 (janet, whose
-    # long memory sums the most terms into its weight gradients); the tolerances leave ~4x headroom.
-    tol_f, tol_b = (1e-10, 1e-10) if dtype == "float64" else (2e-6, 2e-4)
+    # float32 rounding and of the numba backend's activation approximations (< 4e-7). A weight
+    # gradient sums T*B terms, and max_rel judges its small elements absolutely, so its rounding grows
+    # with T: the backward tolerance is 2e-4 up to T=100 and grows as sqrt(T/100) beyond (a random
+    # walk of rounding errors). Measured at T=1000 (janet, whose long memory sums the most terms into
+    # its weight gradients): backward 5.1e-5 on an AMD EPYC, 2.3e-4 on an AVX-512 Xeon, whose sgemm
+    # sums in another order (dU_g: max |dU_g| 1088, error 5e-7 of it); forward <= 4.1e-7 on both.
+    tol_f, tol_b = (1e-10, 1e-10) if dtype == "float64" else (2e-6, 2e-4 * max(1.0, (T / 100) ** 0.5))
     suffix = f" {backend}/{dtype}{' reverse' if reverse else ''}"
     fwd = max([max_rel(y1, y0)] + [max_rel(f1[s], f0[s]) for s in f0])
     bwd = max([max_rel(g1[0], g0[0])] + [max_rel(g1[1][s], g0[1][s]) for s in g0[1]]

@@ -93,11 +93,8 @@ def backward(dY, U0, p_b_i, p_b_g, p_b_o, L, Sq_h, Sq_c, SV_i, SV_tanh_c1, SV_o,
                     dxp_W_g = drp0_U_g
                     dxp_W_o = drp0_U_o
                     dp_b_i = drp0_U_i
-                    DP_b_i[j] += dp_b_i
                     dp_b_g = drp0_U_g
-                    DP_b_g[j] += dp_b_g
                     dp_b_o = drp0_U_o
-                    DP_b_o[j] += dp_b_o
             else:
                 for j in range(H):
                     GR0_0[b, j] = np.float32(0.0)
@@ -113,6 +110,18 @@ def backward(dY, U0, p_b_i, p_b_g, p_b_o, L, Sq_h, Sq_c, SV_i, SV_tanh_c1, SV_o,
         for b in range(b0, b1):  # drp[0,U_o] -> dRP0
             for j in range(H):
                 dRP0[t, b, 2 * H + j] = GR0_2[b, j]
+        for b in range(b0, b1):  # the gradient of b_i, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_i[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_g, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_g[j] += GR0_1[b, j]
+        for b in range(b0, b1):  # the gradient of b_o, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_o[j] += GR0_2[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_i; U_g; U_o]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

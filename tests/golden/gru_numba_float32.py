@@ -87,15 +87,11 @@ def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV
                     dxp_W_z = drp0_U_z
                     GX1[b, j] = dxp_W_z
                     dp_b_ir = drp0_U_r
-                    DP_b_ir[j] += dp_b_ir
                     dp_b_hr = drp0_U_r
                     dp_b_iz = drp0_U_z
-                    DP_b_iz[j] += dp_b_iz
                     dp_b_hz = drp0_U_z
                     dp_b_in = dxp_W_n
-                    DP_b_in[j] += dp_b_in
                     dp_b_hn = drp0_U_n
-                    DP_b_hn[j] += dp_b_hn
             else:
                 for j in range(H):
                     GX2[b, j] = np.float32(0.0)
@@ -122,6 +118,22 @@ def backward(dY, U0, p_b_ir, p_b_hr, p_b_iz, p_b_hz, p_b_in, p_b_hn, L, Sq_h, SV
         for b in range(b0, b1):  # dxp[W_z] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
+        for b in range(b0, b1):  # the gradient of b_ir, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_ir[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_iz, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_iz[j] += GR0_1[b, j]
+        for b in range(b0, b1):  # the gradient of b_in, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_in[j] += GX2[b, j]
+        for b in range(b0, b1):  # the gradient of b_hn, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_hn[j] += GR0_2[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_r; U_z; U_n]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

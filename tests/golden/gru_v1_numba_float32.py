@@ -95,9 +95,7 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
                     dxp_W_n = drp1_U_n
                     GX2[b, j] = dxp_W_n
                     dp_b_z = drp0_U_z
-                    DP_b_z[j] += dp_b_z
                     dp_b_n = drp1_U_n
-                    DP_b_n[j] += dp_b_n
             else:
                 for j in range(H):
                     GR0_0[b, j] = np.float32(0.0)
@@ -116,6 +114,14 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
         for b in range(b0, b1):  # dxp[W_n] -> dXP
             for j in range(H):
                 dXP[t, b, 2 * H + j] = GX2[b, j]
+        for b in range(b0, b1):  # the gradient of b_z, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_z[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_n, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_n[j] += GR1_0[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_n]
             _mm_nn(dRP1[t, b0:b1], U1, DV1[b0:b1])
         else:
@@ -129,7 +135,6 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
                     dxp_W_r = drp0_U_r
                     GX1[b, j] = dxp_W_r
                     dp_b_r = drp0_U_r
-                    DP_b_r[j] += dp_b_r
             else:
                 for j in range(H):
                     GR0_1[b, j] = np.float32(0.0)
@@ -140,6 +145,10 @@ def backward(dY, U0, U1, p_b_z, p_b_r, p_b_n, L, Sq_h, SV_z, SV_n, SV_r, SV_mul_
         for b in range(b0, b1):  # dxp[W_r] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
+        for b in range(b0, b1):  # the gradient of b_r, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_r[j] += GR0_1[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_z; U_r]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

@@ -49,6 +49,7 @@ def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0, b0, b1):
     T = dY.shape[0]
     B = dY.shape[1]
     H = dY.shape[2]
+    GD_u = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
         for b in range(b0, b1):
@@ -60,9 +61,8 @@ def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0, b0, b1):
                     ds_h = dxp_W * p_u[j]
                     dSn_h[b, j] = ds_h
                     dp_u = dxp_W * Sq_h[t, b, j]
-                    DP_u[j] += dp_u
+                    GD_u[b, j] = dp_u
                     dp_b = dxp_W
-                    DP_b[j] += dp_b
             else:
                 for j in range(H):
                     GX0[b, j] = np.float32(0.0)
@@ -70,5 +70,13 @@ def backward(dY, p_u, p_b, L, Sq_h, dS_h, dSn_h, dXP, DP_u, DP_b, GX0, b0, b1):
         for b in range(b0, b1):  # dxp[W] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
+        for b in range(b0, b1):  # the gradient of u, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_u[j] += GD_u[b, j]
+        for b in range(b0, b1):  # the gradient of b, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b[j] += GX0[b, j]
         # the adjoints of the states at t-1 become the incoming adjoints of the step before
         dS_h[b0:b1, :] = dSn_h[b0:b1]

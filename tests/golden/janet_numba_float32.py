@@ -79,9 +79,7 @@ def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h
                     dxp_W_f = drp0_U_f
                     dxp_W_g = drp0_U_g
                     dp_b_f = drp0_U_f
-                    DP_b_f[j] += dp_b_f
                     dp_b_g = drp0_U_g
-                    DP_b_g[j] += dp_b_g
             else:
                 for j in range(H):
                     GR0_0[b, j] = np.float32(0.0)
@@ -92,6 +90,14 @@ def backward(dY, U0, p_b_f, p_b_g, L, Sq_h, SV_sigmoid, SV_g, SV_sigmoid_s, dS_h
         for b in range(b0, b1):  # drp[0,U_g] -> dRP0
             for j in range(H):
                 dRP0[t, b, 1 * H + j] = GR0_1[b, j]
+        for b in range(b0, b1):  # the gradient of b_f, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_f[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_g, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_g[j] += GR0_1[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_f; U_g]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

@@ -98,16 +98,12 @@ def backward(dY, U0, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b
                     dxp_W_g = drp0_U_g
                     dxp_W_o = drp0_U_o
                     dp_b_ii = drp0_U_i
-                    DP_b_ii[j] += dp_b_ii
                     dp_b_hi = drp0_U_i
                     dp_b_if = drp0_U_f
-                    DP_b_if[j] += dp_b_if
                     dp_b_hf = drp0_U_f
                     dp_b_ig = drp0_U_g
-                    DP_b_ig[j] += dp_b_ig
                     dp_b_hg = drp0_U_g
                     dp_b_io = drp0_U_o
-                    DP_b_io[j] += dp_b_io
                     dp_b_ho = drp0_U_o
             else:
                 for j in range(H):
@@ -128,6 +124,22 @@ def backward(dY, U0, p_b_ii, p_b_hi, p_b_if, p_b_hf, p_b_ig, p_b_hg, p_b_io, p_b
         for b in range(b0, b1):  # drp[0,U_o] -> dRP0
             for j in range(H):
                 dRP0[t, b, 3 * H + j] = GR0_3[b, j]
+        for b in range(b0, b1):  # the gradient of b_ii, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_ii[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_if, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_if[j] += GR0_1[b, j]
+        for b in range(b0, b1):  # the gradient of b_ig, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_ig[j] += GR0_2[b, j]
+        for b in range(b0, b1):  # the gradient of b_io, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_io[j] += GR0_3[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_i; U_f; U_g; U_o]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

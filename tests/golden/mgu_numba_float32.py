@@ -88,7 +88,6 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
                     dxp_W_n = drp1_U_n
                     GX1[b, j] = dxp_W_n
                     dp_b_n = drp1_U_n
-                    DP_b_n[j] += dp_b_n
             else:
                 for j in range(H):
                     GR1_0[b, j] = np.float32(0.0)
@@ -99,6 +98,10 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
         for b in range(b0, b1):  # dxp[W_n] -> dXP
             for j in range(H):
                 dXP[t, b, 1 * H + j] = GX1[b, j]
+        for b in range(b0, b1):  # the gradient of b_n, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_n[j] += GR1_0[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_n]
             _mm_nn(dRP1[t, b0:b1], U1, DV1[b0:b1])
         else:
@@ -115,7 +118,6 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
                     dxp_W_f = drp0_U_f
                     GX0[b, j] = dxp_W_f
                     dp_b_f = drp0_U_f
-                    DP_b_f[j] += dp_b_f
             else:
                 for j in range(H):
                     GR0_0[b, j] = np.float32(0.0)
@@ -126,6 +128,10 @@ def backward(dY, U0, U1, p_b_f, p_b_n, L, Sq_h, SV_f, SV_n, SV_mul_f_h, dS_h, dS
         for b in range(b0, b1):  # dxp[W_f] -> dXP
             for j in range(H):
                 dXP[t, b, 0 * H + j] = GX0[b, j]
+        for b in range(b0, b1):  # the gradient of b_f, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_f[j] += GR0_0[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_f]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

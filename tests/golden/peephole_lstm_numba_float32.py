@@ -75,6 +75,9 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
     B = dY.shape[1]
     H = dY.shape[2]
     DV0 = np.empty((B, H), dtype=np.float32)
+    GD_p_i = np.empty((B, H), dtype=np.float32)
+    GD_p_f = np.empty((B, H), dtype=np.float32)
+    GD_p_o = np.empty((B, H), dtype=np.float32)
     for t in range(T - 1, -1, -1):
         # block 0
         for b in range(b0, b1):
@@ -94,23 +97,19 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
                     ds_c = drp0_U_i * p_p_i[j] + t_add * SV_f[t, b, j] + drp0_U_f * p_p_f[j]
                     dSn_c[b, j] = ds_c
                     dp_p_i = drp0_U_i * Sq_c[t, b, j]
-                    DP_p_i[j] += dp_p_i
+                    GD_p_i[b, j] = dp_p_i
                     dp_p_f = drp0_U_f * Sq_c[t, b, j]
-                    DP_p_f[j] += dp_p_f
+                    GD_p_f[b, j] = dp_p_f
                     dp_p_o = drp0_U_o * Sq_c[t + 1, b, j]
-                    DP_p_o[j] += dp_p_o
+                    GD_p_o[b, j] = dp_p_o
                     dxp_W_i = drp0_U_i
                     dxp_W_f = drp0_U_f
                     dxp_W_g = drp0_U_g
                     dxp_W_o = drp0_U_o
                     dp_b_i = drp0_U_i
-                    DP_b_i[j] += dp_b_i
                     dp_b_f = drp0_U_f
-                    DP_b_f[j] += dp_b_f
                     dp_b_g = drp0_U_g
-                    DP_b_g[j] += dp_b_g
                     dp_b_o = drp0_U_o
-                    DP_b_o[j] += dp_b_o
             else:
                 for j in range(H):
                     GR0_3[b, j] = np.float32(0.0)
@@ -130,6 +129,34 @@ def backward(dY, U0, p_p_i, p_b_i, p_p_f, p_b_f, p_b_g, p_p_o, p_b_o, L, Sq_h, S
         for b in range(b0, b1):  # drp[0,U_g] -> dRP0
             for j in range(H):
                 dRP0[t, b, 2 * H + j] = GR0_2[b, j]
+        for b in range(b0, b1):  # the gradient of p_i, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_p_i[j] += GD_p_i[b, j]
+        for b in range(b0, b1):  # the gradient of p_f, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_p_f[j] += GD_p_f[b, j]
+        for b in range(b0, b1):  # the gradient of p_o, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_p_o[j] += GD_p_o[b, j]
+        for b in range(b0, b1):  # the gradient of b_i, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_i[j] += GR0_0[b, j]
+        for b in range(b0, b1):  # the gradient of b_f, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_f[j] += GR0_1[b, j]
+        for b in range(b0, b1):  # the gradient of b_g, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_g[j] += GR0_2[b, j]
+        for b in range(b0, b1):  # the gradient of b_o, summed over rows and steps
+            if t < L[b]:
+                for j in range(H):
+                    DP_b_o[j] += GR0_3[b, j]
         if b1 - b0 <= SMALL_ROWS:  # [U_i; U_f; U_g; U_o]
             _mm_nn(dRP0[t, b0:b1], U0, DV0[b0:b1])
         else:

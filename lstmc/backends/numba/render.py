@@ -113,15 +113,31 @@ class _BlockRenderer:
             return [("ds", f"{ident('dSn_', name)}[b, j]", f"{ident('dS_', name)}[b, j]")]
         return []
 
-    def stores(self, key: tuple, name: str, is_buffer: bool) -> list[str]:
-        out = [f"{dst} = {name}" for _, dst, _ in self.dests(key, is_buffer)]
+    def stores(self, let, name: str) -> list[str]:
+        key = let.key
+        out = [f"{dst} = {name}" for _, dst, _ in self.dests(key, let.buffer)]
         if key[0] == "dp" and key[1] not in self.p.dp_shared:   # a shared sum is accumulated once
-            out.append(f"{ident('DP_', key[1])}[j] += {name}")
+            src = self.dp_source(let)
+            if src.startswith("GD_"):
+                out.append(f"{src} = {name}")
+            self.sums.append((key[1], src))
         return out
+
+    def dp_source(self, let) -> str:
+        """Where a vector parameter's per-element gradient of this step is read from by its sum
+        (`_param_sums`): the scratch array of the product adjoint it equals (a bias: b_i's gradient
+        is its gate's), or a scratch array of its own (a peephole's dg * c)."""
+        e = let.expr
+        if e.op == "var" and e.attr[0] in ("drp", "dxp"):
+            dst = self.dests(e.attr, False)
+            if dst:
+                return dst[0][1]
+        return f"{ident('GD_', let.key[1])}[b, j]"
 
     def render(self, block: Block) -> list[str]:
         local: set = set()
         body: list[str] = []
+        self.sums: list[tuple[str, str]] = []      # (vector parameter, where its step gradient is read)
         # incoming adjoints of the new states (dy added for the output state), read once per element
         seeds = sorted({n.attr for let in block.lets for n in walk([let.expr]) if n.op == "var" and n.attr[0] == "ds1"})
         for key in seeds:
@@ -134,7 +150,7 @@ class _BlockRenderer:
                 rhs = self.const(let.expr.attr)
             name = local_name(let.key)
             body.append(f"{name} = {rhs}")
-            body.extend(self.stores(let.key, name, let.buffer))
+            body.extend(self.stores(let, name))
             local.add(let.key)
         # rows past their length get what the Program's past_length table says (keep / zero / pass);
         # a vector parameter's gradient sum skips them (past_value checks that the table says zero)
@@ -151,8 +167,32 @@ class _BlockRenderer:
         if skip:
             lines += ["    else:", "        for j in range(H):"] + ["            " + ln for ln in skip]
         if self.dir == "bwd":
-            lines += self._slot_copies(block)
+            lines += self._slot_copies(block) + self._param_sums()
         return lines
+
+    def _param_sums(self) -> list[str]:
+        """Add this step's gradients of the vector parameters into their float64 sums DP_*, one
+        loop per parameter after the block. (Inside the block, these read-modify-writes of float64
+        arrays kept LLVM from vectorising the whole block on an AVX-512 Xeon; the summation order,
+        b then j, is the same.)"""
+        out = []
+        for p, src in self.sums:
+            out += [f"for b in range(b0, b1):  # the gradient of {p}, summed over rows and steps",
+                    "    if t < L[b]:", "        for j in range(H):", f"            {ident('DP_', p)}[j] += {src}"]
+        return out
+
+    def scratch(self, stages) -> list[str]:
+        """The per-step scratch arrays GD_* of the vector parameters whose gradient is no product
+        adjoint (see dp_source)."""
+        names = []
+        for st in stages:
+            if isinstance(st, Block):
+                for let in st.lets:
+                    if let.key[0] == "dp" and let.key[1] not in self.p.dp_shared:
+                        src = self.dp_source(let)
+                        if src.startswith("GD_"):
+                            names.append(src.split("[")[0])
+        return names
 
     def _slot_copies(self, block: Block) -> list[str]:
         """Copy the products' adjoints of this block from their per-slot scratch into the sequence
@@ -238,6 +278,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                  else f"DV{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row's adjoint"
                  for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
+    bwd_alloc += [f"{n} = np.empty((B, H), dtype={np_dt})" for n in br.scratch(program.bwd)]
     bwd_body = []
     for st in program.bwd:
         if isinstance(st, Block):
