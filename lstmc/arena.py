@@ -91,12 +91,19 @@ def overall(entries: list[Entry]) -> list[tuple[str, float, dict]]:
 
 # --------------------------------------------------------------------------- parameter matching
 
-def rnn_param_count(cell, input_size: int, hidden: int) -> int:
-    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, or H*H/N with `heads N`, vectors: H)."""
+def rnn_param_count(cell, input_size: int, hidden: int, sizes: dict | None = None) -> int:
+    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, or H*H/N with `heads N`, vectors: H,
+    V (`V @ u`): H*K with K the size of u: H for `input u[H]`, else from `sizes` ({"K": 8}))."""
     from .build import load
 
     c = load(cell)
-    return sum({"W": hidden * input_size, "U": hidden * hidden // c.heads, "b": hidden}[k] for k in c.params.values())
+
+    def count(p: str, k: str) -> int:
+        if k == "V":
+            return hidden * c.input_size_of(c.param_inputs[p], hidden, sizes)
+        return {"W": hidden * input_size, "U": hidden * hidden // c.heads, "b": hidden}[k]
+
+    return sum(count(p, k) for p, k in c.params.items())
 
 
 def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict:

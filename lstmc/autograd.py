@@ -75,13 +75,16 @@ class _CellFunction(torch.autograd.Function):
 
     The tape's arrays are handed to ctx.save_for_backward (as zero-copy tensors) together with the
     inputs, so torch frees them when it frees the graph and reports in-place changes of an input
-    between forward and backward, as it does for its own ops.
+    between forward and backward, as it does for its own ops. Arguments after x: the states, the
+    parameters (runner.names), then the cell's extra per-step inputs (runner.inputs), whose
+    gradients are the backward's `dinputs`.
     """
 
     @staticmethod
     def forward(ctx, runner, lengths, reverse: bool, x, *rest):
-        n = len(runner.states)
-        y, finals, tape = runner.forward(x, lengths, reverse, rest[:n], rest[n:], need_tape=True)
+        n, m = len(runner.states), len(runner.names)
+        y, finals, tape = runner.forward(x, lengths, reverse, rest[:n], rest[n:n + m], need_tape=True,
+                                         inputs=rest[n + m:])
         tensors = [x, *rest]
         ctx.tape = _stash(tape, tensors)
         ctx.runner, ctx.n = runner, n
@@ -101,10 +104,13 @@ class _CellFunction(torch.autograd.Function):
         x, runner = saved[0], ctx.runner
         tape = _unstash(ctx.tape, saved)
         dS = {s: runner.arr(d) for s, d in zip(runner.states, dfinal)}
-        dx, ds0, dp = runner.prog.backward(tape, runner.arr(dy), dS)
+        g = runner.prog.backward(tape, runner.arr(dy), dS)
+        dx, ds0, dp = g
         need = ctx.needs_input_grad
         grads = [None, None, None, runner.tensor(dx, x) if need[3] else None]
         grads += [runner.tensor(ds0[s], x) if need[4 + i] else None for i, s in enumerate(runner.states)]
         k = 4 + ctx.n
         grads += [runner.tensor(dp[p], x) if need[k + i] else None for i, p in enumerate(runner.names)]
+        k += len(runner.names)
+        grads += [runner.tensor(g.dinputs[u], x) if need[k + i] else None for i, u in enumerate(runner.inputs)]
         return tuple(grads)

@@ -33,17 +33,25 @@ def cmd_show(args) -> int:
 
     cell = load(args.cell)
     prog = lower(cell)
-    shapes = {"W": "[H, I]", "U": "[H, H]" if cell.heads == 1 else f"[{cell.heads}, H/{cell.heads}, H/{cell.heads}]",
-              "b": "[H]"}
     print(f"cell {cell.name}   ({cell.filename})")
     print(f"  states: {', '.join(cell.states)}   output: {cell.output}")
+    if cell.inputs:
+        print("\nextra inputs (given at every step: forward(..., inputs={name: array})):")
+        for u, size in cell.inputs.items():
+            shape = "[T, B]" if size is None else f"[T, B, {size}]"
+            what = ("one number per batch row" if size is None else "hidden size" if size == "H"
+                    else f"size {size}, given at run time")
+            print(f"  {u:<12} {shape:<10} {what}")
+    for k in cell.sizes:
+        print(f"  size {k}: given at run time (init_params(..., sizes={{'{k}': 8}}), Recurrent(..., sizes=...))")
     print("\nequations:")
     for target, node in cell.equations:
         print(f"  {target} = {_named_text(node, cell.names, target)}")
     print("\nparameters:")
     for p, k in cell.params.items():
         init = cell.inits.get(p, "uniform(-1/sqrt(H), 1/sqrt(H))")
-        print(f"  {p:<12} {shapes[k]:<7} init {init}")
+        dims = cell.param_dims(p)
+        print(f"  {p:<12} {dims:<7} init {init}" + (f"   ({p} @ {cell.param_inputs[p]})" if k == "V" else ""))
     print("\nbackward (adjoints of one step; dv[g] = adjoint of GEMM group g's operand):")
     for st in prog.bwd:
         if hasattr(st, "lets"):

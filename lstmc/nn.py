@@ -3,6 +3,8 @@
     rnn = Recurrent("peephole_lstm", input_size, hidden_size, num_layers=2, bidirectional=True)
     output, state = rnn(input, state=None, lengths=None)     # like nn.LSTM
     rnn = Recurrent.from_torch(torch_lstm_or_gru)            # same numbers as the original
+    rnn = Recurrent("examples/conditioned_lstm.cell", I, H, sizes={"K": 8})
+    output, state = rnn(input, inputs={"w": w})              # a cell's extra per-step inputs
 
 Its one job is to run compiled cells as torch modules: layers, directions, batch_first,
 PackedSequence, inter-layer dropout, state layout and argument checking mirror nn.LSTM; each layer and
@@ -36,6 +38,7 @@ from .build import compile as _compile
 from .build import load
 from .interop import torch_cell_of, torch_param_names
 from .ir import walk
+from .nn_inputs import check_sizes, input_layout, prepare_inputs
 from .spec import Cell
 from .torch_ops import OP_BACKENDS, CellOps, cell_ops, registered_ops
 
@@ -142,6 +145,7 @@ class _Runner:
         self.numpy = backend in _NUMPY_BACKENDS
         self.states = cell.states
         self.names = names         # parameter order of the autograd Function's arguments
+        self.inputs = tuple(cell.inputs)   # the extra inputs' order, after the parameters
 
     def arr(self, t: torch.Tensor):
         """A tensor as the backend takes it: a zero-copy NumPy view when it can be one."""
@@ -158,10 +162,12 @@ class _Runner:
             return torch.from_numpy(a if a.flags.writeable else a.copy())
         return a.to(like.device) if a.device != like.device else a
 
-    def forward(self, x, lengths, reverse, states, params, need_tape):
+    def forward(self, x, lengths, reverse, states, params, need_tape, inputs=()):
         S = {s: self.arr(v) for s, v in zip(self.states, states)}
         P = {n: self.arr(v) for n, v in zip(self.names, params)}
-        y, final, tape = self.prog.forward(self.arr(x), P, S, lengths=lengths, reverse=reverse, need_tape=need_tape)
+        U = {u: self.arr(v) for u, v in zip(self.inputs, inputs)} if self.inputs else None
+        y, final, tape = self.prog.forward(self.arr(x), P, S, lengths=lengths, reverse=reverse, need_tape=need_tape,
+                                           inputs=U)
         y = self.tensor(y, x)
         outs = [self.tensor(final[s], x) for s in self.states]
         if not self.numpy:  # a length-0 row can hand back the very tensor it was given
@@ -200,13 +206,15 @@ class Recurrent(nn.Module):
         backend: "auto" (numba on CPU, triton on CUDA when available, torch otherwise), or one of
             "numba", "triton", "torch", "reference" (refused, with the reason, where it cannot run).
         dtype, device: of the parameters (default: torch's default dtype, CPU); float32 or float64.
+        sizes: the values of the cell's `size` lines ({"K": 8}); required when it has any.
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 backend: str = "auto", dtype=None, device=None):
+                 backend: str = "auto", dtype=None, device=None, sizes=None):
         super().__init__()
         self.cell = load(cell)
+        self.sizes = check_sizes(self.cell, sizes)
         for nm, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{nm} must be a positive integer, got {v!r}")
@@ -235,6 +243,7 @@ class Recurrent(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.backend = backend
         self.state_names = self.cell.states
+        self.output_size = self._state_size(self.cell.output)   # per direction: H, or P for `state h[P]`
         self.biases = bias_params(self.cell)
         self.trainable = tuple(p for p in self.cell.params if self.bias or p not in self.biases)
         self.last_backend = None          # the backend that ran the latest forward
@@ -242,9 +251,9 @@ class Recurrent(nn.Module):
         self._op_name = cell_ops(self.cell).name   # its torch custom operators (lstmc/torch_ops.py)
         num_dir = 2 if self.bidirectional else 1
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else self.hidden_size * num_dir
+            in_size = self._in_size(self._key(layer, 0))
             for d in range(num_dir):
-                shapes = {p: self.cell.param_shape(p, in_size, self.hidden_size) for p in self.trainable}
+                shapes = {p: self.cell.param_shape(p, in_size, self.hidden_size, self.sizes) for p in self.trainable}
                 pd = nn.ParameterDict()           # filled one by one: keeps the cell's order (a dict would sort)
                 for p, s in shapes.items():
                     pd[p] = nn.Parameter(torch.empty(s, dtype=dtype, device=device))
@@ -270,7 +279,7 @@ class Recurrent(nn.Module):
                             ("backend", "auto")):
             if getattr(self, nm) != default:
                 s += f", {nm}={getattr(self, nm)!r}"
-        return s
+        return s + (f", sizes={self.sizes!r}" if self.sizes else "")
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -278,6 +287,8 @@ class Recurrent(nn.Module):
         return d
 
     def __setstate__(self, d):
+        d.setdefault("sizes", {})         # a module pickled before sizes= existed
+        d.setdefault("output_size", d.get("hidden_size"))
         super().__setstate__(d)
         self._op_name = cell_ops(self.cell).name   # a new process: register the cell's operators again
 
@@ -291,13 +302,19 @@ class Recurrent(nn.Module):
             if not len(pd):
                 continue
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-            vals = ref.init_params(self._in_size(name), self.hidden_size, seed=seed)
+            vals = ref.init_params(self._in_size(name), self.hidden_size, seed=seed, sizes=self.sizes)
             for p, param in pd.items():
                 param.copy_(torch.from_numpy(vals[p]))
 
     def _in_size(self, key: str) -> int:
+        """The input size of a layer: input_size, or the output state's size times the directions."""
         layer = int(key[1:].split("_")[0])
-        return self.input_size if layer == 0 else self.hidden_size * (2 if self.bidirectional else 1)
+        return self.input_size if layer == 0 else self.output_size * (2 if self.bidirectional else 1)
+
+    def _state_size(self, s: str) -> int:
+        """The size of state `s`: hidden_size, or its declared size's value (`state h[P]`, sizes={"P": 8})."""
+        size = getattr(self.cell, "state_sizes", {}).get(s, "H")
+        return self.hidden_size if size == "H" else self.sizes[size]
 
     def _directions(self):
         num_dir = 2 if self.bidirectional else 1
@@ -324,14 +341,18 @@ class Recurrent(nn.Module):
         return torch.get_default_dtype(), torch.device("cpu")   # a cell whose every parameter is a bias
 
     # forward --------------------------------------------------------------------------------
-    def forward(self, input, state=None, lengths=None):
-        """output, state = rnn(input, state=None, lengths=None).
+    def forward(self, input, state=None, lengths=None, inputs=None):
+        """output, state = rnn(input, state=None, lengths=None, inputs=None).
 
         input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
         state: the initial state in the cell's state order: a tensor for a one-state cell, else a tuple;
             each [num_layers * num_directions, B, H] ([.., H] unbatched); None means zeros.
         lengths: with a padded tensor input, the valid length of each batch row (0..T): outputs past
             a row's length are zero and its final state is the one at its length.
+        inputs: the cell's extra per-step inputs (`input dt`, `input keep[H]`, `input u[K]`), a dict
+            name -> [T, B] or [T, B, n] tensor, laid out as `input` is ([B, T, ...] with batch_first,
+            [T, ...] unbatched; with a PackedSequence, padded tensors in the caller's batch order).
+            Every layer reads the same inputs; the reverse direction reads them reversed with x.
         """
         dtype, pdevice = self._param_dtype_device()
         packed = isinstance(input, PackedSequence)
@@ -367,6 +388,9 @@ class Recurrent(nn.Module):
                     lengths = check_lengths(lengths, int(x.shape[0]), int(x.shape[1]), source=src)
         B = x.shape[1]                    # not int(): torch.export keeps B symbolic
         states = self._check_state(state, B, dtype, x.device, unbatched)
+        extra = prepare_inputs(self.cell, inputs, self.hidden_size, self.sizes, T=x.shape[0], B=B,
+                               layout=input_layout(unbatched, self.batch_first), dtype=dtype, device=x.device,
+                               packed=packed, sorted_idx=sorted_idx)
         if states is not None and sorted_idx is not None:
             states = [s.index_select(1, sorted_idx) for s in states]
 
@@ -395,9 +419,9 @@ class Recurrent(nn.Module):
                 params = [pd[p] if p in pd else zero for p in self.cell.params]
                 k = layer * num_dir + d
                 s0 = ([s[k] for s in states] if states is not None
-                      else [torch.zeros(B, H, dtype=dtype, device=x.device) for _ in self.state_names])
+                      else [torch.zeros(B, self._state_size(s), dtype=dtype, device=x.device) for s in self.state_names])
                 try:
-                    y, fin = self._run(runner, layer_in, lengths, bool(d), s0, params)
+                    y, fin = self._run(runner, layer_in, lengths, bool(d), s0, params, extra)
                 except (ValueError, TypeError, RuntimeError):
                     try:      # a parameter changed after construction? then name it (module.l0.W_i)
                         self._check_parameters(dtype, pdevice)
@@ -424,15 +448,14 @@ class Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, (final[0] if len(final) == 1 else tuple(final))
 
-    def _run(self, runner, x, lengths, reverse: bool, s0, params):
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in s0)
-                                            or any(p.requires_grad for p in params))
+    def _run(self, runner, x, lengths, reverse: bool, s0, params, extra):
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *s0, *params, *extra))
         if isinstance(runner, CellOps):
-            return runner(x, s0, params, lengths, reverse, grad)
+            return runner(x, s0, params, lengths, reverse, grad, extra)
         if grad:
-            y, *fin = _CellFunction.apply(runner, lengths, reverse, x, *s0, *params)
+            y, *fin = _CellFunction.apply(runner, lengths, reverse, x, *s0, *params, *extra)
             return y, fin
-        y, fin, _ = runner.forward(x, lengths, reverse, s0, params, need_tape=False)
+        y, fin, _ = runner.forward(x, lengths, reverse, s0, params, need_tape=False, inputs=extra)
         return y, fin
 
     # argument checks (errors name the argument, as nn.LSTM's do) -----------------------------
@@ -452,7 +475,7 @@ class Recurrent(nn.Module):
                 if param.device != device:
                     raise RuntimeError(f"{nm} is on {param.device} but the module's other parameters are on "
                                        f"{device}: move the whole module, module.to('{device}')")
-                want = self.cell.param_shape(p, in_size, self.hidden_size)
+                want = self.cell.param_shape(p, in_size, self.hidden_size, self.sizes)
                 if _shape(param) != want:
                     raise RuntimeError(f"{nm} has shape {_shape(param)}, expected {want} (cell '{self.cell.name}', "
                                        f"input size {in_size}, hidden_size {self.hidden_size})")
@@ -490,10 +513,10 @@ class Recurrent(nn.Module):
             raise TypeError(f"state must be {'a Tensor' if n == 1 else 'a tuple of tensors'} ({names}) or None, "
                             f"got {type(state).__name__}")
         LD = self.num_layers * (2 if self.bidirectional else 1)
-        want = (LD, self.hidden_size) if unbatched else (LD, B, self.hidden_size)
         out = []
         for i, (s, nm) in enumerate(zip(state, self.state_names)):
             label = "state" if n == 1 else f"state[{i}] ({nm})"
+            want = (LD, self._state_size(nm)) if unbatched else (LD, B, self._state_size(nm))
             if unbatched and s.dim() != 2:
                 raise RuntimeError(f"For unbatched 2-D input, {label} should also be 2-D but got {s.dim()}-D")
             if tuple(s.shape) != want:

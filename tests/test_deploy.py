@@ -1,8 +1,9 @@
 """Deploying lstmc layers: the custom operators of lstmc/torch_ops.py under torch.library.opcheck,
 torch.compile(fullgraph=True), torch.export with dynamic T and B, and torch.func (grad, vmap;
-forward mode and second derivatives refused in a sentence). Every cell, built-in and example,
-goes through one checker per way of deploying; sizes are tiny (I=3, H=4, T=5, B=2) and float64
-results must equal eager ones to 1e-10. On CPU the operators run numba; their triton path (CUDA)
+forward mode and second derivatives refused in a sentence). Every cell, built-in and example (those
+with extra per-step inputs given them, and their gradients compared too), goes through one checker
+per way of deploying; sizes are tiny (I=3, H=4, T=5, B=2) and float64 results must equal eager ones
+to 1e-10. On CPU the operators run numba; their triton path (CUDA)
 is checked against numba under Triton's CPU interpreter (test_triton_operators_match_numba)."""
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ from lstmc.torch_ops import NO_FORWARD_MODE, cell_ops
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")    # the triton operators on CPU: test_triton_operators
 
-# cells with extra per-step inputs (`input dt`) are left out: Recurrent does not take those inputs yet
-EXAMPLES = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.cell")
-                  if not getattr(lstmc.load(str(p)), "inputs", None))
+EXAMPLES = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.cell"))
 CELLS = lstmc.builtin_cells() + EXAMPLES
 I, H, T, B = 3, 4, 5, 2
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-10)
+SIZES = {"conditioned_lstm": {"K": 2}, "lstmp": {"P": 3}}     # the values of the cells' `size` lines
 
 
 def _id(cell: str) -> str:
     return Path(cell).stem
+
+
+def _inputs(rnn, T, B, batch_first=False):
+    """Extra per-step inputs for `rnn`'s cell ({} for a cell without any): positive, [T, B(, n)]."""
+    out = {}
+    for u, size in rnn.cell.inputs.items():
+        n = None if size is None else H if size == "H" else rnn.sizes[size]
+        shape = ((B, T) if batch_first else (T, B)) + (() if n is None else (n,))
+        out[u] = torch.rand(shape, dtype=DT) + 0.1
+    return out
 
 
 class Model(nn.Module):
@@ -45,21 +55,23 @@ class Model(nn.Module):
     def __init__(self, cell, **kw):
         super().__init__()
         self.inp = nn.Linear(I, I, dtype=DT)
-        self.rnn = Recurrent(cell, I, H, dtype=DT, **kw)
-        self.out = nn.Linear(H * (2 if kw.get("bidirectional") else 1), 2, dtype=DT)
+        self.rnn = Recurrent(cell, I, H, dtype=DT, sizes=SIZES.get(_id(cell)), **kw)
+        self.out = nn.Linear(self.rnn.output_size * (2 if kw.get("bidirectional") else 1), 2, dtype=DT)
 
-    def forward(self, x, state=None):
-        y, _ = self.rnn(self.inp(x), state)
+    def forward(self, x, state=None, inputs=None):
+        y, _ = self.rnn(self.inp(x), state, inputs=inputs)
         return self.out(y)
 
 
-def _fwd_bwd(model, f, *args):
-    """f(*args) and the gradients of a loss of it for every parameter of `model` and for args[0]."""
+def _fwd_bwd(model, f, x, state=None, inputs=None):
+    """f(x, state, inputs) and the gradients of a loss of it for every parameter of `model`, for x and
+    for the extra inputs."""
     model.zero_grad()
-    x = args[0].detach().requires_grad_()
-    y = f(x, *args[1:])
+    x = x.detach().requires_grad_()
+    inputs = {u: v.detach().requires_grad_() for u, v in (inputs or {}).items()}
+    y = f(x, state, inputs or None)
     y.square().sum().backward()
-    return [y.detach(), x.grad] + [p.grad.clone() for p in model.parameters()]
+    return [y.detach(), x.grad] + [v.grad for v in inputs.values()] + [p.grad.clone() for p in model.parameters()]
 
 
 def _assert_same(got, want, what):
@@ -78,42 +90,53 @@ def _ops_used(graph_module) -> set:
 def check_compile(cell, backend="aot_eager", **kw):
     torch.manual_seed(0)
     model = Model(cell, **kw)
-    x = torch.randn(T, B, I, dtype=DT)
-    want = _fwd_bwd(model, model, x)
+    bf = kw.get("batch_first", False)
+    x = torch.randn((B, T, I) if bf else (T, B, I), dtype=DT)
+    ins = _inputs(model.rnn, T, B, bf)
+    want = _fwd_bwd(model, model, x, None, ins)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend=backend)   # fullgraph: a graph break is an error
-    _assert_same(_fwd_bwd(model, compiled, x), want, f"torch.compile({backend}) of {_id(cell)} {kw}")
-    x2 = torch.randn(T + 2, B + 1, I, dtype=DT)                         # another shape: recompiled or dynamic
-    _assert_same(_fwd_bwd(model, compiled, x2), _fwd_bwd(model, model, x2), f"{_id(cell)} at another shape")
+    _assert_same(_fwd_bwd(model, compiled, x, None, ins), want, f"torch.compile({backend}) of {_id(cell)} {kw}")
+    x2 = torch.randn((B + 1, T + 2, I) if bf else (T + 2, B + 1, I), dtype=DT)   # another shape
+    ins2 = _inputs(model.rnn, T + 2, B + 1, bf)
+    _assert_same(_fwd_bwd(model, compiled, x2, None, ins2), _fwd_bwd(model, model, x2, None, ins2),
+                 f"{_id(cell)} at another shape")
 
 
 def check_export(cell, **kw):
     torch.manual_seed(0)
     model = Model(cell, **kw)
-    x = torch.randn(T, B, I, dtype=DT)
-    dims = {0: torch.export.Dim("T", min=2, max=64), 1: torch.export.Dim("B", min=2, max=64)}
-    ep = torch.export.export(model, (x,), dynamic_shapes=(dims,))
+    bf = kw.get("batch_first", False)
+    Tdim, Bdim = torch.export.Dim("T", min=2, max=64), torch.export.Dim("B", min=2, max=64)
+    dims = {0: Bdim, 1: Tdim} if bf else {0: Tdim, 1: Bdim}
+
+    def args(t, b):          # (x, state, inputs) at T=t, B=b; inputs None for a cell without any
+        return (torch.randn((b, t, I) if bf else (t, b, I), dtype=DT), None, _inputs(model.rnn, t, b, bf) or None)
+
+    a = args(T, B)
+    dynamic = (dims, None, None if a[2] is None else {u: dims for u in a[2]})
+    ep = torch.export.export(model, a, dynamic_shapes=dynamic)
     ops = cell_ops(model.rnn.cell)
     assert str(ops.fwd) in _ops_used(ep.graph_module), ep.graph_module.code
     run = ep.module()
     for t, b in ((T, B), (T + 3, B + 2), (2, 7)):
-        x2 = torch.randn(t, b, I, dtype=DT)
+        a2 = args(t, b)
         with torch.no_grad():
-            torch.testing.assert_close(run(x2), model(x2), **TOL)
+            torch.testing.assert_close(run(*a2), model(*a2), **TOL)
     with torch.no_grad():                                              # for inference: no tape kept
-        ep_infer = torch.export.export(model, (x,), dynamic_shapes=(dims,))
+        ep_infer = torch.export.export(model, a, dynamic_shapes=dynamic)
     used = _ops_used(ep_infer.graph_module)
     assert str(ops.infer) in used and str(ops.fwd) not in used
-    x2 = torch.randn(T + 1, B + 3, I, dtype=DT)
+    a2 = args(T + 1, B + 3)
     with torch.no_grad():
-        torch.testing.assert_close(ep_infer.module()(x2), model(x2), **TOL)
+        torch.testing.assert_close(ep_infer.module()(*a2), model(*a2), **TOL)
     buf = io.BytesIO()                                                 # and through a file
     torch.export.save(ep, buf)
     buf.seek(0)
     loaded = torch.export.load(buf).module()
-    x2 = torch.randn(T + 1, B + 1, I, dtype=DT)
+    a2 = args(T + 1, B + 1)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x2), model(x2), **TOL)
+        torch.testing.assert_close(loaded(*a2), model(*a2), **TOL)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -139,6 +162,16 @@ MODULE_CASES = [dict(num_layers=2, bidirectional=True), dict(batch_first=True), 
 def test_module_options_compile_and_export(kw):
     check_compile("gru", **kw)
     check_export("lstm", **kw)
+
+
+TLSTM = next(c for c in EXAMPLES if c.endswith("tlstm.cell"))
+CONDITIONED = next(c for c in EXAMPLES if c.endswith("conditioned_lstm.cell"))
+
+
+def test_cells_with_inputs_compile_and_export_with_layers_directions_and_batch_first():
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True)
+    check_compile(TLSTM, **kw)
+    check_export(CONDITIONED, **kw)
 
 
 def test_inductor_fullgraph_forward_and_backward_equal_eager():
@@ -189,7 +222,7 @@ def test_export_with_lengths_and_backward_through_the_exported_program():
 
 SLSTM_HEADS = next(c for c in EXAMPLES if c.endswith("slstm_heads.cell"))
 OPCHECK_CASES = [("lstm", None, False, False), ("lstm", [5, 3], True, True), ("mgu", [0, 4], False, False),
-                 (SLSTM_HEADS, None, True, True)]
+                 (SLSTM_HEADS, None, True, True), (TLSTM, [5, 3], True, True), (CONDITIONED, [2, 5], True, False)]
 
 
 @pytest.mark.parametrize("cell,lengths,reverse,transposed", OPCHECK_CASES,
@@ -197,21 +230,26 @@ OPCHECK_CASES = [("lstm", None, False, False), ("lstm", [5, 3], True, True), ("m
                               for c, L, r, tr in OPCHECK_CASES])
 def test_opcheck(cell, lengths, reverse, transposed):
     """schema, autograd registration, fake tensors (shapes and strides) and AOT dispatch with dynamic
-    shapes, for all three operators; `transposed`: x is a [B, T, I] tensor's transpose (batch_first)."""
+    shapes, for all three operators; `transposed`: x (and the extra inputs) are [B, T, ...] tensors'
+    transposes (batch_first)."""
     ops = cell_ops(cell)
     torch.manual_seed(0)
-    shapes = lstmc.compile(cell, "reference").param_shapes(I, H)
+    sizes = SIZES.get(_id(cell))
+    prog = lstmc.compile(cell, "reference")
+    shapes = prog.param_shapes(I, H, sizes)
     x = (torch.randn(B, T, I, dtype=DT).transpose(0, 1) if transposed else torch.randn(T, B, I, dtype=DT))
     x.requires_grad_()
     states = [torch.randn(B, H, dtype=DT, requires_grad=True) for _ in ops.states]
     params = [(0.5 * torch.randn(shapes[p], dtype=DT)).requires_grad_() for p in ops.params]
+    inputs = [(torch.rand((B, T) + s[2:], dtype=DT).transpose(0, 1) if transposed else torch.rand(s, dtype=DT))
+              .requires_grad_() for s in prog.input_shapes(T, B, H, sizes).values()]
     L = None if lengths is None else torch.tensor(lengths)
-    results = {"fwd": torch.library.opcheck(ops.fwd, (x, states, params, L, reverse))}
-    plain = (x.detach(), [s.detach() for s in states], [p.detach() for p in params])
+    results = {"fwd": torch.library.opcheck(ops.fwd, (x, states, params, inputs, L, reverse))}
+    plain = (x.detach(), [s.detach() for s in states], [p.detach() for p in params], [u.detach() for u in inputs])
     results["infer"] = torch.library.opcheck(ops.infer, (*plain, L, reverse))
     y, finals, tape = ops.fwd(*plain, L, reverse)
-    results["bwd"] = torch.library.opcheck(ops.bwd, (plain[0], plain[2], L, reverse, tape, torch.randn_like(y),
-                                                     [torch.randn_like(f) for f in finals]))
+    results["bwd"] = torch.library.opcheck(ops.bwd, (plain[0], plain[2], plain[3], L, reverse, tape,
+                                                     torch.randn_like(y), [torch.randn_like(f) for f in finals]))
     for name, r in results.items():
         assert set(r.values()) == {"SUCCESS"} and len(r) == 4, (name, r)
 
@@ -303,8 +341,11 @@ def test_operators_refuse_other_devices_in_a_sentence():
 def test_wrong_list_lengths_are_named():
     ops = cell_ops("lstm")
     x = torch.randn(T, B, I, dtype=DT)
-    with pytest.raises(ValueError, match="takes 2 states .* and 16 parameters"):
-        ops.infer(x, [torch.zeros(B, H, dtype=DT)], [], None, False)
+    with pytest.raises(ValueError, match=r"takes 2 states .*, 16 parameters .* and 0 extra inputs \(none\), got 1, 0 "
+                                         r"and 0"):
+        ops.infer(x, [torch.zeros(B, H, dtype=DT)], [], [], None, False)
+    with pytest.raises(ValueError, match=r"takes 2 states \(h, c\), .* and 1 extra inputs \(dt\), got 2, 14 and 0"):
+        cell_ops(TLSTM).infer(x, [torch.zeros(B, H, dtype=DT)] * 2, [torch.zeros(H, dtype=DT)] * 14, [], None, False)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", SLSTM_HEADS], ids=_id)

@@ -2,8 +2,9 @@
 generic Scan form (and as the native ONNX LSTM/GRU where that applies), checked with
 onnx.checker(full_check=True) and run in ONNX Runtime at two values of T and B, with lengths (0 and T
 among them), the reverse direction and initial states, against lstmc's reference backend in float64:
-max relative error (|a - b| / max(1, |b|)) at most 1e-5 for the float32 graph. One table of cases
-drives one checker; then the graph's interface, the errors, and `lstmc export` of trained models."""
+max relative error (|a - b| / max(1, |b|)) at most 1e-5 for the float32 graph. Cells with extra
+per-step inputs get them as graph inputs named after them. One table of cases drives one checker;
+then the graph's interface, the errors, and `lstmc export` of trained models."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ EXAMPLES = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").gl
 I, H = 3, 8
 SIZES = ((5, 4), (9, 3))           # (T, B): two of each, through one session: T and B are dynamic
 TOL = 1e-5
+CELL_SIZES = {"conditioned_lstm": {"K": 2}}     # the values of the example cells' `size` lines
 
 # every primitive the language has beyond the examples' (log, softplus, sqrt, abs, min, the four
 # comparisons, a float mask read by where, sum and mean), and a state computed from parameters only
@@ -69,6 +71,11 @@ CASES = (
     + [_case(c, "native") for c in sorted(NATIVE)]
     # 2 layers, bidirectional, no lengths: the reverse direction is Scan's own; batch_first
     + [_case("lstm", "generic", layers=2, lengths=False, batch_first=True),
+       # extra inputs: two layers read the same inputs; batch first; the reverse direction by Scan's own
+       # direction (no lengths) and by ReverseSequence (lengths)
+       _case(str(Path(EXAMPLES[0]).parent / "zoneout_lstm.cell"), layers=2, lengths=False, batch_first=True),
+       _case(str(Path(EXAMPLES[0]).parent / "conditioned_lstm.cell"), layers=2, batch_first=True),
+       _case(str(Path(EXAMPLES[0]).parent / "tlstm.cell"), dtype=torch.float64),
        _case("lstm", "native", layers=2, lengths=False, initial_states=False),
        _case(EXAMPLES[-1], "generic", layers=2),                                   # slstm_heads: heads 4
        _case("gru_v1", "native", layers=2, batch_first=True),
@@ -87,6 +94,7 @@ def _modules(case):
     kw = dict(num_layers=case["layers"], bidirectional=case["bidirectional"], batch_first=case["batch_first"],
               bias=case["bias"])
     cell = lstmc.parse(case["cell"]) if "\n" in case["cell"] else case["cell"]
+    kw["sizes"] = CELL_SIZES.get(_id(case["cell"]))
     ref = Recurrent(cell, I, H, backend="reference", dtype=torch.float64, **kw)
     exp = Recurrent(cell, I, H, backend="reference", dtype=case["dtype"], **kw)
     exp.load_state_dict({k: v.to(case["dtype"]) for k, v in ref.state_dict().items()})
@@ -108,14 +116,21 @@ def _ops(graph) -> list[str]:
     return out
 
 
+def _extra_dims(rnn) -> dict:
+    """{extra input: its feature count or None} of the module's cell."""
+    return {u: rnn.cell.input_size_of(u, H, rnn.sizes) for u in rnn.cell.inputs}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_export_matches_reference(case, tmp_path):
     cell = lstmc.parse(case["cell"]) if "\n" in case["cell"] else lstmc.load(case["cell"])
-    if getattr(cell, "inputs", None):       # extra per-step inputs: not exported yet, and the error says so
-        with pytest.raises(ExportError, match=f"extra per-step inputs \\({next(iter(cell.inputs))}"):
+    sized = [s for s, k in getattr(cell, "state_sizes", {}).items() if k != "H"]
+    if sized:                   # `state h[P]`: not exported yet, and the error says so
+        with pytest.raises(ExportError, match=f"states of their own sizes \\({sized[0]}"):
             check_supported(cell)
         return
     ref, exp = _modules(case)
+    extra = _extra_dims(ref)
     states = ref.state_names
     LD = case["layers"] * (2 if case["bidirectional"] else 1)
     D = 2 if case["bidirectional"] else 1
@@ -130,8 +145,9 @@ def test_export_matches_reference(case, tmp_path):
     # the interface as specified: names, symbolic T and B, [L*D, B, H] states, <state>_n outputs
     g = model.graph
     seq = ["B", "T"] if case["batch_first"] else ["T", "B"]
-    want_in = [("input", seq + [I])] + ([("lengths", ["B"])] if case["lengths"] else []) + (
-        [(s, [LD, "B", H]) for s in states] if case["initial_states"] else [])
+    want_in = ([("input", seq + [I])] + [(u, seq + ([] if n is None else [n])) for u, n in extra.items()]
+               + ([("lengths", ["B"])] if case["lengths"] else [])
+               + ([(s, [LD, "B", H]) for s in states] if case["initial_states"] else []))
     assert [(v.name, _dims(v)) for v in g.input] == want_in
     assert [(v.name, _dims(v)) for v in g.output] == [("output", seq + [D * H])] + [(f"{s}_n", [LD, "B", H])
                                                                                     for s in states]
@@ -150,7 +166,10 @@ def test_export_matches_reference(case, tmp_path):
         L[0], L[1] = T, 0                   # a full row and an empty one
         s0 = [rng.uniform(0.1, 0.6, size=(LD, B, H)) for _ in states]   # positive: sLSTM's normaliser n
         xin = x.transpose(1, 0, 2) if case["batch_first"] else x
-        feeds = {"input": xin.astype(np_dt)}
+        # the extra inputs: positive ([T, B] time gaps, [T, B, n] masks or a second stream), in the layout
+        ins = {u: rng.uniform(0.1, 1.0, size=((B, T) if case["batch_first"] else (T, B)) + (() if n is None else (n,)))
+               for u, n in extra.items()}
+        feeds = {"input": xin.astype(np_dt), **{u: v.astype(np_dt) for u, v in ins.items()}}
         if case["lengths"]:
             feeds["lengths"] = L.astype(np.int64)
         if case["initial_states"]:
@@ -159,7 +178,8 @@ def test_export_matches_reference(case, tmp_path):
         with torch.no_grad():
             st = tuple(torch.from_numpy(v) for v in s0) if case["initial_states"] else None
             y, fin = ref(torch.from_numpy(xin), st if st is None or len(st) > 1 else st[0],
-                         lengths=torch.from_numpy(L) if case["lengths"] else None)
+                         lengths=torch.from_numpy(L) if case["lengths"] else None,
+                         inputs={u: torch.from_numpy(v) for u, v in ins.items()})
         fin = fin if isinstance(fin, tuple) else (fin,)
         assert got[0].shape == tuple(y.shape)
         errs = {"output": max_rel(got[0], y.numpy())}
@@ -224,13 +244,26 @@ def test_only_a_recurrent_is_exported():
         to_onnx(torch.nn.LSTM(I, H), None, torch.zeros(3, 2, I))
 
 
-def test_unsupported_construct_is_named():
-    try:
-        cell = lstmc.parse("cell timed\ninput dt\nstate h\nh' = tanh(W @ x + U @ h + b) * dt\n")
-    except lstmc.SpecError:
-        pytest.skip("this lstmc's cell language has no `input` lines")
-    with pytest.raises(ExportError, match="extra per-step inputs \\(dt"):
+def test_an_input_named_like_a_graph_value_is_refused():
+    """Extra inputs become graph inputs named after them: one called `lengths` (or `input`, `output`,
+    `h_n`) would clash with the graph's own values, and the error says to rename it."""
+    cell = lstmc.parse("cell timed\ninput lengths\nstate h\nh' = tanh(W @ x + U @ h + b) * lengths\n")
+    with pytest.raises(ExportError, match="extra input named 'lengths'.*rename the input"):
         check_supported(cell)
+    ok = lstmc.parse("cell timed\ninput dt\nstate h\nh' = tanh(W @ x + U @ h + b) * dt\n")
+    check_supported(ok)
+
+
+def test_extra_inputs_enter_the_hoisted_products(tmp_path):
+    """conditioned_lstm's `V @ w` is one more MatMul beside x's, concatenated into l0.xp before the
+    Scan; with lengths, w is reversed for the reverse direction once and shared by both layers."""
+    rnn = Recurrent(str(Path(EXAMPLES[0]).parent / "conditioned_lstm.cell"), I, H, num_layers=2,
+                    bidirectional=True, sizes={"K": 2}, backend="reference", dtype=torch.float32)
+    model = to_onnx(rnn, None, torch.zeros(3, 2, I), lengths=True)
+    nodes = {n.name: n.op_type for n in model.graph.node}
+    assert nodes["l0.xp_x"] == nodes["l0.xp_w"] == nodes["l1_reverse.xp_w"] == "MatMul"
+    assert nodes["l0.xp"] == "Concat"
+    assert sum(op == "ReverseSequence" and name.startswith("w_") for name, op in nodes.items()) == 1
 
 
 # ---------------------------------------------------------------------------- lstmc export MODEL.pt

@@ -1,6 +1,8 @@
 """A `lstmc.nn.Recurrent` as ONNX: layers, directions, lengths, initial and final states.
 
 Graph inputs:  input [T, B, I] ([B, T, I] with batch_first), T and B symbolic;
+               one per extra per-step input of the cell (`input dt`, `input keep[H]`, `input u[K]`),
+               named after it: [T, B] or [T, B, n] ([B, T, ...] with batch_first);
                lengths [B] int64 (with lengths=True); one [L·D, B, H] tensor per state, named after
                the cell's states (with initial_states=True; otherwise zeros).
 Graph outputs: output [T, B, D·H] ([B, T, D·H] with batch_first); <state>_n [L·D, B, H] per state.
@@ -11,8 +13,12 @@ operator shares, that operator (lstmc/onnx_export/native.py). Sequence semantics
 (docs/nn.md, "Calling it"; lstmc/backends/sequence.py): a row past its length outputs 0 and keeps
 its state; the reverse direction reads each row backwards within its own length (`ReverseSequence`,
 which leaves positions past the length in place, exactly lstmc's `reverse_index`); positions past a
-row's length are cleared before the input product (`clear_padding`). Inter-layer dropout is a
-training-time operation and is not exported (the graph is the module in eval mode).
+row's length are cleared before the input product (`clear_padding`). The extra inputs are reversed
+and cleared like x (once per direction, shared by every layer) and enter the hoisted products slot
+by slot as `program.input_segments()` says: `V @ u` one more MatMul, an input read element-wise its
+own slot (a [T, B] input expanded over H); the Scan body reads the slots as it reads W @ x's.
+Inter-layer dropout is a training-time operation and is not exported (the graph is the module in
+eval mode).
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ class Net:
     dirs: int
     dtype: np.dtype
     params: dict          # (layer, direction) -> {parameter: array}
+    sizes: dict = None    # the values of the cell's `size` lines (Recurrent's sizes=)
+
+    def input_dims(self) -> dict[str, int | None]:
+        """{extra input: its feature count}: None for `input dt` ([T, B]), H or its size's value."""
+        return {u: self.cell.input_size_of(u, self.hidden, self.sizes) for u in self.cell.inputs}
 
     @classmethod
     def from_recurrent(cls, rnn) -> "Net":
@@ -56,6 +67,7 @@ class Net:
         check_supported(cell)
         program = lower(cell)
         dirs = 2 if rnn.bidirectional else 1
+        sizes = dict(getattr(rnn, "sizes", None) or {})
         first = next(iter(rnn.parameters()), None)      # a cell whose every parameter is a dropped bias has none
         dtype = np.dtype(str(first.dtype).replace("torch.", "") if first is not None else "float32")
         params = {}
@@ -64,9 +76,9 @@ class Net:
             for d in range(dirs):
                 pd = rnn.cell_params(layer, reverse=bool(d))
                 p = {k: (pd[k].detach().cpu().numpy().astype(dtype) if k in pd else
-                         np.zeros(cell.param_shape(k, in_size, H), dtype=dtype)) for k in cell.params}
+                         np.zeros(cell.param_shape(k, in_size, H, sizes), dtype=dtype)) for k in cell.params}
                 params[(layer, d)] = dense_weights(NumpyOps(dtype), program, p)
-        return cls(cell, program, rnn.input_size, H, rnn.num_layers, dirs, dtype, params)
+        return cls(cell, program, rnn.input_size, H, rnn.num_layers, dirs, dtype, params, sizes)
 
     @staticmethod
     def label(layer: int, d: int) -> str:
@@ -74,37 +86,65 @@ class Net:
         return f"l{layer}" + ("_reverse" if d else "")
 
 
+RESERVED = ("input", "lengths", "output")     # the graph's own input and output names
+
+
 def check_supported(cell: Cell) -> None:
-    """Refuse, naming it, a construct the export does not express: extra per-step inputs (`input`
-    lines) and parameters other than W [H, I], U [H, H] (block-diagonal with heads) and b [H]."""
-    extra = getattr(cell, "inputs", None)
-    if extra:
-        raise ExportError(f"cell '{cell.name}' reads extra per-step inputs ({', '.join(extra)}: `input` lines), "
-                          f"which the ONNX export does not support yet; export a cell without them")
-    odd = [f"{p} (kind {k})" for p, k in cell.params.items() if k not in ("W", "U", "b")]
+    """Refuse, naming it, a construct the export does not express: states of sizes other than H
+    (`state h[P]`), parameters other than W [H, I], U [H, H] (block-diagonal with heads), V [H, K]
+    (`V @ u`) and b [H], and an extra input whose name is one of the graph's own (`input`,
+    `lengths`, `output`, `<state>_n`)."""
+    sized = [f"{s}[{k}]" for s, k in getattr(cell, "state_sizes", {}).items() if k != "H"]
+    if sized:
+        raise ExportError(f"cell '{cell.name}' has states of their own sizes ({', '.join(sized)}), which the ONNX "
+                          f"export does not support yet; export a cell whose states have the hidden size")
+    odd = [f"{p} (kind {k})" for p, k in cell.params.items() if k not in ("W", "U", "V", "b")]
     if odd:
         raise ExportError(f"cell '{cell.name}' has parameters the ONNX export does not support yet: {', '.join(odd)}")
+    taken = set(RESERVED) | {f"{s}_n" for s in cell.states}
+    clash = [u for u in cell.inputs if u in taken]
+    if clash:
+        raise ExportError(f"cell '{cell.name}' has an extra input named '{clash[0]}', which is also the name of a "
+                          f"value of the exported graph ({', '.join(sorted(taken))}): rename the input in the cell")
 
 
 class _Sequence:
     """Values every layer shares: the batch size, zeros for absent initial states, the lengths,
-    the mask of live positions [T, B, 1] and of rows with a nonzero length [B, 1]."""
+    the mask of live positions [T, B, 1] and of rows with a nonzero length [B, 1], the extra inputs
+    as each direction reads them."""
 
-    def __init__(self, g: Graph, x: str, H: int, lengths: str | None):
+    def __init__(self, g: Graph, x: str, H: int, lengths: str | None, inputs: dict[str, str] | None = None):
         self.g = g
+        self.inputs = dict(inputs or {})       # the extra per-step inputs, time-major, as given
         shape = g.op("Shape", [x], name="shape_input")
         self.T = g.op("Gather", [shape, g.const(0, np.int64)], name="T", axis=0)
         self.B = g.op("Gather", [shape, g.const(1, np.int64)], name="B", axis=0)
         self.H = H
         self.lengths = lengths
         self._zeros = None
-        self.live = self._nonempty = self._lengths_i32 = None
+        self.live = self.live_TB = self._nonempty = self._lengths_i32 = None
+        self._extra: dict = {}
         if lengths is not None:
             t = g.op("Range", [g.const(0, np.int64), self.T, g.const(1, np.int64)], name="time")
-            live = g.op("Less", [g.op("Unsqueeze", [t, g.ints([1], "axes_1")], name="time_col"),
-                                 g.op("Unsqueeze", [lengths, g.ints([0], "axes_0")], name="lengths_row")],
-                        name="live_TB")
-            self.live = g.op("Unsqueeze", [live, g.ints([2], "axes_2")], name="live")
+            self.live_TB = g.op("Less", [g.op("Unsqueeze", [t, g.ints([1], "axes_1")], name="time_col"),
+                                         g.op("Unsqueeze", [lengths, g.ints([0], "axes_0")], name="lengths_row")],
+                                name="live_TB")
+            self.live = g.op("Unsqueeze", [self.live_TB, g.ints([2], "axes_2")], name="live")
+
+    def extra(self, name: str, value: str, rank: int, reverse: bool) -> str:
+        """An extra input [T, B] or [T, B, n] (`rank` 2 or 3) as a direction reads it, as x is read:
+        each row reversed within its length for the reverse direction (with lengths), positions past
+        the length cleared. Made once per input and direction, shared by every layer."""
+        key = (name, reverse)
+        if key not in self._extra:
+            g, v = self.g, value
+            if self.lengths is not None:
+                if reverse:
+                    v = g.op("ReverseSequence", [v, self.lengths], name=f"{name}_reversed", batch_axis=1, time_axis=0)
+                v = g.op("Where", [self.live if rank == 3 else self.live_TB, v, g.const(0.0)],
+                         name=f"{name}{'_reversed' if reverse else ''}_cleared")
+            self._extra[key] = v
+        return self._extra[key]
 
     def zeros(self) -> str:
         """A [B, H] zero state (shared by every layer, direction and state without an initial value)."""
@@ -132,12 +172,16 @@ class _Sequence:
 
 
 def emit_recurrent(g: Graph, net: Net, x: str, lengths: str | None, states: dict[str, str] | None,
-                   native: str | None) -> tuple[str, dict[str, str]]:
+                   native: str | None, inputs: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Emit the network reading `x` [T, B, I] (time-major); returns (output [T, B, D·H],
     {state: its L·D final values [B, H], in nn.LSTM's order}). `states`: state -> its [L·D, B, H]
-    input (None: zeros);
-    `native`: the built-in whose ONNX operator to use (None: the generic Scan form)."""
-    seq = _Sequence(g, x, net.hidden, lengths)
+    input (None: zeros); `native`: the built-in whose ONNX operator to use (None: the generic Scan
+    form); `inputs`: the cell's extra per-step inputs, name -> time-major value (every layer reads them)."""
+    missing = [u for u in net.cell.inputs if u not in (inputs or {})]
+    if missing:
+        raise ExportError(f"cell '{net.cell.name}' reads extra per-step inputs ({', '.join(missing)}), which this "
+                          f"export does not provide: export the Recurrent with to_onnx, which makes them graph inputs")
+    seq = _Sequence(g, x, net.hidden, lengths, inputs)
     finals = {s: [] for s in net.cell.states}
     layer_in = x
     for layer in range(net.layers):
@@ -170,8 +214,7 @@ def _generic_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, 
     x = _clear_padding(g, seq, x, label)
     mats = prog.input_mats
     if mats:
-        W = g.initializer(f"{label}.W", transposed_stack([p[m] for m in mats]))
-        xs = g.op("MatMul", [x, W], name=f"{label}.xp")          # all T·B rows at once, before the loop
+        xs = _input_products(g, net, seq, label, p, x, reverse)
         width = len(mats) * H
     else:
         xs, width = x, net.input_size if label.startswith("l0") else net.hidden * net.dirs
@@ -191,6 +234,31 @@ def _generic_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, 
     if reverse and masked:
         y = g.op("ReverseSequence", [y, seq.lengths], name=f"{label}.y_in_order", batch_axis=1, time_axis=0)
     return y, dict(zip(prog.cell.states, outs[:-1]))
+
+
+def _input_products(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, x: str, reverse: bool) -> str:
+    """XP [T, B, nx·H], all T·B rows at once before the loop, slot by slot as the Program's
+    input_segments() say: x @ [W...]^T, u @ [V...]^T for each `V @ u`, and each input read
+    element-wise as its own slot (a [T, B] input expanded over H)."""
+    H, dims = net.hidden, net.input_dims()
+    segs = net.program.input_segments()
+    parts = []
+    for src, names, direct, _ in segs:
+        name = f"{label}.xp" if len(segs) == 1 else f"{label}.xp_{src or 'x'}"
+        if src is None:
+            W = g.initializer(f"{label}.W", transposed_stack([p[m] for m in names]))
+            parts.append(g.op("MatMul", [x, W], name=name))
+            continue
+        u = seq.extra(src, seq.inputs[src], 2 if dims[src] is None else 3, reverse)
+        if not direct:
+            V = g.initializer(f"{label}.V_{src}", transposed_stack([p[m] for m in names]))
+            parts.append(g.op("MatMul", [u, V], name=name))
+        elif dims[src] is None:
+            u1 = g.op("Unsqueeze", [u, g.ints([2], "axes_2")], name=f"{name}/1")
+            parts.append(g.op("Expand", [u1, g.ints([1, 1, H], "shape_11H")], name=name))
+        else:
+            parts.append(g.op("Identity", [u], name=name))
+    return parts[0] if len(parts) == 1 else g.op("Concat", parts, name=f"{label}.xp", axis=2)
 
 
 def _native_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, x: str, reverse: bool,
@@ -262,7 +330,8 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
             native="auto", opset: int | None = None) -> onnx.ModelProto:
     """Export a `lstmc.nn.Recurrent` to ONNX; write it to `path` (unless None) and return the model.
 
-    Graph inputs: `input` ([T, B, I], or [B, T, I] with batch_first; T and B are symbolic),
+    Graph inputs: `input` ([T, B, I], or [B, T, I] with batch_first; T and B are symbolic), one per
+    extra per-step input of the cell, named after it ([T, B] or [T, B, n], batch first likewise),
     `lengths` ([B] int64, with lengths=True: lstmc's `lengths=` semantics) and, with
     initial_states=True, one [L·D, B, H] input per state named after the cell's states (`h`, `c`).
     Outputs: `output` and the final states `<state>_n` (`h_n`, `c_n`).
@@ -294,6 +363,12 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
     inputs = [g.value_info(x, ["B", "T", net.input_size] if bf else ["T", "B", net.input_size])]
     if bf:
         x = g.op("Transpose", [x], name="input_time_major", perm=[1, 0, 2])
+    extra = {}
+    for u, n in net.input_dims().items():        # the cell's extra per-step inputs, named after them
+        v = g.names.claim(u)
+        inputs.append(g.value_info(v, (["B", "T"] if bf else ["T", "B"]) + ([] if n is None else [n])))
+        extra[u] = (g.op("Transpose", [v], name=f"{u}_time_major", perm=[1, 0] if n is None else [1, 0, 2])
+                    if bf else v)
     L = None
     if lengths:
         L = g.names.claim("lengths")
@@ -302,7 +377,7 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
     if initial_states:
         states = {s: g.names.claim(s) for s in net.cell.states}
         inputs += [g.value_info(v, [LD, "B", H]) for v in states.values()]
-    y, finals = emit_recurrent(g, net, x, L, states, kind)
+    y, finals = emit_recurrent(g, net, x, L, states, kind, extra)
     out = g.op("Transpose" if bf else "Identity", [y], name="output", exact=True, **({"perm": [1, 0, 2]} if bf else {}))
     outputs = [g.value_info(out, ["B", "T", D * H] if bf else ["T", "B", D * H])]
     for s in net.cell.states:
