@@ -148,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import tune
 
     tune.add_parser(sub)
-    from . import onnx_export
+    from .onnx_export import cli as onnx_cli
 
-    onnx_export.add_parser(sub)
+    onnx_cli.add_parser(sub)
     from . import train
 
     train.add_parser(sub)

@@ -568,7 +568,7 @@ class Recurrent(nn.Module):
         after the cell's states; outputs `output` and the final states `<state>_n`. Each layer and
         direction is an ONNX Scan over the cell's step, or the native LSTM/GRU operator for the
         built-ins whose math it is (native="auto"; False forces the Scan form). See docs/onnx.md."""
-        from .onnx_export import to_onnx
+        from .onnx_export.recurrent import to_onnx
 
         return to_onnx(self, path, example_input, lengths=lengths, initial_states=initial_states, native=native,
                        opset=opset)

@@ -5,18 +5,22 @@
   step.py       the lowered Program's step as a Scan body: one spelling row per primitive
   native.py     the built-ins ONNX's LSTM/GRU operators compute, and their weight layout
   recurrent.py  layers, directions, lengths, states: to_onnx
-  model.py      a trained SeqModel (embedding, Recurrent, head) from model.pt; the CLI
-"""
+  model.py      a trained SeqModel (embedding, Recurrent, head) from model.pt: export_model
+  cli.py        `lstmc export` (add_parser, cli_main)
 
-from .recurrent import to_onnx
-from .step import ExportError
+Every name is imported on first use, so that importing the package (the CLI does, to add
+`export`) costs nothing and imports neither onnx nor lstmc.nn.
+"""
 
 __all__ = ["to_onnx", "ExportError", "export_model", "add_parser", "cli_main"]
 
+_HOME = {"to_onnx": "recurrent", "ExportError": "step", "export_model": "model", "add_parser": "cli",
+         "cli_main": "cli"}
 
-def __getattr__(name):      # the CLI half imports lstmc.train only when used
-    if name in ("export_model", "add_parser", "cli_main"):
-        from . import model
 
-        return getattr(model, name)
+def __getattr__(name):
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
