@@ -211,7 +211,7 @@ def entries(db, task: str | None = None) -> list[tuple[str, dict, list]]:
     """The board: one (task, setting, [arena.Entry]) per task and setting, the entries averaged over
     every recorded seed of a cell version. A cell name recorded with two different sources is shown
     as name@sha for each."""
-    from .arena import Entry
+    from .board import Entry
 
     con = connect(db)
     try:
@@ -257,7 +257,7 @@ def _mean(xs) -> float:
 def report_md(db, task: str | None = None) -> str:
     """The leaderboard as markdown: per task and setting, the cells ranked by mean test metric over all
     recorded seeds, with who ran them, when and on which code version."""
-    from .arena import rank_task
+    from .board import rank_task
 
     boards = entries(db, task)
     lines = [f"# lstmc leaderboard ({Path(db).name})", ""]
@@ -298,7 +298,7 @@ def cli_main(args) -> int:
     md = report_md(args.db, args.task)
     print(md)
     if args.out:
-        from .arena import report_html
+        from .board import report_html
 
         from .files import atomic_write
 
