@@ -440,16 +440,9 @@ def cli_main(args) -> int:
 def main(argv=None) -> int:
     """`python -m lstmc.anomaly ...`: `lstmc anomaly ...` alone. Exit status 2, with one line on stderr,
     when an option value or a file is wrong."""
-    p = argparse.ArgumentParser(prog="lstmc")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = p.parse_args(argv if argv[:1] == ["anomaly"] else ["anomaly", *argv])
-    try:
-        return args.fn(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"lstmc: error: {e}", file=sys.stderr)
-        return 2
+    from .subcommand import run_alone
+
+    return run_alone("anomaly", add_parser, argv)
 
 
 if __name__ == "__main__":

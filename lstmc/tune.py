@@ -577,16 +577,9 @@ def cli_main(args) -> int:
 def main(argv=None) -> int:
     """`python -m lstmc.tune ...`: `lstmc tune ...` without the rest of the CLI (the word `tune` may be
     left out). Exit status 2, with one line on stderr, when an option is wrong."""
-    p = argparse.ArgumentParser(prog="lstmc")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = p.parse_args(argv if argv[:1] == ["tune"] else ["tune", *argv])
-    try:
-        return args.fn(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"lstmc: error: {e}", file=sys.stderr)
-        return 2
+    from .subcommand import run_alone
+
+    return run_alone("tune", add_parser, argv)
 
 
 if __name__ == "__main__":

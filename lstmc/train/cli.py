@@ -159,12 +159,6 @@ def main(argv=None) -> int:
     """`python -m lstmc.train ...`: `lstmc train ...` without the rest of the CLI (the word `train` may
     be left out). Exit status 2, with one line on stderr, when an option value, a file or a
     checkpoint is wrong (ValueError, FileNotFoundError, CheckpointError)."""
-    p = argparse.ArgumentParser(prog="lstmc")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = p.parse_args(argv if argv is not None and argv[:1] == ["train"] else ["train", *(argv or sys.argv[1:])])
-    try:
-        return args.fn(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"lstmc: error: {e}", file=sys.stderr)
-        return 2
+    from ..subcommand import run_alone
+
+    return run_alone("train", add_parser, argv)
