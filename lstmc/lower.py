@@ -29,6 +29,7 @@ from .ops import REDUCTIONS, TRANSCENDENTAL
 from .program import Block, Gemm, Group, Let, Program, decide
 from .simplify import simplify
 from .spec import Cell
+from .spec_sizes import new_nodes
 
 __all__ = ["Program", "Block", "Gemm", "Let", "lower"]
 
@@ -48,25 +49,72 @@ def lower(cell: Cell) -> Program:
             saver.save(g["operand"])
     for name, node in saver.saved:
         fwd_roots[("sv", name)] = node
+    sizes = prod.sizes
+    saved_sizes = {name: sizes.of(node) or "H" for name, node in saver.saved}
+    sizes.saved = saved_sizes
     groups = []
     for gi, g in enumerate(prod.groups):
         operand = g["operand"] if g["operand"].op == "state" else var("sv", saver.names[g["operand"]])
-        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"], g.get("reduce")))
+        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"], g.get("reduce"), g["rows"], g["cols"]))
     fwd_gemms = [Gemm(g.index, (g.operand,), g.mats, tuple(var("rp", g.index, m) for m in g.mats), False, g.reduce)
                  for g in groups]
     # forward: operand values are computed under their sv name; the gemm reads that var
-    fwd = _schedule(fwd_roots, fwd_gemms, prod.names, operand_nodes={
+    fwd = _schedule(fwd_roots, fwd_gemms, prod.names, sizes, operand_nodes={
         var("sv", saver.names[g["operand"]]): g["operand"] for g in prod.groups if g["operand"].op != "state"})
     bwd_gemms = [Gemm(g.index, tuple(var("drp", g.index, m) for m in g.mats), g.mats, (var("dv", g.index),), True,
                       g.reduce) for g in groups]
     bwd_names = {}
     for k, n in bwd_roots.items():
         bwd_names.setdefault(n, ir.var_name(k))
-    bwd = _schedule(bwd_roots, bwd_gemms, bwd_names, operand_nodes={
+    bwd = _schedule(bwd_roots, bwd_gemms, bwd_names, sizes, operand_nodes={
         var("drp", g.index, m): bwd_roots[("drp", g.index, m)] for g in groups for m in g.mats}, reverse=True)
     vec = tuple(p for p, k in cell.params.items() if k == "b")
     return decide(Program(cell=cell, input_mats=tuple(prod.input_mats), groups=tuple(groups), fwd=tuple(fwd),
-                          bwd=tuple(bwd), saved=tuple(saver.saved), vector_params=vec))
+                          bwd=tuple(bwd), saved=tuple(saver.saved), vector_params=vec,
+                          saved_sizes=saved_sizes))
+
+
+class _Sizes:
+    """The size of every lowered value (docs/design.md, "Sizes"): a leaf's by its kind (a state's
+    declared size, a product's rows, a group operand's adjoint its columns, ...), an element-wise
+    node's the size of its vector arguments (the parser checked they agree), None for constants."""
+
+    def __init__(self, cell: Cell, groups: list):
+        self.cell = cell
+        self.groups = groups       # the planner's group dicts (rows, cols)
+        self.saved: dict = {}
+        self.memo: dict = {}
+
+    def key(self, key: tuple) -> str | None:
+        kind = key[0]
+        if kind in ("s1", "ds1", "ds"):
+            return self.cell.state_size(key[1])
+        if kind in ("xp", "dxp"):
+            return "H"
+        if kind in ("rp", "drp"):
+            return self.groups[key[1]]["rows"]
+        if kind == "dv":
+            return self.groups[key[1]]["cols"]
+        if kind == "dp":
+            return self.cell.param_sizes.get(key[1], ("H",))[0]
+        if kind == "sv":
+            return self.saved.get(key[1])
+        return None
+
+    def of(self, node: Node) -> str | None:
+        memo = self.memo
+        for n in new_nodes(node, memo):
+            if n.op == "const":
+                memo[n] = None
+            elif n.op == "state":
+                memo[n] = self.cell.state_size(n.attr)
+            elif n.op == "param":
+                memo[n] = self.cell.param_sizes.get(n.attr, ("H",))[0]
+            elif n.op == "var":
+                memo[n] = self.key(n.attr)
+            else:
+                memo[n] = next((memo[a] for a in n.args if memo[a] is not None), None)
+        return memo[node]
 
 
 class _Products:
@@ -87,6 +135,7 @@ def _plan_products(cell: Cell) -> _Products:
     # simplify first (constant folding, identities); CSE is already given by interning
     simple = {node: simplify(node) for _, node in cell.equations}
     roots = [simple[node] for _, node in cell.equations]       # source order: slots follow the spec
+    p.sizes = sizes = _Sizes(cell, p.groups)
     for n in walk(roots):
         args = tuple(memo[a] for a in n.args)
         if n.op == "matvec":
@@ -97,11 +146,13 @@ def _plan_products(cell: Cell) -> _Products:
                     p.input_mats.append(n.attr)
                 m = var("xp", n.attr)
                 phase[m] = 0
-            else:
-                gi = by_operand.get(v)
+            else:      # one group per operand and size of the products (its matrices' rows)
+                rows = cell.param_sizes.get(n.attr, ("H", "H"))[0]
+                gi = by_operand.get((v, rows))
                 if gi is None:
-                    gi = by_operand[v] = len(p.groups)
-                    p.groups.append({"operand": v, "mats": [], "phase": phase[v]})
+                    gi = by_operand[(v, rows)] = len(p.groups)
+                    p.groups.append({"operand": v, "mats": [], "phase": phase[v], "rows": rows,
+                                     "cols": sizes.of(v) or "H"})
                 if (gi, n.attr) not in seen_mats:
                     seen_mats.add((gi, n.attr))
                     p.groups[gi]["mats"].append(n.attr)
@@ -112,7 +163,9 @@ def _plan_products(cell: Cell) -> _Products:
             gi = by_reduction.get((v, n.op))
             if gi is None:
                 gi = by_reduction[(v, n.op)] = len(p.groups)
-                p.groups.append({"operand": v, "mats": [n.op], "phase": phase[v], "reduce": n.op})
+                vs = sizes.of(v) or "H"
+                p.groups.append({"operand": v, "mats": [n.op], "phase": phase[v], "reduce": n.op, "rows": vs,
+                                 "cols": vs})
             m = var("rp", gi, n.op)
             phase[m] = phase[v] + 1
         elif n.op == "input" and n.attr is not None:     # an extra input read element-wise: its own slot
@@ -299,7 +352,7 @@ class _Saver:
 _WRITE_ONLY = ("dp", "ds")
 
 
-def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str],
+def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str], sizes: _Sizes,
               operand_nodes: dict[Node, Node], reverse: bool = False) -> list:
     """Passes 3-4: assign every value a phase and fuse each phase's pointwise work into one Block.
 
@@ -394,11 +447,13 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
         return memo[n]
 
     done_targets = set()
+    let_size: dict[tuple, str] = {}
     for n in order:
         if n in key_of and not n.is_leaf:
             k = key_of[n]
             is_buf = k[0] != "t" or k in buffers or any(place[q] != place[n] for q in parents.get(n, ()))
             lets_by_phase[place[n]].append(Let(k, body(n), is_buf))
+            let_size[k] = sizes.key(k) or sizes.of(n) or "H"
             done_targets.add(k)
     # targets that are leaves or that alias another target's node: copies
     for k, n in targets.items():
@@ -406,13 +461,19 @@ def _schedule(roots: dict[tuple, Node], gemms: list[Gemm], names: dict[Node, str
             continue
         src = var(*key_of[n]) if n in key_of else n
         lets_by_phase[phase.get(n, 0)].append(Let(k, src, True))
+        let_size[k] = sizes.key(k) or sizes.of(n) or "H"
     gemms_by_phase: dict[int, list[Gemm]] = {}
     for g in sorted(gemms, key=lambda g: g.group):
         gemms_by_phase.setdefault(gphase[g.group], []).append(g)
     stages: list = []
     for p in range(nphase):
-        if lets_by_phase[p]:
-            stages.append(Block(p, tuple(lets_by_phase[p])))
+        # one block per size of its values (a loop has one extent; values of different sizes only
+        # meet through a product or a reduction, which ends a phase: docs/design.md, "Sizes")
+        by_size: dict[str, list[Let]] = {}
+        for let in lets_by_phase[p]:
+            by_size.setdefault(let_size[let.key], []).append(let)
+        for size, lets in by_size.items():
+            stages.append(Block(p, tuple(lets), size))
         stages.extend(gemms_by_phase.get(p, ()))
     return stages
 

@@ -2,6 +2,7 @@
 
   lstm           torch.nn.LSTM (forward + autograd), ONNX LSTM via onnx.reference
   gru            torch.nn.GRU (forward + autograd)
+  lstmp          torch.nn.LSTM(proj_size=P) (forward + autograd; Sak et al. 2014)
   peephole_lstm  ONNX LSTM with peepholes via onnx.reference
   gru_v1         ONNX GRU, linear_before_reset=0, via onnx.reference
   cifg_lstm      ONNX Runtime LSTM with input_forget=1 (onnx.reference ignores input_forget)
@@ -22,7 +23,8 @@ from .build import compile as compile_cell
 from .build import load
 from .lower import lower
 
-from .interop import ONNX_GATES, TORCH_GATES, torch_module_class, torch_param_names
+from .interop import (ONNX_GATES, TORCH_GATES, TORCH_KINDS, TORCH_PROJECTED, TORCH_PROJECTION, torch_layer_weights,
+                      torch_module_class, torch_param_names)
 
 LSTM_TORCH, GRU_TORCH = TORCH_GATES["lstm"], TORCH_GATES["gru"]
 LSTM_ONNX, GRU_ONNX = ONNX_GATES["lstm"], ONNX_GATES["gru"]
@@ -62,14 +64,18 @@ def torch_fp32_precision(tf32: bool = False):
 
 
 def torch_module(cell_name: str, params: dict, I: int, H: int):
-    """torch.nn.LSTM/GRU (float64) holding lstmc `params` of the built-in `lstm`/`gru` cell."""
+    """torch.nn.LSTM/GRU (float64) holding lstmc `params` of the built-in `lstm`/`gru` cell, or
+    nn.LSTM(proj_size=P) for `lstmp` (P from W_hr's shape)."""
     import torch
 
-    m = torch_module_class(cell_name)(I, H).double()
-    w = [_cat(params, torch_param_names(cell_name, kind)) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    if cell_name in TORCH_PROJECTED:
+        P = params[TORCH_PROJECTION[cell_name]].shape[0]
+        m = torch_module_class(TORCH_PROJECTED[cell_name])(I, H, proj_size=P).double()
+    else:
+        m = torch_module_class(cell_name)(I, H).double()
     with torch.no_grad():
-        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), w):
-            p.copy_(torch.from_numpy(v))
+        for name, t in torch_layer_weights(m, cell_name).items():
+            t.copy_(torch.from_numpy(params[name]))
     return m
 
 
@@ -91,11 +97,11 @@ def check_torch(cell_name: str) -> list[Result]:
                                                     for f, s in zip(fin_t, states)])
     grads = torch.autograd.grad([yt] + fin_t, [xt] + s0 + list(m.parameters()),
                                 [torch.tensor(dy)] + [torch.tensor(ds[s][None]) for s in states])
-    ours = [dx] + [dst[s] for s in states] + [
-        _cat(dp, torch_param_names(cell_name, kind)) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    kinds = TORCH_KINDS + (("weight_hr",) if cell_name in TORCH_PROJECTION else ())
+    ours = [dx] + [dst[s] for s in states] + [_cat(dp, torch_param_names(cell_name, kind)) for kind in kinds]
     bwd = max(max_rel(g.numpy()[0] if g.dim() == 3 and g.shape[0] == 1 and o.ndim == 2 else g.numpy(), o)
               for g, o in zip(grads, ours))
-    kind = "LSTM" if cell_name == "lstm" else "GRU"
+    kind = "GRU" if cell_name == "gru" else "LSTM" if cell_name == "lstm" else "LSTM(proj_size)"
     return [Result(f"torch.nn.{kind} forward", fwd, 1e-10), Result(f"torch.nn.{kind} backward", bwd, 1e-9)]
 
 
@@ -215,6 +221,7 @@ def check_ort(cell_name: str) -> list[Result]:
 ORACLES = {
     "lstm": (check_torch, check_onnx, check_ort),
     "gru": (check_torch,),
+    "lstmp": (check_torch,),
     "peephole_lstm": (check_onnx,),
     "gru_v1": (check_onnx, check_ort),
     "cifg_lstm": (check_ort,),

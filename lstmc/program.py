@@ -68,9 +68,12 @@ class Let:
 
 @dataclass(frozen=True)
 class Block:
-    """Fused pointwise work of one phase: straight-line lets, elementwise over [B, H]."""
+    """Fused pointwise work of one phase: straight-line lets, elementwise over [B, size] (size "H",
+    or a declared size: a phase whose values have several sizes is one block per size, see
+    docs/design.md, "Sizes")."""
     phase: int
     lets: tuple[Let, ...]
+    size: str = "H"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class Group:
     mats: tuple[str, ...]
     phase: int
     reduce: str | None = None
+    rows: str = "H"          # the size of each product (its matrices' rows; a reduction: the operand's)
+    cols: str = "H"          # the operand's size (the matrices' columns)
 
 
 @dataclass
@@ -112,10 +117,37 @@ class Program:
     dxp_alias: int | None = None
     dp_shared: dict = field(default_factory=dict)
     past_length: dict = field(default_factory=lambda: dict(PAST_LENGTH))
+    saved_sizes: dict = field(default_factory=dict)     # saved value -> its size name
 
     @property
     def states(self):
         return self.cell.states
+
+    def state_size(self, s: str) -> str:
+        """A state's size name ("H", or "P" for `state h[P]`)."""
+        return self.cell.state_size(s)
+
+    def extents(self, H: int, sizes: dict | None = None) -> dict:
+        """{size name: number} at run time: H and every declared size (`sizes`, read off the
+        parameters by the backends)."""
+        return {"H": H, **{k: int(v) for k, v in (sizes or {}).items()}}
+
+    def size_of_key(self, key: tuple) -> str | None:
+        """The size of a value of the step by its var key (None for a temporary 't': its expression's)."""
+        kind = key[0]
+        if kind in ("s1", "ds1", "ds"):
+            return self.state_size(key[1])
+        if kind in ("xp", "dxp"):
+            return "H"
+        if kind in ("rp", "drp"):
+            return self.groups[key[1]].rows
+        if kind == "dv":
+            return self.groups[key[1]].cols
+        if kind == "dp":
+            return self.cell.param_sizes.get(key[1], ("H",))[0]
+        if kind == "sv":
+            return self.saved_sizes.get(key[1], "H")
+        return None
 
     @property
     def dy_state(self) -> str:
@@ -152,8 +184,13 @@ class Program:
 
     def text(self) -> str:
         """A readable, canonical description (used by `lstmc show` and as part of cache keys)."""
-        out = [f"program {self.cell.name}", f"  states: {', '.join(self.cell.states)}   output: {self.cell.output}"]
+        states = ", ".join(s + ("" if self.state_size(s) == "H" else f"[{self.state_size(s)}]") for s in self.cell.states)
+        out = [f"program {self.cell.name}", f"  states: {states}   output: {self.cell.output}"]
         out.append("  params: " + ", ".join(f"{p}:{k}" for p, k in self.cell.params.items()))
+        if self.cell.sized:
+            out.append("  sizes: " + ", ".join(f"{p} {self.cell.param_dims(p)}" for p in self.cell.params)
+                       + "; groups: " + ", ".join(f"{g.index} [{g.rows}] <- [{g.cols}]" for g in self.groups)
+                       + "".join(f"; saved {n} [{z}]" for n, z in self.saved_sizes.items() if z != "H"))
         if self.cell.heads > 1:
             out.append(f"  heads: {self.cell.heads} (every U block-diagonal, multiplied as a dense [H, H] matrix)")
         if self.cell.inits:
@@ -203,7 +240,7 @@ def describe(stage) -> list[str]:
             return [f"GEMM {ir.to_text(stage.out[0])} = [{a}] @ [{'; '.join(stage.mats)}]"]
         outs = ", ".join(ir.to_text(n) for n in stage.out)
         return [f"GEMM [{outs}] = {a} @ [{', '.join(stage.mats)}]^T"]
-    lines = [f"block {stage.phase}:"]
+    lines = [f"block {stage.phase}" + ("" if stage.size == "H" else f" [B, {stage.size}]") + ":"]
     for let in stage.lets:
         lines.append(f"  {ir.var_name(let.key)}{'' if let.buffer else ' (local)'} = {ir.to_text(let.expr)}")
     return lines
@@ -216,7 +253,7 @@ def decide(program: Program) -> Program:
     adj = {let.key: let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets}
     program.dxp_alias = None
     for g in program.weight_groups:
-        if program.input_mats and len(g.mats) == len(program.input_mats) and all(
+        if program.input_mats and g.rows == "H" and len(g.mats) == len(program.input_mats) and all(
                 adj.get(("dxp", m)) is var("drp", g.index, gm) for m, gm in zip(program.input_mats, g.mats)):
             program.dxp_alias = g.index
             break
@@ -323,6 +360,9 @@ def _check_stages(p: Program, stages, available: set, direction: str) -> set:
                 _fail(f"{direction} block {st.phase} defines {let.key!r}, not a known kind of value")
             if let.key in made:
                 _fail(f"{direction} step defines {ir.var_name(let.key)} twice")
+            size = p.size_of_key(let.key)
+            if size is not None and size != st.size:
+                _fail(f"{direction} block {st.phase} of size {st.size} defines {ir.var_name(let.key)} of size {size}")
             for n in walk([let.expr]):
                 if n.op == "var" and n.attr not in defined:
                     _fail(f"{direction} block {st.phase}: {ir.var_name(let.key)} reads {ir.var_name(n.attr)} "

@@ -40,15 +40,16 @@ def problem(cell, T=4, B=3, I=3, H=5, seed=0, lengths=True, dtype=np.float64):
     H = -(-H // ref.cell.heads) * ref.cell.heads
     params = {k: v.astype(dtype) for k, v in ref.init_params(I, H, seed=seed, sizes=problem_sizes(ref.cell)).items()}
     x = rng.normal(size=(T, B, I)).astype(dtype)
-    st = {s: (0.5 * rng.normal(size=(B, H))).astype(dtype) for s in ref.cell.states}
+    n = {s: ref.cell.size_value(ref.cell.state_size(s), I, H, problem_sizes(ref.cell)) for s in ref.cell.states}
+    st = {s: (0.5 * rng.normal(size=(B, n[s]))).astype(dtype) for s in ref.cell.states}
     L = None
     if lengths:
         L = rng.integers(0, T + 1, size=B)
         L[0] = T
         if B > 2:
             L[1] = 0
-    dy = rng.normal(size=(T, B, H)).astype(dtype)
-    ds = {s: rng.normal(size=(B, H)).astype(dtype) for s in ref.cell.states}
+    dy = rng.normal(size=(T, B, n[ref.cell.output])).astype(dtype)
+    ds = {s: rng.normal(size=(B, n[s])).astype(dtype) for s in ref.cell.states}
     return x, params, st, L, dy, ds
 
 

@@ -3,7 +3,8 @@
 The language (README, "The cell language") is line oriented:
 
     cell NAME                 first statement
-    state s1, s2, ...         recurrent state vectors; s is the value at t-1, s' the value at t
+    state s1, s2[P], ...      recurrent state vectors; s is the value at t-1, s' the value at t; s2[P]
+                              has the declared size P (default H; lstmc/spec_sizes.py infers the rest)
     output s                  optional; default the first state
     init NAME = VALUE         optional; VALUE is a number or zeros|ones|uniform|normal|xavier|orthogonal
     param NAME, ...           optional; once present, every free name must be declared
@@ -37,6 +38,7 @@ from .ops import FUNCTIONS
 from .spec_expr import ROW_FUNCTIONS, Expressions, _parser
 from .spec_errors import CHAR_HINTS, DIRECTIVES, FUNCS_TEXT, Diagnostics, SpecError, did_you_mean, with_article
 from .spec_inputs import InputDeclarations
+from .spec_sizes import SizedStates
 
 __all__ = ["SpecError", "Cell", "parse", "INIT_KINDS"]
 
@@ -80,6 +82,29 @@ class Cell:
     inputs: dict = field(default_factory=dict)        # extra input -> None ([T, B]), "H" or a size name
     sizes: tuple = ()                                  # `size K` lines, in order
     param_inputs: dict = field(default_factory=dict)  # a "V" parameter -> the input it multiplies
+    state_sizes: dict = field(default_factory=dict)   # state -> "H" or a size name (`state h[P]`)
+    param_sizes: dict = field(default_factory=dict)   # parameter -> its dimensions as size names
+
+    def state_size(self, s: str) -> str:
+        return self.state_sizes.get(s, "H")
+
+    @property
+    def sized(self) -> bool:
+        """Does some state have a size other than H (`state h[P]`)?"""
+        return any(v != "H" for v in self.state_sizes.values())
+
+    def size_value(self, size: str, input_size: int, hidden_size: int, sizes: dict | None = None) -> int:
+        """The number a size name stands for: H, I, or a declared size's value in `sizes`."""
+        if size == "H":
+            return hidden_size
+        if size == "I":
+            return input_size
+        if not sizes or size not in sizes:
+            raise ValueError(f"cell '{self.name}' declares `size {size}`: pass its value, e.g. sizes={{{size!r}: 8}}")
+        k = sizes[size]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"sizes[{size!r}] must be a positive integer, got {k!r}")
+        return int(k)
 
     def input_size_of(self, name: str, hidden_size: int, sizes: dict | None = None) -> int | None:
         """The feature count of extra input `name`: None for a scalar input ([T, B]), H for [H], else
@@ -98,6 +123,8 @@ class Cell:
     def param_dims(self, name: str) -> str:
         """A parameter's shape in words: [H, I], [H, H] ([N, H/N, H/N] with heads), [H], [H, K]."""
         kind = self.params[name]
+        if kind != "V" and self.sized and name in self.param_sizes:
+            return f"[{', '.join(self.param_sizes[name])}]"
         if kind == "V":
             return f"[H, {self.inputs[self.param_inputs[name]] or 1}]"
         if kind == "U" and self.heads > 1:
@@ -106,6 +133,8 @@ class Cell:
 
     def param_shape(self, name: str, input_size: int, hidden_size: int, sizes: dict | None = None) -> tuple[int, ...]:
         kind = self.params[name]
+        if kind != "V" and self.sized and name in self.param_sizes:
+            return tuple(self.size_value(d, input_size, hidden_size, sizes) for d in self.param_sizes[name])
         if kind == "V":
             return (hidden_size, self.input_size_of(self.param_inputs[name], hidden_size, sizes))
         if kind == "U" and self.heads > 1:
@@ -129,7 +158,7 @@ def parse(text: str, filename: str = "<string>") -> Cell:
     return _Parser(text, filename).run()
 
 
-class _Parser(InputDeclarations, Expressions, Diagnostics):
+class _Parser(SizedStates, InputDeclarations, Expressions, Diagnostics):
     def __init__(self, text: str, filename: str):
         self.text = text
         self.filename = filename
@@ -211,9 +240,6 @@ class _Parser(InputDeclarations, Expressions, Diagnostics):
         if len(names) != 1:
             raise self.err("`cell` takes exactly one name", lineno, fix="write `cell my_cell`")
         return _Stmt("cell", lineno, line, names[0][0])
-
-    def d_state(self, rest, lineno, line):
-        return _Stmt("state", lineno, line, self._names(rest, lineno, line, "state"))
 
     def d_output(self, rest, lineno, line):
         names = self._names(rest, lineno, line, "output")
@@ -356,7 +382,8 @@ class _Parser(InputDeclarations, Expressions, Diagnostics):
                 if states:
                     raise self.err("a second `state` statement", st.lineno,
                                    fix=f"list all states on the first one (line {state_line}): state a, b")
-                states, state_line = st.data, st.lineno
+                sized_states, state_line = st.data, st.lineno
+                states = [(s_, c_) for s_, c_, _, _ in sized_states]
                 seen = set()
                 for s, col in states:
                     if s in seen:
@@ -426,6 +453,8 @@ class _Parser(InputDeclarations, Expressions, Diagnostics):
         self._known = set(declared) | {k.rstrip("'") for k in assigns} | state_set | set(inputs)
         self._inputs = inputs
         self._sizes = sizes
+        self._state_line = state_line
+        self._state_sizes = self.check_state_sizes(sized_states, sizes, heads)
         self.check_inputs(inputs, sizes, state_set, declared, assigns)
         for pname, (line, col) in declared.items():
             if pname in state_set or pname in assigns:
@@ -497,6 +526,8 @@ class _Parser(InputDeclarations, Expressions, Diagnostics):
             equations.append((key, node))
         self.unused(assigns, deps, params)
         self.unused_inputs(params)
+        self._param_lines = {p: (line, col) for p, (_, line, col) in params.items()}
+        param_sizes, _ = self.infer_sizes(order, values, assigns, self._state_sizes)
         # parameters in order of first appearance in the source; a "V:u" kind is a V multiplying input u
         pkinds = {p: k for p, (k, _, _) in sorted(params.items(), key=lambda kv: kv[1][1:])}
         param_inputs = {p: k[2:] for p, k in pkinds.items() if k.startswith("V:")}
@@ -516,7 +547,8 @@ class _Parser(InputDeclarations, Expressions, Diagnostics):
         new = {s: values[s + "'"] for s in states}
         return Cell(name=name, states=tuple(states), output=output, new=new, params=pkinds, inits=init_vals,
                     equations=equations, names=names, source=self.text, filename=self.filename,
-                    param_inputs=param_inputs)
+                    param_inputs=param_inputs, state_sizes=dict(self._state_sizes),
+                    param_sizes={p: param_sizes.get(p, ("H",)) for p in pkinds})
 
     def unused(self, assigns, deps, params) -> None:
         """The typo rules: an intermediate never used, or a declared parameter never used, is an error

@@ -96,8 +96,9 @@ class InputDeclarations:
             raise self.err(f"input '{iname}' is declared but never used{hint}", line, col,
                            fix=(f"write '{iname}' where '{close[0]}' is written" if close
                                 else "use it in an equation or remove it from the `input` line"))
-        used = {size for size, *_ in self._inputs.values()}
+        used = {size for size, *_ in self._inputs.values()} | set(getattr(self, "_state_sizes", {}).values())
         for sname, (line, col) in self._sizes.items():
             if sname not in used:
                 raise self.err(f"size '{sname}' is declared but never used", line, col,
-                               fix=f"use it in an input declaration (`input u[{sname}]`) or remove it")
+                               fix=f"use it in a state or input declaration (`state h[{sname}]`, `input u[{sname}]`) "
+                                   "or remove it")

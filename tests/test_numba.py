@@ -263,7 +263,7 @@ h' = tanh(c') * sigmoid(W_o @ x + U_o @ h + b_o)
 LAYERNORM = str(Path(__file__).resolve().parents[1] / "examples" / "layernorm_lstm.cell")   # row reductions
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects", "layernorm"])
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects", "layernorm", "lstmp"])
 def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
     """The fused blocks (and the reductions between them) must compile to packed SIMD (…ps on
     ymm/zmm), not only scalar (…ss) code."""

@@ -47,12 +47,16 @@ def rng_for(*key) -> np.random.Generator:
 
 
 def random_problem(prog, T, B, I, H, rng, scale=0.6):
-    """Random params (every entry nonzero in general), x, initial state, dy and dstate."""
-    params = {p: rng.uniform(-scale, scale, size=shp) for p, shp in prog.param_shapes(I, H).items()}
+    """Random params (every entry nonzero in general), x, initial state, dy and dstate. A cell with
+    sized states (lstmp's `state h[P]`) gets 3 for each declared size."""
+    cell = prog.cell
+    sizes = {k: 3 for k in cell.sizes} or None
+    params = {p: rng.uniform(-scale, scale, size=shp) for p, shp in prog.param_shapes(I, H, sizes).items()}
+    n = {s: cell.size_value(cell.state_size(s), I, H, sizes) for s in cell.states}
     x = rng.uniform(-1.0, 1.0, size=(T, B, I))
-    state = {s: rng.uniform(-1.0, 1.0, size=(B, H)) for s in prog.cell.states}
-    dy = rng.normal(size=(T, B, H))
-    dstate = {s: rng.normal(size=(B, H)) for s in prog.cell.states}
+    state = {s: rng.uniform(-1.0, 1.0, size=(B, n[s])) for s in cell.states}
+    dy = rng.normal(size=(T, B, n[cell.output]))
+    dstate = {s: rng.normal(size=(B, n[s])) for s in cell.states}
     return params, x, state, dy, dstate
 
 
@@ -89,12 +93,20 @@ TORCH_MAP = {
         "bias_ih": ["b_ir", "b_iz", "b_in"],
         "bias_hh": ["b_hr", "b_hz", "b_hn"],
     }),
+    # nn.LSTM(proj_size=P) (Sak et al. 2014): the lstm gates (weight_hh [4H, P]) and weight_hr [P, H]
+    "lstmp": (torch.nn.LSTM, {
+        "weight_ih": ["W_i", "W_f", "W_g", "W_o"],
+        "weight_hh": ["U_i", "U_f", "U_g", "U_o"],
+        "bias_ih": ["b_ii", "b_if", "b_ig", "b_io"],
+        "bias_hh": ["b_hi", "b_hf", "b_hg", "b_ho"],
+        "weight_hr": ["W_hr"],
+    }),
 }
 
 # (cell, sizes, lengths or None, reverse)
 TORCH_CASES = [
     (cell, size, lengths, reverse)
-    for cell in ("lstm", "gru")
+    for cell in ("lstm", "gru", "lstmp")
     for size, lengths, reverse in [
         ("std", None, False),
         ("b1", None, False),
@@ -139,24 +151,26 @@ def test_against_torch(cell, size, lengths, reverse):
     d = ndir - 1                                    # the direction lstmc is compared with
     sfx = "_l0_reverse" if reverse else "_l0"
     torch.manual_seed(0)
-    mod = cls(I, H, num_layers=1, bias=True, bidirectional=reverse, dtype=torch.float64)
+    proj = {"proj_size": params["W_hr"].shape[0]} if cell == "lstmp" else {}   # random_problem's P
+    mod = cls(I, H, num_layers=1, bias=True, bidirectional=reverse, dtype=torch.float64, **proj)
     with torch.no_grad():
         for tname, names in mapping.items():
             getattr(mod, tname + sfx).copy_(torch.from_numpy(np.concatenate([params[n] for n in names], 0)))
     xt = torch.tensor(x, requires_grad=True)
     init = {}
     for s in states:   # [num_directions, B, H]; direction 1 of a bidirectional module is the reverse one
-        full = np.stack([rng.uniform(-1, 1, size=(B, H)), state[s]]) if reverse else state[s][None]
+        full = np.stack([rng.uniform(-1, 1, size=state[s].shape), state[s]]) if reverse else state[s][None]
         init[s] = torch.tensor(full, requires_grad=True)
-    hx = (init["h"], init["c"]) if cell == "lstm" else init["h"]
+    hx = (init["h"], init["c"]) if cell != "gru" else init["h"]
     if lengths is None:
         yt, fin_t = mod(xt, hx)
     else:
         packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
         yp, fin_t = mod(packed, hx)
         yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yp, total_length=T)
-    fin_t = dict(zip(states, fin_t if cell == "lstm" else (fin_t,)))
-    yt = yt[:, :, d * H:(d + 1) * H]
+    fin_t = dict(zip(states, fin_t if cell != "gru" else (fin_t,)))
+    Hy = y.shape[2]                                 # the output's size (P for lstmp)
+    yt = yt[:, :, d * Hy:(d + 1) * Hy]
     loss = (yt * torch.from_numpy(dy)).sum()
     for s in states:
         loss = loss + (fin_t[s][d] * torch.from_numpy(dstate[s])).sum()
@@ -170,8 +184,9 @@ def test_against_torch(cell, size, lengths, reverse):
     bwd.update({f"d{s}0": (dstate0[s], init[s].grad[d].numpy()) for s in states})
     for tname, names in mapping.items():
         g = getattr(mod, tname + sfx).grad.numpy()
+        rows = g.shape[0] // len(names)             # H per gate; weight_hr whole
         for j, n in enumerate(names):
-            bwd[f"d{n}"] = (dparams[n], g[j * H:(j + 1) * H])
+            bwd[f"d{n}"] = (dparams[n], g[j * rows:(j + 1) * rows])
     assert set(dparams) == {n for names in mapping.values() for n in names}, "a parameter is not compared"
     check_all(bwd, TORCH_BWD_TOL, f"{cell} backward vs torch autograd")
 

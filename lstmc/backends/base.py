@@ -64,6 +64,7 @@ class Tape:
     owner: object = None   # the CompiledCell whose forward made this tape (backward refuses others')
     inputs: dict = field(default_factory=dict)   # extra input -> [T, B(, n)] in loop order, padding cleared
     vmats: dict = field(default_factory=dict)    # extra input u -> its matrices V stacked [k*H, K]
+    dims: dict = field(default_factory=dict)     # size name -> number ({"H": H, "P": P}; {} means H only)
 
 
 class Gradients(tuple):
@@ -171,6 +172,13 @@ class CompiledCell:
         for p, kind in self.cell.params.items():
             shp = self._shape_of(params[p])
             if shp is None:
+                continue
+            if self.cell.sized and kind != "V":       # states of other sizes: each dimension by its name
+                dims = self.cell.param_sizes[p]
+                if len(shp) == len(dims):
+                    for d, n in zip(dims, shp):
+                        if d in ("H", "I"):
+                            vote(votes_h if d == "H" else votes_i, n)
                 continue
             if kind == "b" and len(shp) == 1:
                 vote(votes_h, shp[0])
@@ -298,6 +306,11 @@ class CompiledCell:
                     f"parameters give hidden_size={H}, " + (f"{self.cell.inputs[u]}={n}" if self.cell.inputs[u] != "H"
                                                              else "")))
                 continue
+            if self.cell.sized:
+                self._check_array(name, params[p], self.cell.param_shape(p, I, H, sizes), lambda p=p: (
+                    f": {p} is {self.cell.param_dims(p)}, and x and the other parameters give "
+                    + ", ".join(f"{k}={v}" for k, v in {"H": H, "I": I, **sizes}.items())))
+                continue
             self._check_array(name, params[p], self.cell.param_shape(p, I, H), lambda p=p, kind=kind: (
                 f": {p} is {dims[kind]}, and " + (f"x and the other parameters give hidden_size={H}, input_size={I}"
                                                   if kind == "W" else f"the other parameters give hidden_size={H}")))
@@ -316,8 +329,11 @@ class CompiledCell:
                 raise ValueError(f"state has unknown entries {bad}; the states of cell '{self.cell.name}' are "
                                  f"{', '.join(self.cell.states)} (leave one out for zeros)")
             for s, v in state.items():
-                self._check_array(f"state['{s}']", v, (B, H),
-                                  f" = [batch, hidden_size]: B={B} from x, hidden_size={H} from params")
+                z = self.cell.state_size(s)
+                n = H if z == "H" else self.cell.size_value(z, I, H, sizes)
+                self._check_array(f"state['{s}']", v, (B, n),
+                                  f" = [batch, hidden_size]: B={B} from x, hidden_size={H} from params" if z == "H"
+                                  else f" = [batch, {z}] (`state {s}[{z}]`): B={B} from x, {z}={n} from params")
         for u, shape in self.input_shapes(T, B, H, sizes).items():
             size = self.cell.inputs[u]
             self._check_array(f"inputs['{u}']", inputs[u], shape, (
@@ -346,10 +362,24 @@ class CompiledCell:
             raise ValueError(f"inputs has unknown entries {bad}; the inputs of cell '{cell.name}' are "
                              f"{', '.join(cell.inputs)}{did_you_mean_any(bad[0], cell.inputs)}")
 
+    def dims(self, params: dict, inputs: dict | None, H: int) -> dict:
+        """{size name: number} for a call whose arguments check_inputs accepted: H and each declared
+        size (docs/design.md, "Sizes")."""
+        return self.program.extents(H, self._sizes_from(params, inputs or {}, H))
+
     def _sizes_from(self, params: dict, inputs: dict, H) -> dict:
         """The values of the cell's `size` lines, read off the parameters (the first V of an input
-        sized K with two dimensions gives K), else off the input itself ([T, B, K])."""
+        sized K with two dimensions gives K, the first parameter with a dimension of a state's size
+        gives that size), else off the input itself ([T, B, K])."""
         sizes = {}
+        if self.cell.sized:
+            for p, dims in self.cell.param_sizes.items():
+                shp = self._shape_of(params[p])
+                if shp is None or len(shp) != len(dims) or self.cell.params[p] == "V":
+                    continue
+                for d, n in zip(dims, shp):
+                    if d not in ("H", "I") and d not in sizes:
+                        sizes[d] = n
         for p, u in self.cell.param_inputs.items():
             k = self.cell.inputs[u]
             shp = self._shape_of(params[p])
@@ -377,7 +407,10 @@ class CompiledCell:
             raise ValueError(f"tape must come from this program's forward, but this tape was made by {made}"
                              f"{same}: pass it to that program's backward (this program is {self!r})")
         T, B, I, H = tape.shapes
-        self._check_array("dy", dy, (T, B, H), " = [T, B, hidden_size], the shape of forward's y")
+        dims = tape.dims or {"H": H}
+        out = self.cell.state_size(self.cell.output)
+        self._check_array("dy", dy, (T, B, dims[out]), " = [T, B, hidden_size], the shape of forward's y" if out == "H"
+                          else f" = [T, B, {out}], the shape of forward's y (the output state's size)")
         if dstate is not None:
             if not isinstance(dstate, dict):
                 raise ValueError(f"dstate must be a dict {{state name: [B, H] array}} for states "
@@ -386,8 +419,9 @@ class CompiledCell:
                 if s not in self.cell.states:
                     raise ValueError(f"dstate has unknown entry '{s}'; the states of cell '{self.cell.name}' are "
                                      f"{', '.join(self.cell.states)}")
-                self._check_array(f"dstate['{s}']", v, (B, H),
-                                  f" = [batch, hidden_size], the shape of forward's final state['{s}']")
+                self._check_array(f"dstate['{s}']", v, (B, dims[self.cell.state_size(s)]),
+                                  f" = [batch, {self.cell.state_size(s).replace('H', 'hidden_size')}], the shape of "
+                                  f"forward's final state['{s}']")
 
 
 def did_you_mean_any(word, choices) -> str:

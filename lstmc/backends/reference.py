@@ -33,20 +33,23 @@ def evaluate(expr: Node, env: dict, P: dict):
     return vals[expr]
 
 
-def run_stages(stages, env: dict, P: dict, B: int, H: int, dtype=np.float64) -> None:
+def run_stages(stages, env: dict, P: dict, B: int, H: int, dtype=np.float64, dims: dict | None = None) -> None:
     """Execute blocks and GEMMs in order, writing every defined value into `env` (values computed
-    from parameters and constants only take the shape [B, H] and `dtype`)."""
+    from parameters and constants only take the shape [B, n] of their block's size and `dtype`).
+    `dims`: {size name: number} (H only when None)."""
+    dims = dims or {"H": H}
     for st in stages:
         if isinstance(st, Block):
+            n = dims[st.size]
             for let in st.lets:
                 v = evaluate(let.expr, env, P)
-                if np.shape(v) != (B, H) or np.result_type(v) != dtype:
-                    v = np.broadcast_to(np.asarray(v, dtype=dtype), (B, H))   # parameter- or constant-only
+                if np.shape(v) != (B, n) or np.result_type(v) != dtype:
+                    v = np.broadcast_to(np.asarray(v, dtype=dtype), (B, n))   # parameter- or constant-only
                 env[var(*let.key)] = v
         elif isinstance(st, Gemm) and st.reduce:      # mean/sum over the row, broadcast (and its adjoint)
             a = env[st.a[0]]
             r = a.mean(axis=1, keepdims=True) if st.reduce == "mean" else a.sum(axis=1, keepdims=True)
-            env[st.out[0]] = np.broadcast_to(r, (B, H))
+            env[st.out[0]] = np.broadcast_to(r, a.shape)
         elif isinstance(st, Gemm):
             U = P[f"U{st.group}"]
             if st.transposed:
@@ -54,8 +57,9 @@ def run_stages(stages, env: dict, P: dict, B: int, H: int, dtype=np.float64) -> 
                 env[st.out[0]] = A @ U
             else:
                 R = env[st.a[0]] @ U.T
+                r = R.shape[1] // len(st.out)          # each product's size (its group's rows)
                 for j, o in enumerate(st.out):
-                    env[o] = R[:, j * H:(j + 1) * H]
+                    env[o] = R[:, j * r:(j + 1) * r]
         else:  # pragma: no cover
             raise TypeError(st)
 
@@ -70,18 +74,20 @@ class ReferenceCell(CompiledCell):
 
     def _fwd_step(self, xp_t, S, P):
         prog = self.program
-        B, H = next(iter(S.values())).shape
+        B = next(iter(S.values())).shape[0]
+        H = P["dims"]["H"]
         env = {state(s): S[s] for s in prog.cell.states}
         for j, m in enumerate(prog.input_mats):
             env[var("xp", m)] = xp_t[:, j * H:(j + 1) * H]
-        run_stages(prog.fwd, env, P, B, H, self.np_dtype)
+        run_stages(prog.fwd, env, P, B, H, self.np_dtype, P["dims"])
         S1 = {s: env[var("s1", s)] for s in prog.cell.states}
         saved = {n: env[var("sv", n)] for n, _ in prog.saved}
         return S1, saved
 
     def _bwd_step(self, dS1, S, S1, sv, P):
         prog = self.program
-        B, H = next(iter(S.values())).shape
+        B = next(iter(S.values())).shape[0]
+        H = P["dims"]["H"]
         env = {}
         for s in prog.cell.states:
             env[state(s)] = S[s]
@@ -89,7 +95,7 @@ class ReferenceCell(CompiledCell):
             env[var("ds1", s)] = dS1[s]
         for n, v in sv.items():
             env[var("sv", n)] = v
-        run_stages(prog.bwd, env, P, B, H, self.np_dtype)
+        run_stages(prog.bwd, env, P, B, H, self.np_dtype, P["dims"])
         dS = {s: env[var("ds", s)] for s in prog.cell.states}
         dxp = (np.concatenate([env[var("dxp", m)] for m in prog.input_mats], axis=1)
                if prog.input_mats else None)
@@ -102,7 +108,8 @@ class ReferenceCell(CompiledCell):
         cell's extra inputs, {name: [T, B] or [T, B, n]}."""
         T, B, I, H, lengths = self.check_inputs(x, params, state, lengths, inputs)
         check_flags(reverse=reverse, need_tape=need_tape)
-        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs)
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs,
+                                          self.dims(params, inputs, H))
         if tape is not None:
             tape.owner = self
         return y, st, tape

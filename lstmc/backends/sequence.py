@@ -253,6 +253,11 @@ def group_operand(program: Program, g, states: dict, saved: dict, T: int):
     return states[a.attr][:T] if a.op == "state" else saved[a.attr[1]]
 
 
+def tape_dims(tape: Tape) -> dict:
+    """{size name: number} of the call that made `tape` (H only for a cell without sized states)."""
+    return tape.dims or {"H": tape.shapes[3]}
+
+
 def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_out=None):
     """The whole-sequence GEMMs after the backward loop: ({weight: gradient}, dx [T, B, I] in loop
     order). dXP [T, B, nx*H]: the input products' adjoints (None without input products); dRP[g]
@@ -283,11 +288,13 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
     else:
         dx = ops.zeros((T, B, I), like=tape.x)
     N = program.cell.heads
+    dims = tape_dims(tape)
     for g in program.weight_groups:
         V = group_operand(program, g.index, tape.states, tape.saved, T)
-        dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, H))
+        R = dims[g.rows]           # each product's size: [k*R, C] stacked matrices
+        dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, dims[g.cols]))
         for j, m in enumerate(g.mats):
-            grads[m] = ops.grad(dU[j * H:(j + 1) * H] if N == 1 else ops.diag_blocks(dU[j * H:(j + 1) * H], N))
+            grads[m] = ops.grad(dU[j * R:(j + 1) * R] if N == 1 else ops.diag_blocks(dU[j * R:(j + 1) * R], N))
     return grads, dx
 
 
@@ -317,7 +324,8 @@ def input_grads(ops: ArrayOps, program: Program, tape: Tape, dXP) -> dict:
     return out
 
 
-def param_grads(ops: ArrayOps, program: Program, grads: dict, dp: dict, zeros, I: int, H: int) -> dict:
+def param_grads(ops: ArrayOps, program: Program, grads: dict, dp: dict, zeros, I: int, H: int,
+                dims: dict | None = None) -> dict:
     """{parameter: gradient} in the cell's order: the weight gradients, the vector parameters'
     sums `dp` (one per program.dp_sums(), copied to the parameters that share it: each gradient is
     its own array, so updating one in place leaves the other alone), and `zeros(shape)` for a
@@ -326,7 +334,7 @@ def param_grads(ops: ArrayOps, program: Program, grads: dict, dp: dict, zeros, I
     out = {}
     for p in program.cell.params:
         g = grads.get(p, dp.get(p))
-        out[p] = g if g is not None else zeros(program.cell.param_shape(p, I, H))
+        out[p] = g if g is not None else zeros(program.cell.param_shape(p, I, H, dims))
     return out
 
 
@@ -347,21 +355,23 @@ class SequenceDriver:
         self.fwd_step = fwd_step
         self.bwd_step = bwd_step
 
-    def _packed(self, params) -> dict:
-        """The step functions' P: vector parameters by name, U{g} per group."""
+    def _packed(self, params, dims) -> dict:
+        """The step functions' P: vector parameters by name, U{g} per group, the sizes ("dims")."""
         params = dense_weights(self.ops, self.program, params)
         pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0))
-        return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W, "V": pk.V}
+        return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W, "V": pk.V, "dims": dims}
 
-    def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H, inputs=None):
+    def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H, inputs=None, dims=None):
         prog, ops = self.program, self.ops
         cell = prog.cell
         full = bool(np.all(lengths == T))
         x, rev_idx = order_inputs(ops, x, lengths, reverse)
         inputs = order_extra(ops, inputs, lengths, rev_idx)
-        P = self._packed(params)
+        dims = dims or {"H": H}
+        P = self._packed(params, dims)
         XP = input_products(ops, prog, x, P["Wcat"], H, inputs=inputs, V=P["V"])
-        S = {s: (state[s] if state is not None and s in state else ops.zeros((B, H), like=x)) for s in cell.states}
+        S = {s: (state[s] if state is not None and s in state else ops.zeros((B, dims[cell.state_size(s)]), like=x))
+             for s in cell.states}
         mask = None if full else ops.mask((np.arange(T)[:, None] < lengths[None, :])[:, :, None], like=x)
         ys = []
         Sseq = {s: [S[s]] for s in cell.states} if need_tape else None
@@ -387,7 +397,7 @@ class SequenceDriver:
             tape = Tape(x=x, states={s: ops.stack(v) for s, v in Sseq.items()},
                         saved={n: ops.stack(v) for n, v in saved.items()}, lengths=lengths, mask=mask,
                         reverse=reverse, rev_idx=rev_idx, packed=P, shapes=(T, B, I, H), inputs=inputs,
-                        vmats=P["V"])
+                        vmats=P["V"], dims=dims)
         return y, dict(S), tape
 
     def _past(self, kind: str, m, new, old):
@@ -401,12 +411,13 @@ class SequenceDriver:
         T, B, I, H = tape.shapes
         P = tape.packed
         dy = restore_order(ops, dy, tape.rev_idx)      # the index is its own inverse: to loop order
-        dS = {s: (dstate[s] if dstate is not None and s in dstate else ops.zeros((B, H), like=dy))
+        dims = tape_dims(tape)
+        dS = {s: (dstate[s] if dstate is not None and s in dstate else ops.zeros((B, dims[cell.state_size(s)]), like=dy))
               for s in cell.states}
         dXP = [None] * T
         dRP = {g.index: [None] * T for g in prog.groups}
         sums = prog.dp_sums()          # a shared gradient sum is accumulated once (prog.dp_shared)
-        dp = {p: ops.zeros((H,), like=dy) for p in sums}
+        dp = {p: ops.zeros((dims[cell.param_sizes.get(p, ("H",))[0]],), like=dy) for p in sums}
         mask = tape.mask
         seed = prog.dy_state
         for t in range(T - 1, -1, -1):
@@ -434,5 +445,5 @@ class SequenceDriver:
         grads, dx = weight_grads(ops, prog, tape, P["Wcat"], dXPs, {g: ops.stack(v) for g, v in dRP.items()})
         dx = restore_order(ops, dx, tape.rev_idx)
         dinputs = {k: restore_order(ops, v, tape.rev_idx) for k, v in input_grads(ops, prog, tape, dXPs).items()}
-        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: ops.zeros(shape, like=dy), I, H),
-                         dinputs)
+        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: ops.zeros(shape, like=dy), I, H,
+                                             dims), dinputs)

@@ -79,17 +79,36 @@ class TorchOps(ArrayOps):
         return a @ b if out is None else torch.mm(a, b, out=out)
 
 
-def _block_lines(stages, like: str) -> list[str]:
+def _extent(size: str) -> str:
+    """The local holding a size's number in the generated step (H, or Z_P for `size P`)."""
+    return "H" if size == "H" else f"Z_{size}"
+
+
+def _sized_prologue(program: Program, first: str) -> list[str]:
+    """For a cell with states of other sizes: H and each size from P['dims'], and a [B, n] tensor per
+    size for constant-only values to take their shape from."""
+    if not program.cell.sized:
+        return [f"B, H = {first}.shape", f"DT = {first}.dtype"]
+    out = [f"B = {first}.shape[0]", "H = P['dims']['H']", f"DT = {first}.dtype"]
+    for z in program.cell.sizes:
+        out.append(f"{_extent(z)} = P['dims'][{z!r}]")
+    for z in ("H", *program.cell.sizes):
+        out.append(f"LIKE_{z} = {first}.new_empty((B, {_extent(z)}))")
+    return out
+
+
+def _block_lines(program: Program, stages, like: str) -> list[str]:
     """The stages as torch statements; `like` is a [B, H] local whose dtype and device constant-only
-    values take (a Python float would become torch's default dtype, float32, in a float64 program)."""
+    values take (a Python float would become torch's default dtype, float32, in a float64 program;
+    a cell with sized states: LIKE_<size> of the block's size)."""
     lines = []
     for st in stages:
         if isinstance(st, Block):
-            lines.append(f"# block {st.phase}")
+            lines.append(f"# block {st.phase}" + ("" if st.size == "H" else f" [B, {st.size}]"))
             for let in st.lets:
                 rhs = render_expr(let.expr, SPELL)
                 if not is_batched(let.expr):
-                    rhs = f"_bh({rhs}, {like})"
+                    rhs = f"_bh({rhs}, {like if not program.cell.sized else 'LIKE_' + st.size})"
                 lines.append(f"{key_name(let.key)} = {rhs}")
         elif isinstance(st, Gemm) and st.reduce:     # mean/sum over the row, broadcast (its adjoint too)
             a = value_name(st.a[0])
@@ -102,8 +121,9 @@ def _block_lines(stages, like: str) -> list[str]:
             else:
                 lines.append(f"rp{st.group} = {value_name(st.a[0])} @ P['U{st.group}'].T  "
                              f"# [{', '.join(st.mats)}]")
+                r = _extent(program.groups[st.group].rows)
                 for j, o in enumerate(st.out):
-                    lines.append(f"{value_name(o)} = rp{st.group}[:, {j} * H:{j + 1} * H]")
+                    lines.append(f"{value_name(o)} = rp{st.group}[:, {j} * {r}:{j + 1} * {r}]")
     return lines
 
 
@@ -113,7 +133,7 @@ def render(program: Program, key: str = "") -> str:
     vec = [p for p in program.vector_params]
     first = cell.states[0]
     fwd_pro = [f"{value_name(state(s))} = S[{s!r}]" for s in cell.states]
-    fwd_pro += [f"B, H = {value_name(state(first))}.shape", f"DT = {value_name(state(first))}.dtype"]
+    fwd_pro += _sized_prologue(program, value_name(state(first)))
     fwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
     fwd_pro += [f"{value_name(var('xp', m))} = xp_t[:, {j} * H:{j + 1} * H]" for j, m in enumerate(program.input_mats)]
     fwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('s1', s))}" for s in cell.states) + "}, {"
@@ -122,7 +142,7 @@ def render(program: Program, key: str = "") -> str:
     for s in cell.states:
         bwd_pro += [f"{value_name(state(s))} = S[{s!r}]", f"{key_name(('s1', s))} = S1[{s!r}]",
                     f"{key_name(('ds1', s))} = dS1[{s!r}]"]
-    bwd_pro += [f"B, H = {value_name(state(first))}.shape", f"DT = {value_name(state(first))}.dtype"]
+    bwd_pro += _sized_prologue(program, value_name(state(first)))
     bwd_pro += [f"{key_name(('sv', n))} = SV[{n!r}]" for n, _ in program.saved]
     bwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
     dxp = (f"torch.cat([{', '.join(key_name(('dxp', m)) for m in program.input_mats)}], 1)"
@@ -133,8 +153,8 @@ def render(program: Program, key: str = "") -> str:
     bwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('ds', s))}" for s in cell.states) + "}, " + dxp + ", " + drp
                + ", {" + ", ".join(f"{p!r}: {key_name(('dp', p))}" for p in vec) + "}")
     return render_template("torch_step.py.j2", cell=cell.name, key=key, fwd_prologue=fwd_pro,
-                           fwd_body=_block_lines(program.fwd, value_name(state(first))), fwd_return=fwd_ret,
-                           bwd_prologue=bwd_pro, bwd_body=_block_lines(program.bwd, value_name(state(first))),
+                           fwd_body=_block_lines(program, program.fwd, value_name(state(first))), fwd_return=fwd_ret,
+                           bwd_prologue=bwd_pro, bwd_body=_block_lines(program, program.bwd, value_name(state(first))),
                            bwd_return=bwd_ret)
 
 
@@ -180,7 +200,8 @@ class TorchCell(CompiledCell):
             if t.device != x.device:
                 raise ValueError(f"{nm} is on {t.device} but x is on {x.device}: move all arguments to one device "
                                  f"({nm}.to('{x.device}'))")
-        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs)
+        y, st, tape = self.driver.forward(x, params, state, lengths, bool(reverse), need_tape, T, B, I, H, inputs,
+                                          self.dims(params, inputs, H))
         if tape is not None:
             tape.owner = self
         if tape is not None:

@@ -150,6 +150,8 @@ class NumbaCell(Recycling, CompiledCell):
         check_flags(reverse=reverse, need_tape=need_tape)
         self._check_numba_inputs(x, params, state, inputs)
         prog, ops = self.program, self.ops
+        dims = self.dims(params, inputs, H)
+        sz = {s: dims[prog.state_size(s)] for s in prog.cell.states}
         dt = self.np_dtype
         nx = len(prog.input_mats)
         params = dense_weights(self.ops, prog, params)
@@ -161,7 +163,7 @@ class NumbaCell(Recycling, CompiledCell):
         steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))
         if not need_tape and steps < T:
             rev_idx = reverse_index(T, L) if reverse else None
-            return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs, pk.V)
+            return self._forward_in_chunks(x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs, pk.V, dims)
         x, rev_idx = order_inputs(ops, x, L, reverse)
         ins = order_extra(ops, inputs, L, rev_idx)
         # XP is dead once the kernel returns: backward reuses its memory for dRP0 (same size for LSTM/GRU)
@@ -172,12 +174,13 @@ class NumbaCell(Recycling, CompiledCell):
         rows = T + 1 if need_tape else 2
         Sq = {}
         for s in prog.cell.states:
-            Sq[s] = self._recycled((rows, B, H))
+            Sq[s] = self._recycled((rows, B, sz[s]))
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
         # saved values of rows past their length are never written (nor read): zeros keep them finite
         short = not bool(np.all(L == T))
-        SV = {n: self._recycled((T if need_tape else 1, B, H), zero=short) for n, _ in prog.saved}
-        Y = self._recycled((T, B, H))
+        SV = {n: self._recycled((T if need_tape else 1, B, dims[prog.saved_sizes.get(n, "H")]), zero=short)
+              for n, _ in prog.saved}
+        Y = self._recycled((T, B, sz[prog.cell.output]))
         run_chunks(self.module.forward, plan, B,
                    lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
         last = T if need_tape else T % 2
@@ -187,7 +190,7 @@ class NumbaCell(Recycling, CompiledCell):
         if need_tape:
             tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "vecs": vecs, "U": Ucat},
-                        shapes=(T, B, I, H), extra={"plan": plan}, inputs=ins, vmats=pk.V)
+                        shapes=(T, B, I, H), extra={"plan": plan}, inputs=ins, vmats=pk.V, dims=dims)
         return Y, final, tape
 
     # Without a tape, the input products are computed a time chunk at a time into a workspace of at
@@ -195,18 +198,21 @@ class NumbaCell(Recycling, CompiledCell):
     # workspace instead of a [T, B, nx*H] buffer (4x the output for an LSTM).
     INFER_BYTES = 4 << 20
 
-    def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs=None, V=None):
+    def _forward_in_chunks(self, x, L, rev_idx, state, Wcat, Ucat, vecs, plan, steps, H, inputs=None, V=None,
+                           dims=None):
         """forward(need_tape=False) over time chunks of `steps` steps: each chunk's input products,
         then the kernel on that chunk, its state carried to the next in the kernel's ring of two."""
         prog, ops = self.program, self.ops
         T, B, I = x.shape
         nx = len(prog.input_mats)
+        dims = dims or {"H": H}
         Sq = {}
         for s in prog.cell.states:
-            Sq[s] = self._recycled((2, B, H))
+            Sq[s] = self._recycled((2, B, dims[prog.state_size(s)]))
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
-        SV = {n: self._recycled((1, B, H), zero=True) for n, _ in prog.saved}
-        Y = self._recycled((T, B, H))
+        SV = {n: self._recycled((1, B, dims[prog.saved_sizes.get(n, "H")]), zero=True) for n, _ in prog.saved}
+        Hy = dims[prog.state_size(prog.cell.output)]
+        Y = self._recycled((T, B, Hy))
         cols = np.arange(B)[None, :]
         for t0 in range(0, T, steps):
             n = min(steps, T - t0)
@@ -219,7 +225,7 @@ class NumbaCell(Recycling, CompiledCell):
                                 inputs=ic, V=V)
             if XP is None:
                 XP = np.zeros((n, B, 0), self.np_dtype)
-            Yc = self._workspace("yc", (n, B, H)) if rev_idx is not None else Y[t0:t0 + n]
+            Yc = self._workspace("yc", (n, B, Hy)) if rev_idx is not None else Y[t0:t0 + n]
             run_chunks(self.module.forward, plan, B, lambda c: (XP, *Ucat, *vecs, Lc, *Sq.values(), *SV.values(), Yc, 0))
             if n % 2:                                   # the chunk ended in ring row 1: the next starts from row 0
                 for s in prog.cell.states:
@@ -236,13 +242,15 @@ class NumbaCell(Recycling, CompiledCell):
         T, B, I, H = tape.shapes
         dt = self.np_dtype
         dy = restore_order(ops, dy, tape.rev_idx)     # the index is its own inverse: to loop order
+        dims = tape.dims or {"H": H}
+        sz = {s: dims[prog.state_size(s)] for s in prog.cell.states}
         dS = {s: (np.array(dstate[s], dtype=dt, copy=True) if dstate is not None and s in dstate
-                  else np.zeros((B, H), dt)) for s in prog.cell.states}
-        dSn = {s: np.empty((B, H), dt) for s in prog.cell.states}
+                  else np.zeros((B, sz[s]), dt)) for s in prog.cell.states}
+        dSn = {s: np.empty((B, sz[s]), dt) for s in prog.cell.states}
         nx = len(prog.input_mats)
         # every element of dXP/dRP is written unless some row is shorter than T (then zeros stay)
         zero = not bool(np.all(tape.lengths == T))
-        dRP = [self._workspace("big" if g.index == 0 else f"dRP{g.index}", (T, B, len(g.mats) * H), zero)
+        dRP = [self._workspace("big" if g.index == 0 else f"dRP{g.index}", (T, B, len(g.mats) * dims[g.rows]), zero)
                for g in prog.groups]
         alias = self.dxp_alias
         # with an alias the input products' adjoints are dRP[alias]: no dXP at all
@@ -251,9 +259,11 @@ class NumbaCell(Recycling, CompiledCell):
         nch = len(row_ranges(B, min(plan.chunks, B)))
         # per chunk: its own bias-gradient sums (float64) and slot scratch; everything else is
         # shared, each chunk touching only its own rows
-        dps = [{p: np.zeros(H, np.float64) for p in prog.dp_sums()} for _ in range(nch)]   # shared sums once
-        nscr = sum(len(g.mats) for g in prog.groups) + (len(prog.input_mats) if alias is None else 0)
-        scratch = [[np.zeros((B, H), dt) for _ in range(nscr)] for _ in range(nch)]
+        dps = [{p: np.zeros(dims[prog.cell.param_sizes.get(p, ("H",))[0]], np.float64) for p in prog.dp_sums()}
+               for _ in range(nch)]   # shared sums once
+        widths = ([dims[g.rows] for g in prog.groups for _ in g.mats]
+                  + ([H] * len(prog.input_mats) if alias is None else []))
+        scratch = [[np.zeros((B, w), dt) for w in widths] for _ in range(nch)]
         run_chunks(self.module.backward, plan, B,
                    lambda c: (dy, *tape.packed["U"], *tape.packed["vecs"], tape.lengths, *tape.states.values(),
                               *tape.saved.values(), *dS.values(), *dSn.values(), dXP, *dRP, *dps[c].values(),
@@ -266,4 +276,5 @@ class NumbaCell(Recycling, CompiledCell):
         dx = restore_order(ops, dx, tape.rev_idx)
         dinputs = {k: restore_order(ops, v, tape.rev_idx)
                    for k, v in input_grads(ops, prog, tape, dXP if nx else None).items()}
-        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: np.zeros(shape, dt), I, H), dinputs)
+        return Gradients(dx, dS, param_grads(ops, prog, grads, dp, lambda shape: np.zeros(shape, dt), I, H, dims),
+                         dinputs)

@@ -39,6 +39,29 @@ def prelude_names(program: Program | None = None) -> list[str]:
     return sorted(spelled | {"_mm_nn", "_mm_nt", "SMALL_ROWS"})
 
 
+def extent(size: str) -> str:
+    """The kernel local holding a size's number: H, or Z_P for `size P` (docs/design.md, "Sizes")."""
+    return "H" if size == "H" else ident("Z_", size)
+
+
+def _extent_lines(program: Program, out_array: str) -> list[str]:
+    """The kernel's first lines: each size's number, read off an argument's shape. A cell without
+    sized states: H is the output's last dimension (as it always was)."""
+    if not program.cell.sized:
+        return [f"H = {out_array}.shape[2]"]
+    src = {}
+    for s in program.cell.states:                      # the state sequences [T+1, B, n]
+        src.setdefault(program.state_size(s), f"{ident('Sq_', s)}.shape[2]")
+    for g in program.weight_groups:                    # the stacked matrices [k*R, C]
+        src.setdefault(g.cols, f"U{g.index}.shape[1]")
+        src.setdefault(g.rows, f"U{g.index}.shape[0] // {len(g.mats)}")
+    for p in program.vector_params:
+        src.setdefault(program.cell.param_sizes[p][0], f"{ident('p_', p)}.shape[0]")
+    if "H" not in src:                                 # pragma: no cover - every sized cell reaches H
+        raise NotImplementedError(f"cell {program.cell.name}: no kernel argument has the hidden size")
+    return [f"{extent(z)} = {e}" for z, e in src.items()]
+
+
 def _const(dtype):
     if dtype == "float32":
         return lambda v: f"np.float32({float(v)!r})"
@@ -73,7 +96,7 @@ class _BlockRenderer:
         if kind in ("rp", "dv") and self.p.groups[key[1]].reduce:   # a reduction: one number per row
             return f"{'RP' if kind == 'rp' else 'DV'}{key[1]}[b]"
         if kind == "rp":
-            return f"RP{key[1]}[b, {self.gslot[(key[1], key[2])]} * H + j]"
+            return f"RP{key[1]}[b, {self.gslot[(key[1], key[2])]} * {extent(self.p.groups[key[1]].rows)} + j]"
         if kind == "dv":
             return f"DV{key[1]}[b, j]"
         if kind == "s1":
@@ -162,10 +185,11 @@ class _BlockRenderer:
                     skip.append(f"{dst} = {past_value(self.p, kind, before, zero)}")
             if let.key[0] == "dp":
                 past_value(self.p, "dp", None, zero)
-        lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", "        for j in range(H):"]
+        n = extent(block.size)
+        lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", f"        for j in range({n}):"]
         lines += ["            " + ln for ln in body]
         if skip:
-            lines += ["    else:", "        for j in range(H):"] + ["            " + ln for ln in skip]
+            lines += ["    else:", f"        for j in range({n}):"] + ["            " + ln for ln in skip]
         if self.dir == "bwd":
             lines += self._slot_copies(block) + self._param_sums()
         return lines
@@ -177,13 +201,14 @@ class _BlockRenderer:
         b then j, is the same.)"""
         out = []
         for p, src in self.sums:
+            n = extent(self.p.cell.param_sizes.get(p, ("H",))[0])
             out += [f"for b in range(b0, b1):  # the gradient of {p}, summed over rows and steps",
-                    "    if t < L[b]:", "        for j in range(H):", f"            {ident('DP_', p)}[j] += {src}"]
+                    "    if t < L[b]:", f"        for j in range({n}):", f"            {ident('DP_', p)}[j] += {src}"]
         return out
 
-    def scratch(self, stages) -> list[str]:
+    def scratch(self, stages) -> list[tuple[str, str]]:
         """The per-step scratch arrays GD_* of the vector parameters whose gradient is no product
-        adjoint (see dp_source)."""
+        adjoint (see dp_source), with their extents."""
         names = []
         for st in stages:
             if isinstance(st, Block):
@@ -191,7 +216,7 @@ class _BlockRenderer:
                     if let.key[0] == "dp" and let.key[1] not in self.p.dp_shared:
                         src = self.dp_source(let)
                         if src.startswith("GD_"):
-                            names.append(src.split("[")[0])
+                            names.append((src.split("[")[0], extent(st.size)))
         return names
 
     def _slot_copies(self, block: Block) -> list[str]:
@@ -203,8 +228,9 @@ class _BlockRenderer:
             k = let.key
             if k[0] == "drp":
                 g, slot = k[1], self.gslot[(k[1], k[2])]
-                out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dRP{g}", "    for j in range(H):",
-                        f"        dRP{g}[t, b, {slot} * H + j] = GR{g}_{slot}[b, j]"]
+                r = extent(self.p.groups[g].rows)
+                out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dRP{g}", f"    for j in range({r}):",
+                        f"        dRP{g}[t, b, {slot} * {r} + j] = GR{g}_{slot}[b, j]"]
             elif k[0] == "dxp" and self.dxp_alias is None:
                 slot = self.xslot[k[1]]
                 out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dXP", "    for j in range(H):",
@@ -212,7 +238,7 @@ class _BlockRenderer:
         return out
 
 
-def _reduce_rows(op: str, rows: str, out: str, zero: str, width: str) -> list[str]:
+def _reduce_rows(op: str, rows: str, out: str, zero: str, width: str, n: str = "H") -> list[str]:
     """A reduction stage: the mean or sum of each row of `rows` ([b1 - b0, H]) over the hidden axis,
     into `out[b]` (one number per row, which the next blocks read for every j). `zero` is the
     dtype's 0 literal and `width` H in the dtype, which a mean divides by (no float64 promotion)."""
@@ -221,9 +247,14 @@ def _reduce_rows(op: str, rows: str, out: str, zero: str, width: str) -> list[st
             f"red_rows = {rows}",
             "for b in range(b0, b1):",
             f"    acc = {zero}",
-            "    for j in range(H):",
+            f"    for j in range({n}):",
             "        acc += red_rows[b - b0, j]",
             f"    {out}[b] = acc{scale}"]
+
+
+def _width(dtype: str, n: str) -> str:
+    """A row's length `n` in the kernel's dtype (a mean divides by it without promoting)."""
+    return f"np.float32({n})" if dtype == "float32" else n
 
 
 def render(program: Program, dtype: str, key: str = "") -> str:
@@ -234,9 +265,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     states = list(cell.states)
     saved = [n for n, _ in program.saved]
 
-    # buffers crossing blocks ('t' lets that are buffers)
+    # buffers crossing blocks ('t' lets that are buffers), with their extents
     def cross(stages):
-        return [let.key[1] for st in stages if isinstance(st, Block) for let in st.lets
+        return [(let.key[1], extent(st.size)) for st in stages if isinstance(st, Block) for let in st.lets
                 if let.key[0] == "t" and let.buffer]
 
     # ---- forward
@@ -245,9 +276,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     fwd_args = (["XP"] + [f"U{g.index}" for g in program.weight_groups] + [ident("p_", p) for p in vec] + ["L"]
                 + [ident("Sq_", s) for s in states] + [ident("SV_", n) for n in saved] + ["Y", "stride", "b0", "b1"])
     fr = _BlockRenderer(program, dtype, "fwd")
-    fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * H), dtype={np_dt})" if g.reduce is None
+    fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * {extent(g.rows)}), dtype={np_dt})" if g.reduce is None
                  else f"RP{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row" for g in program.groups]
-    fwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.fwd)]
+    fwd_alloc += [f"{ident('BT_', n)} = np.empty((B, {z}), dtype={np_dt})" for n, z in cross(program.fwd)]
     fwd_body = []
     for s in states:
         fwd_body += [f"{ident('cur_', s)} = {ident('Sq_', s)}[ci]", f"{ident('nxt_', s)} = {ident('Sq_', s)}[ni]"]
@@ -259,7 +290,9 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state"
                        else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
             if st.reduce:
-                fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero, width)
+                g = program.groups[st.group]
+                fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero,
+                                         width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
                 continue
             fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
                          f"    _mm_nt({operand}, U{st.group}, RP{st.group}[b0:b1])",
@@ -274,18 +307,19 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                 + ([f"GX{k}" for k in range(len(program.input_mats))] if program.dxp_alias is None else [])
                 + ["b0", "b1"])
     br = _BlockRenderer(program, dtype, "bwd")
-    bwd_alloc = [f"DV{g.index} = np.empty((B, H), dtype={np_dt})" if g.reduce is None
+    bwd_alloc = [f"DV{g.index} = np.empty((B, {extent(g.cols)}), dtype={np_dt})" if g.reduce is None
                  else f"DV{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row's adjoint"
                  for g in program.groups]
-    bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, H), dtype={np_dt})" for n in cross(program.bwd)]
-    bwd_alloc += [f"{n} = np.empty((B, H), dtype={np_dt})" for n in br.scratch(program.bwd)]
+    bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, {z}), dtype={np_dt})" for n, z in cross(program.bwd)]
+    bwd_alloc += [f"{n} = np.empty((B, {z}), dtype={np_dt})" for n, z in br.scratch(program.bwd)]
     bwd_body = []
     for st in program.bwd:
         if isinstance(st, Block):
             bwd_body += br.render(st)
         elif st.reduce:        # the adjoint of a row's mean/sum is the same reduction of its adjoint
+            g = program.groups[st.group]
             bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero,
-                                     width)
+                                     width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
         else:
             bwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{'; '.join(st.mats)}]",
                          f"    _mm_nn(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])",
@@ -297,5 +331,6 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                            prelude=PRELUDE[dtype],
                            prelude_names=prelude_names(program), fwd_args=", ".join(fwd_args), fwd_alloc=fwd_alloc,
                            fwd_body=fwd_body, bwd_args=", ".join(bwd_args), bwd_alloc=bwd_alloc,
+                           fwd_dims=_extent_lines(program, "Y"), bwd_dims=_extent_lines(program, "dY"),
                            bwd_body=bwd_body, bwd_swap=bwd_swap)
 

@@ -33,7 +33,7 @@ import weakref
 import numpy as np
 
 from ...lower import Program
-from ..base import CompiledCell, Gradients, Tape, check_flags
+from ..base import BackendUnavailable, CompiledCell, Gradients, Tape, check_flags
 from ..sequence import (dense_weights, input_grads, input_products, order_extra, order_inputs, pack, param_grads,
                         restore_order, weight_grads)
 from ..torch import TorchOps
@@ -51,6 +51,12 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
 
     def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
                  schedule=None, tf32: bool = False, graphs=None, graph_cache: int = GRAPH_CACHE):
+        if program.cell.sized:
+            sized = ", ".join(f"{s}[{program.state_size(s)}]" for s in program.cell.states
+                              if program.state_size(s) != "H")
+            raise BackendUnavailable(f"cell '{program.cell.name}' has states of other sizes than H ({sized}): the "
+                                     f"triton backend does not support sized states (`state h[P]`) yet; use the "
+                                     f"torch backend on the GPU, or numba/reference on the CPU")
         torch, triton, device, interp = environment()
         if not interp:
             _install_slp_guard()
