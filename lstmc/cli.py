@@ -34,7 +34,9 @@ def cmd_show(args) -> int:
     cell = load(args.cell)
     prog = lower(cell)
     print(f"cell {cell.name}   ({cell.filename})")
-    print(f"  states: {', '.join(cell.states)}   output: {cell.output}")
+    sizes = getattr(cell, "state_sizes", {})
+    states = [s if sizes.get(s, "H") == "H" else f"{s}[{sizes[s]}]" for s in cell.states]
+    print(f"  states: {', '.join(states)}   output: {cell.output}")
     if cell.inputs:
         print("\nextra inputs (given at every step: forward(..., inputs={name: array})):")
         for u, size in cell.inputs.items():

@@ -36,7 +36,7 @@ from .autograd import _CellFunction
 from .backends.base import check_lengths
 from .build import compile as _compile
 from .build import load
-from .interop import torch_cell_of, torch_param_names
+from .interop import torch_builtin, torch_layer_weights
 from .ir import walk
 from .nn_inputs import check_sizes, input_layout, prepare_inputs
 from .spec import Cell
@@ -534,28 +534,24 @@ class Recurrent(nn.Module):
     def from_torch(cls, module, backend: str = "auto") -> "Recurrent":
         """A Recurrent computing exactly what `module` (nn.LSTM or nn.GRU) computes, with copies of its weights.
 
-        nn.LSTM -> built-in cell "lstm", gate order i, f, g, o; nn.GRU -> "gru", gate order r, z, n:
+        nn.LSTM -> built-in cell "lstm", gate order i, f, g, o (with proj_size=P: "lstmp", sizes
+        {"P": P}, weight_hr -> W_hr); nn.GRU -> "gru", gate order r, z, n:
         weight_ih_l{k}[j*H:(j+1)*H] -> l{k}.W_<gate j>, weight_hh -> U_<gate>, bias_ih -> b_i<gate>,
-        bias_hh -> b_h<gate>; the suffix _reverse maps to l{k}_reverse.
+        bias_hh -> b_h<gate>; the suffix _reverse maps to l{k}_reverse (lstmc.interop.torch_layer_weights).
         """
-        cell = torch_cell_of(module)
-        if cell is None:
+        found = torch_builtin(module)
+        if found is None:
             raise TypeError(f"from_torch takes an nn.LSTM or nn.GRU, got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise NotImplementedError("from_torch: nn.LSTM with proj_size > 0 has no lstmc cell")
+        cell, sizes = found
         w = module.weight_ih_l0
         rnn = cls(cell, module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, dropout=0.0, bidirectional=module.bidirectional,
-                  backend=backend, dtype=w.dtype, device=w.device)
+                  backend=backend, dtype=w.dtype, device=w.device, sizes=sizes or None)
         rnn.dropout = float(module.dropout)       # set after construction: no single-layer warning twice
-        H = module.hidden_size
         with torch.no_grad():
             for key, pd in rnn._directions():
-                sfx = key[1:]                     # l1_reverse -> weight_ih_l1_reverse
-                for kind in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if module.bias else ()):
-                    fused = getattr(module, f"{kind}_l{sfx}")
-                    for j, name in enumerate(torch_param_names(cell, kind)):
-                        pd[name].copy_(fused[j * H:(j + 1) * H])
+                for name, t in torch_layer_weights(module, cell, key[1:]).items():   # l1_reverse -> "1_reverse"
+                    pd[name].copy_(t)
         rnn.train(module.training)
         return rnn
 

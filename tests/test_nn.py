@@ -167,8 +167,6 @@ def test_from_torch_across_dtypes_on_cpu():
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="nn.LSTM or nn.GRU"):
         Recurrent.from_torch(nn.RNN(2, 3))
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        Recurrent.from_torch(nn.LSTM(2, 4, proj_size=2))
 
 
 def test_from_torch_keeps_dropout_and_mode():
@@ -687,3 +685,52 @@ def test_a_second_derivative_is_refused_in_one_sentence(second_order):
     assert ONCE_DIFFERENTIABLE in str(info.value)
     g, = torch.autograd.grad(m(x)[0].sum(), x)        # first order still works
     assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("L, bi, bf", [(1, False, False), (2, True, True)])
+def test_from_torch_lstm_with_projection_matches_torch(backend, L, bi, bf):
+    """nn.LSTM(proj_size=P) becomes the built-in lstmp with sizes {"P": P}: output [.., D*P], h_n
+    [L*D, B, P], c_n [L*D, B, H], and the gradients of input, both initial states and every
+    parameter equal torch's in float64 (lstmc.interop.torch_layer_weights maps each one)."""
+    import copy
+
+    from lstmc.interop import torch_layer_weights
+
+    P = 3
+    torch.manual_seed(11)
+    m = nn.LSTM(I, H, num_layers=L, batch_first=bf, bidirectional=bi, proj_size=P).double()
+    r = Recurrent.from_torch(m, backend=backend)
+    D = 2 if bi else 1
+    assert r.cell.name == "lstmp" and r.output_size == P
+    x = torch.randn((B, T, I) if bf else (T, B, I), dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(L * D, B, P, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(L * D, B, H, dtype=torch.float64, requires_grad=True)
+    y1, (h1, c1) = r(x, (h0, c0))
+    y0, (hh, cc) = m(x, (h0, c0))
+    assert y1.shape == y0.shape and h1.shape == (L * D, B, P) and c1.shape == (L * D, B, H)
+    for a, b, what in ((y1, y0, "output"), (h1, hh, "h_n"), (c1, cc, "c_n")):
+        close(a, b, torch.float64, what)
+    g = torch.Generator().manual_seed(3)
+    w = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (y0, hh, cc)]
+
+    def grads(outs, params):
+        loss = sum((o * wi).sum() for o, wi in zip(outs, w))
+        return torch.autograd.grad(loss, [x, h0, c0, *params])
+
+    ours = dict(r.named_parameters())
+    g1 = grads((y1, h1, c1), list(ours.values()))
+    g0 = grads((y0, hh, cc), list(m.parameters()))
+    for a, b, what in zip(g1[:3], g0[:3], ("d input", "d h0", "d c0")):
+        close(a, b, torch.float64, what)
+    gm = copy.deepcopy(m)                   # torch's gradients in the module's layout, to slice like weights
+    with torch.no_grad():
+        for prm, gr in zip(gm.parameters(), g0[3:]):
+            prm.copy_(gr)
+    gours = dict(zip(ours, g1[3:]))
+    seen = set()
+    for key, _ in r._directions():
+        for name, t in torch_layer_weights(gm, "lstmp", key[1:]).items():
+            close(gours[f"{key}.{name}"], t, torch.float64, f"d {key}.{name}")
+            seen.add(f"{key}.{name}")
+    assert seen == set(ours), "every parameter is compared"

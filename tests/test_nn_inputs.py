@@ -444,3 +444,14 @@ def test_arena_parameter_count_counts_V_from_sizes():
     assert rnn_param_count(_path("tlstm"), 3, 8) == lstm - 4 * 8 + 64 + 8      # one b per gate; U_d, b_d
     with pytest.raises(ValueError, match=r"sizes=\{'K': 8\}"):
         rnn_param_count(_path("conditioned_lstm"), 3, 8)
+
+
+def test_show_prints_sized_states_with_their_size(capsys):
+    from lstmc.cli import cmd_show
+
+    class Args:
+        cell = "lstmp"
+
+    assert cmd_show(Args()) == 0
+    out = capsys.readouterr().out
+    assert "states: h[P], c   output: h" in out and "W_hr         [P, H]" in out
