@@ -102,6 +102,20 @@ def test_vs_native(benchmark, case, who, machine):
     _run(benchmark, fn, machine=machine)
 
 
+@pytest.mark.parametrize("who", ["lstmc-numba", "torch-native"])
+def test_lstmp_vs_native(benchmark, who, machine):
+    """lstmp (P=128) against nn.LSTM(proj_size=128): T=100, B=64, I=H=256, forward + backward."""
+    T, B, I, H, P = 100, 64, 256, 256, 128
+    benchmark.group = "lstmp-P128-T100-B64-H256-train"
+    x = np.random.default_rng(0).normal(size=(T, B, I)).astype(np.float32)
+    if who == "lstmc-numba":
+        nb = lstmc.compile("lstmp", "numba", "float32")
+        fn = lstmc_step(nb, nb.init_params(I, H, seed=0, sizes={"P": P}), x)
+    else:
+        fn = torch_step(torch.nn.LSTM(I, H, proj_size=P), x)
+    _run(benchmark, fn, machine=machine)
+
+
 # ------------------------------------------------------------------- vs eager PyTorch of the same cell
 
 CUSTOM = ["peephole_lstm", "cifg_lstm", "gru_v1", "decay_gru", "slstm", "slstm_heads", "layernorm_lstm"]
