@@ -6,8 +6,11 @@ and rank them — fairly, reproducibly, resumably.
 Each run is one `lstmc.train.train(...)` call whose result is stored as DIR/runs/TASK/CELL/seedS.json
 the moment it finishes; a restarted arena skips every run that already has its file. `--match-params`
 picks each cell's hidden size so every model has about as many parameters as the first cell's at
-`--hidden`, so no cell wins by being bigger. The report: DIR/arena.md, DIR/arena.json and
-DIR/arena.html (learning curves as PNGs beside it; opens in a browser without a server).
+`--hidden`, so no cell wins by being bigger. A task's extra per-step inputs (sunspots_gaps' `dt`,
+copy_episodes' `reset`) reach the cells that read them; the others ignore them and compete on the same
+data; a cell that reads an input a task lacks is an error before any run starts. The report:
+DIR/arena.md, DIR/arena.json and DIR/arena.html (learning curves as PNGs beside it; opens in a browser
+without a server).
 """
 
 from __future__ import annotations
@@ -57,12 +60,15 @@ def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict
 
 
 def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int:
-    """Trainable parameters of the whole training model (embedding, recurrent layers, head)."""
+    """Trainable parameters of the whole training model (embedding, recurrent layers, head); a cell's
+    sizes (`input w[K]`) are the widths of the task's inputs, as the model takes them."""
     from .tasks import get_task
+    from .train.models import input_plan
 
     task = get_task(task_name)
+    sizes = input_plan(cell, task)[2]
     in_size = (task.embed_dim or 16) if task.inputs == "tokens" else task.input_size
-    n = sum(rnn_param_count(cell, in_size if layer == 0 else hidden, hidden) for layer in range(layers))
+    n = sum(rnn_param_count(cell, in_size if layer == 0 else hidden, hidden, sizes) for layer in range(layers))
     n += (hidden + 1) * task.n_out
     if task.inputs == "tokens":
         n += task.vocab * in_size
@@ -94,6 +100,11 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
 
         leaderboard.connect(db).close()            # a bad file fails before hours of training, not after
         machine = machine_description()
+    from .train.models import input_plan
+
+    for t in tasks:         # a cell that reads an input a task lacks fails now, before any training
+        for c in cells:
+            input_plan(c, get_task(t))
     entries = []
     for t in tasks:
         task = get_task(t)

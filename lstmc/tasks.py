@@ -1,17 +1,28 @@
 """Training tasks: fixed, download-free data sets with a metric and a trivial baseline each.
 
     task = get_task("adding", length=50)
-    x, y = task.batch("train", task.sampler(seed).indices(step, batch))   # tensors, batch first
+    idx = task.sampler(seed).indices(step, batch)
+    x, y = task.batch("train", idx)             # tensors, batch first
+    inputs = task.batch_inputs("train", idx)    # the extra per-step inputs of those rows: {name: tensor}
     task.metric, task.higher_is_better, task.baseline("test")
 
-| task        | input                         | target                   | metric      | trivial baseline            |
-|-------------|-------------------------------|--------------------------|-------------|-----------------------------|
-| adding      | [T, 2] value + marker         | sum of the two marked    | MSE         | predict the mean (≈ 0.167)  |
-| copy        | T+20 symbols (embedded)       | the 10 symbols, at end   | CE (nats)   | memoryless 10·ln 8/(T+20)   |
-| digits      | 8 rows of 8 pixels            | the digit (10 classes)   | accuracy    | majority class              |
-| charlm      | L characters (embedded)       | the next character       | bits/char   | unigram frequencies         |
-| sunspots    | a window of W yearly values   | the next year's value    | RMSE        | persistence (last value)    |
-| co2_anomaly | W weekly CO2 differences      | the next week's change   | RMSE (ppm)  | persistence (last value)    |
+| task          | input                          | target                   | metric     | trivial baseline            |
+|---------------|--------------------------------|--------------------------|------------|-----------------------------|
+| adding        | [T, 2] value + marker          | sum of the two marked    | MSE        | predict the mean (≈ 0.167)  |
+| copy          | T+20 symbols (embedded)        | the 10 symbols, at end   | CE (nats)  | memoryless 10·ln 8/(T+20)   |
+| digits        | 8 rows of 8 pixels             | the digit (10 classes)   | accuracy   | majority class              |
+| charlm        | L characters (embedded)        | the next character       | bits/char  | unigram frequencies         |
+| sunspots      | a window of W yearly values    | the next year's value    | RMSE       | persistence (last value)    |
+| co2_anomaly   | W weekly CO2 differences       | the next week's change   | RMSE (ppm) | persistence (last value)    |
+| sunspots_gaps | W irregular observations; dt   | the year after the last  | RMSE       | persistence (last observed) |
+| copy_episodes | L symbols (embedded); reset    | each episode's first K,  | CE (nats)  | memoryless E·K·ln 8/L       |
+|               |                                | after its delimiter      |            |                             |
+
+Extra per-step inputs (a cell's `input` lines): `task.inputs_data[split]` is {name: tensor [N, T] or
+[N, T, n]}, batch first like x, and `task.batch_inputs(split, idx)` reads the rows of `task.batch`.
+sunspots_gaps provides `dt` (the gap in years before each observation: examples/tlstm.cell) and
+copy_episodes `reset` (1.0 at the first step of each episode: examples/episodic_gru.cell); a model
+whose cell reads no input ignores them, so every cell competes on the same data (TASK_INPUTS).
 
 co2_anomaly is the forecaster of `lstmc.anomaly` (weekly Mauna Loa CO2; its test part holds injected
 spikes, level shifts and variance changes, labelled per week in `task.kinds`).
@@ -25,11 +36,15 @@ tasks costs nothing.) The training order is a pure function of (seed, step) — 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["Task", "EpochSampler", "get_task", "TASKS", "task_names"]
+if TYPE_CHECKING:       # annotations only: torch is imported when data is built
+    import torch
+
+__all__ = ["Task", "EpochSampler", "get_task", "TASKS", "TASK_INPUTS", "task_names"]
 
 SPLITS = ("train", "val", "test")
 
@@ -98,6 +113,7 @@ class Task:
     options: dict              # the options the data was built from
     y_scale: float = 1.0       # regression targets are normalised; metric = sqrt(mse) * y_scale (rmse)
     embed_dim: int = 0
+    inputs_data: dict = field(default_factory=dict)   # split -> {name: [N, T] or [N, T, n] float32}: cell inputs
 
     def size(self, split: str) -> int:
         return int(self.data[split][0].shape[0])
@@ -111,6 +127,17 @@ class Task:
         x, y = self.data[split]
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return x[idx], y[idx]
+
+    def batch_inputs(self, split: str, idx) -> dict:
+        """The extra per-step inputs of the rows `idx` (those of `batch`): {name: [B, T] or [B, T, n]}."""
+        import torch
+
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return {k: v[idx] for k, v in self.inputs_data.get(split, {}).items()}
+
+    def input_widths(self) -> dict:
+        """The extra inputs the task provides: {name: None for [N, T], n for [N, T, n]}."""
+        return {k: None if v.dim() == 2 else int(v.shape[-1]) for k, v in self.inputs_data.get("train", {}).items()}
 
     def baseline(self, split: str = "test") -> float:
         return self.baselines[split]
@@ -236,6 +263,48 @@ def copy(length: int = 20, n_train: int = 20000, n_val: int = 1000, n_test: int 
                 dict(length=T, n_train=n_train, n_val=n_val, n_test=n_test), embed_dim=16)
 
 
+def copy_episodes(length: int = 48, episodes: int = 3, copy_len: int = 3, symbols: int = 8,
+                  n_train: int = 20000, n_val: int = 1000, n_test: int = 1000) -> Task:
+    """Copy memory over episodes, with input `reset` (examples/episodic_gru.cell). A sequence of
+    `length` steps holds `episodes` episodes of random lengths (at least 2K+1 steps each, K =
+    copy_len); `reset` is 1.0 at the first step of each (step 0 included), else 0. An episode reads
+    its K symbols to remember, random symbols, the delimiter (S+1), then K more steps during which the
+    target is those K symbols, then random symbols to its end. Every input but the delimiter is a
+    random data symbol 1..S, so where an episode starts shows only in `reset`. The target is blank
+    (0) off the recall steps. Loss and metric: cross-entropy per step (nats). Baseline (memoryless:
+    blanks, uniform guesses on the recall steps): E·K·ln S / L. A model that ignores `reset` recalls
+    the first episode and can only guess where the later ones start; one that resets can reach 0."""
+    L, E, K, S = int(length), int(episodes), int(copy_len), int(symbols)
+    if E < 1 or K < 1 or L < E * (2 * K + 1):
+        raise ValueError(f"copy_episodes: length {L} must hold {E} episodes of at least 2·{K}+1 steps "
+                         f"(episodes and copy_len at least 1)")
+    data, inputs = {}, {}
+    for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        rng = np.random.default_rng([9, L, E, K, S, k])
+        x = rng.integers(1, S + 1, size=(n, L))
+        y = np.zeros((n, L), dtype=np.int64)
+        reset = np.zeros((n, L), dtype=np.float32)
+        spare = rng.multinomial(L - E * (2 * K + 1), np.full(E, 1.0 / E), size=n)   # [n, E] extra steps
+        delay = rng.integers(0, spare + 1)          # of which before the delimiter; the rest after recall
+        starts = np.cumsum(2 * K + 1 + spare, axis=1) - (2 * K + 1 + spare)
+        rows = np.arange(n)
+        for e in range(E):
+            a = starts[:, e]
+            d = a + K + delay[:, e]                 # the delimiter
+            reset[rows, a] = 1.0
+            x[rows, d] = S + 1
+            for j in range(K):
+                y[rows, d + 1 + j] = x[rows, a + j]
+        data[split] = (_t(x, "int64"), _t(y, "int64"))
+        inputs[split] = {"reset": _t(reset, "float32")}
+    base = {split: E * K * math.log(S) / L for split in SPLITS}
+    return Task("copy_episodes", f"copy memory in {E} episodes of {L} steps, {K} symbols of {S}, input reset",
+                "tokens", 0, S + 2, "all", "ce", S + 2, "ce", False, data, base, "memoryless",
+                dict(hidden=64, steps=2000, batch=64, lr=1e-2, clip=1.0, eval_every=100),
+                dict(length=L, episodes=E, copy_len=K, n_train=n_train, n_val=n_val, n_test=n_test),
+                embed_dim=16, inputs_data=inputs)
+
+
 # ------------------------------------------------------------------------------------------- digits
 
 def digits() -> Task:
@@ -310,9 +379,7 @@ def sunspots(length: int = 20) -> Task:
     next year from a window of `length` years. Samples are split chronologically by the year they
     predict (70/15/15); values are normalised with the mean and standard deviation of the training
     years. Metric: RMSE in sunspot numbers. Baseline: persistence (next year = this year)."""
-    from statsmodels.datasets import sunspots as ss
-
-    s = np.asarray(ss.load_pandas().data["SUNACTIVITY"], dtype=np.float64)
+    s = _sunspot_series()
     W = int(length)
     if not 1 <= W < len(s) // 2:
         raise ValueError(f"sunspots: length (the window) must be in [1, {len(s) // 2}), got {W}")
@@ -333,6 +400,50 @@ def sunspots(length: int = 20) -> Task:
              dict(length=W), y_scale=sd)
     t.index = {k: targets[m] for k, m in parts.items()}
     t.norm = (mu, sd)
+    return t
+
+
+def _sunspot_series() -> np.ndarray:
+    from statsmodels.datasets import sunspots as ss
+
+    return np.asarray(ss.load_pandas().data["SUNACTIVITY"], dtype=np.float64)
+
+
+def sunspots_gaps(length: int = 20, observed: float = 0.6) -> Task:
+    """The yearly sunspots observed irregularly: a fixed seed keeps each year with probability
+    `observed` (0.6: 185 of the 309 years). A sample is a window of `length` consecutive observations
+    (their values, x) with input `dt`, the gap in years since the observation before (1 = the year
+    before; mean 1/observed; in years, the unit of tlstm's decay 1/log(e + dt), not rescaled); its
+    target is the value of the year after the window's last observation. Split chronologically by
+    that year at the same years as sunspots (70/15/15); values normalised with the observed training
+    years. Metric: RMSE in sunspot numbers. Baseline: persistence (the last observed value)."""
+    s = _sunspot_series()
+    n, W = len(s), int(length)
+    if not 0 < observed <= 1:
+        raise ValueError(f"sunspots_gaps: observed (the fraction of years kept) must be in (0, 1], got {observed}")
+    years = np.flatnonzero(np.random.default_rng(11).random(n) < observed)   # the observed years
+    if not 1 <= W < len(years) // 2:
+        raise ValueError(f"sunspots_gaps: length (the window, in observations) must be in [1, "
+                         f"{len(years) // 2}), got {W}")
+    ends = np.arange(W, len(years))                 # sample k reads observations ends[k]-W+1 .. ends[k]
+    ends = ends[years[ends] + 1 < n]
+    win = np.stack([years[k - W + 1:k + 1] for k in ends])            # [N, W]: the years read
+    dt = win - np.stack([years[k - W:k] for k in ends])               # the gap before each of them
+    targets = win[:, -1] + 1
+    t_tr, t_va = int(0.7 * n), int(0.85 * n)
+    seen = s[years[years < t_tr]]
+    mu, sd = float(seen.mean()), float(seen.std())
+    z = (s - mu) / sd
+    x, y = z[win][:, :, None], z[targets][:, None]
+    parts = {"train": targets < t_tr, "val": (targets >= t_tr) & (targets < t_va), "test": targets >= t_va}
+    data = {k: (_t(x[m], "float32"), _t(y[m], "float32")) for k, m in parts.items()}
+    base = {k: float(np.sqrt(np.mean((s[targets[m]] - s[targets[m] - 1]) ** 2))) for k, m in parts.items()}
+    t = Task("sunspots_gaps", f"yearly sunspots observed irregularly ({observed:g} of years), window {W}", "float",
+             1, 0, "last", "mse", 1, "rmse", False, data, base, "persistence",
+             dict(hidden=32, steps=600, batch=32, lr=5e-3, clip=1.0, eval_every=50),
+             dict(length=W, observed=float(observed)), y_scale=sd,
+             inputs_data={k: {"dt": _t(dt[m], "float32")} for k, m in parts.items()})
+    t.index, t.years, t.norm = {k: targets[m] for k, m in parts.items()}, years, (mu, sd)
     return t
 
 
@@ -439,7 +550,8 @@ def co2_anomaly(length: int = 26, seed: int = 0) -> Task:
 
 
 TASKS = {"adding": adding, "copy": copy, "digits": digits, "charlm": charlm, "sunspots": sunspots,
-         "co2_anomaly": co2_anomaly}
+         "co2_anomaly": co2_anomaly, "sunspots_gaps": sunspots_gaps, "copy_episodes": copy_episodes}
+TASK_INPUTS = {"sunspots_gaps": ("dt",), "copy_episodes": ("reset",)}   # the extra inputs each task provides
 _cache: dict = {}
 
 
@@ -448,8 +560,9 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str, length: int | None = None, **options) -> Task:
-    """A task by name. `length` is the sequence length T (adding), the delay T (copy), the window
-    length in characters (charlm), years (sunspots) or weeks (co2_anomaly); digits has a fixed length of 8.
+    """A task by name. `length` is the sequence length T (adding, copy_episodes), the delay T (copy),
+    the window length in characters (charlm), years (sunspots), observations (sunspots_gaps) or weeks
+    (co2_anomaly); digits has a fixed length of 8.
     Tasks are cached by their options (the data is immutable)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")

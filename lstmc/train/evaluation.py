@@ -20,19 +20,21 @@ def evaluate(model, task: Task, split: str, device, batch: int = 512) -> tuple[f
     n = task.size(split)
     with torch.no_grad():
         for a in range(0, n, batch):
-            x, y = task.batch(split, np.arange(a, min(n, a + batch)))
-            out = model(x.to(device))
+            idx = np.arange(a, min(n, a + batch))
+            x, y = task.batch(split, idx)
+            out = model(x.to(device), {k: v.to(device) for k, v in task.batch_inputs(split, idx).items()})
             for k, v in task.score_parts(out.cpu(), y).items():
                 parts[k] += v
     model.train(was)
     return task.metric_from(parts)
 
 
-def validate_gradients(model, task: Task, x, y) -> dict:
+def validate_gradients(model, task: Task, x, y, inputs: dict | None = None) -> dict:
     """One batch's gradients from the training model and from a float64 copy of it whose Recurrent
     runs the `reference` backend (NumPy, the living definition of the cell), compared parameter by
     parameter with lstmc.check.max_rel (absolute below 1, relative above). Both run in eval mode (no
-    dropout) through torch.autograd.grad, so the training state (.grad, every RNG) is untouched."""
+    dropout, zoneout masks at their expectation) through torch.autograd.grad, so the training state
+    (.grad, every RNG) is untouched. `inputs`: the batch's extra per-step inputs (task.batch_inputs)."""
     import torch
 
     from ..check import max_rel
@@ -46,13 +48,15 @@ def validate_gradients(model, task: Task, x, y) -> dict:
     grads = {}
     was = model.training
     try:
-        for name, m, xx, yy in (("model", model, x.to(device), y.to(device)), ("ref", ref, x.cpu(), y.cpu())):
+        runs = (("model", model, x.to(device), y.to(device), device), ("ref", ref, x.cpu(), y.cpu(), "cpu"))
+        for name, m, xx, yy, where in runs:
+            uu = {k: v.to(where) for k, v in (inputs or {}).items()}
             m.eval()
             if name == "ref":
                 xx = xx.double() if xx.is_floating_point() else xx
                 yy = yy.double() if yy.is_floating_point() else yy
             named = [(k, p) for k, p in m.named_parameters() if p.requires_grad]
-            loss = task.loss_fn(m(xx), yy)
+            loss = task.loss_fn(m(xx, uu), yy)     # the model casts the inputs to its dtype
             g = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             grads[name] = ({k: (gi.detach().cpu().double().numpy() if gi is not None else np.zeros(tuple(p.shape)))
                             for (k, p), gi in zip(named, g)}, float(loss.detach()))

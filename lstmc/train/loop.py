@@ -1,11 +1,11 @@
 """The training loop: `train` resolves the config, joins the process group and sets the thread budget,
 then a `_Loop` runs the steps and returns the TrainResult.
 
-One loop, in this order per step: read the step's batch (a pure function of seed and step), this
-rank's shard of it, forward, loss, backward (DDP averages the gradients), clip, optimizer step,
-per-step schedule. Every `eval_every` steps: evaluate the validation split, log, early stopping,
-plateau schedule, checkpoint. A training loss that becomes NaN or infinite stops the run before
-that step's update (TrainResult.diverged, NonFiniteLossWarning).
+One loop, in this order per step: read the step's batch (a pure function of seed and step; with the
+task's extra per-step inputs of the same rows), this rank's shard of it, forward, loss, backward (DDP
+averages the gradients), clip, optimizer step, per-step schedule. Every `eval_every` steps: evaluate
+the validation split, log, early stopping, plateau schedule, checkpoint. A training loss that becomes
+NaN or infinite stops the run before that step's update (TrainResult.diverged, NonFiniteLossWarning).
 """
 
 from __future__ import annotations
@@ -158,9 +158,11 @@ class _Loop:
         cfg, task, d, loop = self.cfg, self.task, self.d, self.loop
         step = loop["step"]
         t0 = time.perf_counter()
-        x, y = task.batch("train", self.sampler.indices(step, cfg.batch))
+        idx = self.sampler.indices(step, cfg.batch)
+        x, y = task.batch("train", idx)
         x, y = shard(x, d.rank, d.world).to(self.device), shard(y, d.rank, d.world).to(self.device)
-        loss = task.loss_fn(self.net(x), y)
+        u = {k: shard(v, d.rank, d.world).to(self.device) for k, v in task.batch_inputs("train", idx).items()}
+        loss = task.loss_fn(self.net(x, u), y)
         step_loss = all_mean(float(loss.detach()), d)     # the same on every rank
         if not math.isfinite(step_loss):
             # stop before this step's update (the weights stay the last finite ones), like Keras'
@@ -180,7 +182,7 @@ class _Loop:
         self.seg_steps += 1
 
         if cfg.validate and step % cfg.validate == 0 and d.main:
-            self.check_gradients(x, y, step)
+            self.check_gradients(x, y, u, step)
 
         loop["elapsed"] = self.elapsed0 + time.perf_counter() - self.t_start
         over = bool(cfg.time_budget) and loop["elapsed"] >= cfg.time_budget
@@ -201,9 +203,9 @@ class _Loop:
                 write_outputs(self.out, self.result(), plot=False)
         self.progress(step, evaluated)
 
-    def check_gradients(self, x, y, step: int) -> None:
+    def check_gradients(self, x, y, inputs: dict, step: int) -> None:
         """--validate: this batch's gradients against the float64 reference backend's (rank 0)."""
-        v = validate_gradients(self.model, self.task, x, y)
+        v = validate_gradients(self.model, self.task, x, y, inputs)
         v["step"] = step
         self.loop["validations"].append(v)
         if self.cfg.progress:

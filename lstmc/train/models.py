@@ -1,14 +1,73 @@
 """The model trained: SeqModel ([embedding] -> Recurrent -> linear head) and NativeRecurrent
 (torch.nn.LSTM/GRU behind Recurrent's call signature, the PyTorch baseline), built from a config.
 
+A cell's extra per-step inputs (`input dt`, `input keep_c[H]`, `input w[K]`) come from the task
+(`task.batch_inputs`), by name; the task's inputs that the cell does not read are not passed. Two
+exceptions and one rule (`input_plan`): the zoneout masks `keep_c[H]` and `keep_h[H]`, when the task
+does not provide them, are drawn by the model from torch's seeded RNG (Bernoulli(z) per row, step and
+unit in training, z at evaluation: Krueger et al. 2017; z in ZONEOUT); a cell's `size K` is the width
+of the task input `u[K]` that declares it. Anything else missing is a one-line error naming the input
+(or size) and the tasks that provide it.
+
 The nn.Module classes need torch, so they are defined on first use (`_models`); the module-level
 `__getattr__` makes `SeqModel` and `NativeRecurrent` reachable as attributes all the same."""
 
 from __future__ import annotations
 
 from ..interop import TORCH_MODULES, torch_module_class
-from ..tasks import Task
+from ..tasks import TASK_INPUTS, Task
 from .config import TrainConfig
+
+# Zoneout rates z (the probability that a unit keeps its previous value) of the masks the model draws
+# when the task does not provide them: Krueger et al. 2017's rates for LSTMs (cell 0.5, hidden 0.05).
+ZONEOUT = {"keep_c": 0.5, "keep_h": 0.05}
+
+
+def input_plan(cell, task: Task) -> tuple[tuple, dict, dict]:
+    """How a model of `cell` gets each extra input on `task`: (the names read from the task, {name:
+    zoneout rate} of the masks the model draws, the cell's sizes {K: width of the task input u[K]}).
+    Raises a one-line ValueError for an input or size that neither the task nor the model provides."""
+    from ..build import load
+
+    c = load(cell)
+    have = task.input_widths()
+    from_task, zoneout = [], {}
+    for u, size in c.inputs.items():
+        if u in have:
+            if (size is None) != (have[u] is None):
+                raise ValueError(f"cell {c.name} reads input {_label(u, size)}, but task {task.name}'s {u} is "
+                                 f"{'[N, T]' if have[u] is None else f'[N, T, {have[u]}]'}")
+            from_task.append(u)
+        elif size == "H" and u in ZONEOUT:
+            zoneout[u] = ZONEOUT[u]
+        else:
+            why = f" (its size {size} is the width of the task's {u})" if size not in (None, "H") else ""
+            raise ValueError(f"cell {c.name} reads input {_label(u, size)}{why}, which task {task.name} does not "
+                             f"provide: " + _providers(u))
+    sizes = {}
+    for k in c.sizes:
+        widths = {have[u] for u, size in c.inputs.items() if size == k}
+        if not widths:
+            raise ValueError(f"cell {c.name} declares size {k} for a state, which the training model cannot "
+                             f"choose: only a task input u[{k}] gives a size")
+        if len(widths) > 1:
+            raise ValueError(f"cell {c.name}'s inputs of size {k} have different widths in task {task.name}: "
+                             f"{sorted(widths)}")
+        sizes[k] = widths.pop()
+    return tuple(from_task), zoneout, sizes
+
+
+def _label(u: str, size) -> str:
+    return u if size is None else f"{u}[{size}]"
+
+
+def _providers(u: str) -> str:
+    """'train it on T, which provides u', or what the built-in tasks provide."""
+    tasks = [t for t, names in TASK_INPUTS.items() if u in names]
+    if tasks:
+        return f"train it on {' or '.join(tasks)}, which provide{'s' if len(tasks) == 1 else ''} {u}"
+    offer = "; ".join(f"{t} provides {', '.join(names)}" for t, names in TASK_INPUTS.items())
+    return f"no built-in task provides {u} ({offer}; the model draws zoneout masks keep_c[H] and keep_h[H] itself)"
 
 
 def _models() -> dict:
@@ -47,26 +106,46 @@ def _models() -> dict:
             self.target = task.target
             self.hidden = hidden
             self.dirs = 2 if bidirectional else 1
+            self.from_task, self.zoneout, sizes = input_plan(cell, task)
             if task.inputs == "tokens":
                 self.embed = nn.Embedding(task.vocab, embed or 16)
                 in_size = self.embed.embedding_dim
             else:
                 self.embed = None
                 in_size = task.input_size
+            kw = dict(sizes=sizes) if sizes else {}
             self.rnn = recurrent_class(backend)(cell, in_size, hidden, num_layers=layers, batch_first=True,
-                                                dropout=dropout, bidirectional=bidirectional, backend=backend)
+                                                dropout=dropout, bidirectional=bidirectional, backend=backend, **kw)
             self.head = nn.Linear(hidden * self.dirs, task.n_out)
 
-        def forward(self, x):
+        def forward(self, x, inputs=None):
+            """x [B, T(, I)]; inputs: the batch's extra inputs {name: [B, T(, n)]} (task.batch_inputs)."""
             if self.embed is not None:
                 x = self.embed(x)
-            y, _ = self.rnn(x)                                  # [B, T, H*dirs]
+            if self.from_task or self.zoneout:
+                y, _ = self.rnn(x, inputs=self.cell_inputs(x, inputs or {}))
+            else:
+                y, _ = self.rnn(x)                              # [B, T, H*dirs]
             if self.target == "last":
                 if self.dirs == 2:     # forward direction's last step, backward direction's first
                     y = torch.cat([y[:, -1, :self.hidden], y[:, 0, self.hidden:]], dim=-1)
                 else:
                     y = y[:, -1]
             return self.head(y)
+
+        def cell_inputs(self, x, given: dict) -> dict:
+            """The inputs the cell reads, in x's dtype and device: the task's, and the zoneout masks
+            (drawn from torch's RNG in training, their expectation z in eval mode: no random numbers)."""
+            missing = [u for u in self.from_task if u not in given]
+            if missing:
+                raise ValueError(f"the cell reads input {missing[0]}: call model(x, inputs={{'{missing[0]}': "
+                                 f"...}}) with the batch's task.batch_inputs")
+            out = {u: given[u].to(device=x.device, dtype=x.dtype) for u in self.from_task}
+            shape = (x.shape[0], x.shape[1], self.hidden)
+            for u, z in self.zoneout.items():
+                out[u] = ((torch.rand(shape, device=x.device, dtype=x.dtype) < z).to(x.dtype) if self.training
+                          else torch.full(shape, z, device=x.device, dtype=x.dtype))
+            return out
 
     _MODELS.update(NativeRecurrent=NativeRecurrent, SeqModel=SeqModel)
     return _MODELS
