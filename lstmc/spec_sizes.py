@@ -211,4 +211,24 @@ class SizedStates:
                 psizes[n.attr] = (node_size[n],)
         for m, (rows, v) in mats.items():
             psizes[m] = (node_size[rows], node_size[v])
+        # forward reads each size's value off the parameters (backends/base.py, _sizes_from): a size
+        # that no parameter has could not be told at run time
+        carried = {d for dims in psizes.values() for d in dims}
+        sized = [s for s, z in state_sizes.items() if z != "H"]
+        if sized and "H" not in carried:
+            raise self.err("no parameter has the hidden size H (every state has a size of its own, and nothing "
+                           "multiplies x), so hidden_size cannot be read off the parameters at run time",
+                           self._state_line, 1,
+                           fix=f"give one state the hidden size (`state {sized[0]}` for "
+                               f"`state {sized[0]}[{state_sizes[sized[0]]}]`)")
+        for sname, (sline, scol) in self._sizes.items():
+            if sname in carried:
+                continue
+            users = [s for s, z in state_sizes.items() if z == sname]
+            what = f"the size of state {users[0]}" if users else "declared"
+            raise self.err(f"size '{sname}' is {what}, but no parameter has a dimension of size {sname}, so its "
+                           f"value cannot be read off the parameters at run time", sline, scol,
+                           fix=(f"let a parameter meet {users[0]}' (e.g. `{users[0]}' = ... + b_{users[0]}` makes "
+                                f"b_{users[0]} [{sname}]), or give {users[0]} the hidden size (`state {users[0]}`)"
+                                if users else f"use it in a product (`V @ u` with `input u[{sname}]`)"))
         return psizes, node_size

@@ -49,11 +49,18 @@ input u[P], gate[H]
 state h
 h' = tanh(W @ x + U @ h + V @ u) * gate
 """
-CELLS = {"everything": EVERYTHING, "no_x": NO_X, "heads_inputs": HEADS,
+# an input named `t`: its slot's local (xp_t) was the torch step's own argument, which it overwrote
+NAMED_T = """
+cell named_t
+input t[H], q
+state h
+h' = tanh(W @ x + U @ h) * t + q
+"""
+CELLS = {"everything": EVERYTHING, "no_x": NO_X, "heads_inputs": HEADS, "named_t": NAMED_T,
          "tlstm": str(EXAMPLES / "tlstm.cell"), "episodic_gru": str(EXAMPLES / "episodic_gru.cell"),
          "zoneout_lstm": str(EXAMPLES / "zoneout_lstm.cell"),
          "conditioned_lstm": str(EXAMPLES / "conditioned_lstm.cell")}
-SYNTHETIC = ["everything", "no_x", "heads_inputs"]   # the examples are in test_second_edition's table too
+SYNTHETIC = ["everything", "no_x", "heads_inputs", "named_t"]   # the examples are in test_second_edition's table too
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -133,6 +140,14 @@ def test_bad_specs_are_spec_errors_at_their_line(spec, line, words):
         lstmc.parse(spec)
     assert e.value.line == line, str(e.value)
     assert words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+def test_a_cell_without_parameters_is_refused_at_compile_naming_why(backend):
+    """Inputs make a cell without any parameter possible; forward reads hidden_size off the parameters,
+    so it could not run (numba's compile raised a TypeError, forward said "hidden_size=None")."""
+    with pytest.raises(ValueError, match="has no parameters, so hidden_size cannot be read"):
+        lstmc.compile(HEAD + "input keep[H]\nh' = h * keep + (1 - keep)\n", backend)
 
 
 def test_an_hidden_size_input_may_be_multiplied_and_is_hoisted():

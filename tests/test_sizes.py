@@ -239,6 +239,12 @@ BAD_SPECS = [  # (spec, line, the message)
      "'W_h @ x' has size P: a product of an input of a size other than H is not supported yet"),
     ("cell t\nheads 2\nsize P\nstate h[P], c\nc' = tanh(W @ x + U @ h)\nh' = M @ c'\n", 4,
      "`heads` with states of other sizes is not supported yet"),
+    # no parameter has a dimension of size P: forward could not tell P (a KeyError in numba's
+    # compile, "pass sizes=" from forward, which takes none, and Recurrent(sizes=) failed too)
+    ("cell t\nsize P\nstate h[P], c\nc' = tanh(W @ x + U @ c + b)\nh' = h * 0.5 + 1\n", 2,
+     "no parameter has a dimension of size P"),
+    # every state sized and no x: nothing has the hidden size, which forward reads off the parameters
+    ("cell t\nsize P\nstate h[P]\nh' = tanh(U @ h + bp)\n", 3, "no parameter has the hidden size H"),
 ]
 
 

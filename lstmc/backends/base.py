@@ -96,6 +96,12 @@ class CompiledCell:
         self.program = program
         self.key = key
         self.cell = program.cell
+        if not self.cell.params:
+            # forward reads hidden_size off the parameters: without any, it could not (numba's warm-up
+            # failed with a TypeError, forward with "hidden_size=None")
+            raise ValueError(f"cell '{self.cell.name}' has no parameters, so hidden_size cannot be read off them at "
+                             f"run time (and there is nothing to learn): use a parameter in an equation, e.g. "
+                             f"{self.cell.output}' = tanh(W @ x + U @ {self.cell.output} + b)")
         self.dtype = check_dtype(dtype)
         self.np_dtype = np.dtype(DTYPES[self.dtype])
 

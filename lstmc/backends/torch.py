@@ -135,7 +135,9 @@ def render(program: Program, key: str = "") -> str:
     fwd_pro = [f"{value_name(state(s))} = S[{s!r}]" for s in cell.states]
     fwd_pro += _sized_prologue(program, value_name(state(first)))
     fwd_pro += [f"{value_name(Node('param', (), p))} = P[{p!r}]" for p in vec]
-    fwd_pro += [f"{value_name(var('xp', m))} = xp_t[:, {j} * H:{j + 1} * H]" for j, m in enumerate(program.input_mats)]
+    # XP_T: the step's input products; upper case, so no local (xp_<name> for an input or matrix
+    # named t, say) can shadow it (lstmc/names.py's prefixes are lower case)
+    fwd_pro += [f"{value_name(var('xp', m))} = XP_T[:, {j} * H:{j + 1} * H]" for j, m in enumerate(program.input_mats)]
     fwd_ret = ("{" + ", ".join(f"{s!r}: {key_name(('s1', s))}" for s in cell.states) + "}, {"
                + ", ".join(f"{n!r}: {key_name(('sv', n))}" for n, _ in program.saved) + "}")
     bwd_pro = []
