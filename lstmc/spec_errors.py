@@ -166,3 +166,33 @@ class Diagnostics:
                 if isinstance(c, Token) and c.column:
                     return c.column
         return 1
+
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def sized_items(parser, rest: str, lineno: int, line: str, kind: str, item_fix: str, size_fix) -> list[tuple]:
+    """The comma-separated items `name` or `name[SIZE]` of a `state` or `input` line: (name, col,
+    size or None, size's col) per item, each name checked by `parser.check_name`. A malformed item
+    or a size that is not a name is a SpecError at its column; `size_fix(name)` says how to write one."""
+    out = []
+    pos = len(line) - len(rest)
+    for item in rest.split(","):
+        col = pos + (len(item) - len(item.lstrip())) + 1
+        m = re.fullmatch(rf"\s*({_NAME})\s*(?:\[\s*([^\]]*?)\s*\])?\s*", item)
+        if not m:
+            what = f"`{item.strip()}` is not a valid {kind} name" if item.strip() else f"missing {kind} name"
+            raise parser.err(what, lineno, col, fix=item_fix)
+        name, size = m.group(1), m.group(2)
+        if kind == "input" and name == "x":
+            raise parser.err("'x' is the built-in step input and needs no `input` line", lineno, col,
+                             fix="remove it; extra inputs take other names: `input dt`, `input keep[H]`")
+        parser.check_name(name, lineno, col, kind)
+        scol = pos + item.index("[") + 2 if size is not None else col
+        if size is not None and not re.fullmatch(_NAME, size):
+            raise parser.err(f"the size of {kind} '{name}' must be a name, got `{size}`", lineno, scol,
+                             fix=size_fix(name))
+        out.append((name, col, size, scol))
+        pos += len(item) + 1
+    return out
+

@@ -5,9 +5,8 @@ at its line). How an input may be used in an expression is checked in lstmc/spec
 
 from __future__ import annotations
 
-import re
 
-from .spec_errors import did_you_mean
+from .spec_errors import did_you_mean, sized_items
 
 
 class InputDeclarations:
@@ -22,27 +21,11 @@ class InputDeclarations:
 
     def d_input(self, rest, lineno, line):
         """`input dt, keep[H], u[K]`: (name, col, size or None, size's col) per item."""
-        out = []
-        pos = len(line) - len(rest)
-        for item in rest.split(","):
-            col = pos + (len(item) - len(item.lstrip())) + 1
-            m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[\s*([^\]]*?)\s*\])?\s*", item)
-            if not m:
-                what = f"`{item.strip()}` is not an input declaration" if item.strip() else "missing input name"
-                raise self.err(what, lineno, col, fix="write `input dt` (one number per batch row), `input keep[H]` "
-                                                      "or `input u[K]` with `size K` declared")
-            name, size = m.group(1), m.group(2)
-            if name == "x":
-                raise self.err("'x' is the built-in step input and needs no `input` line", lineno, col,
-                               fix="remove it; extra inputs take other names: `input dt`, `input keep[H]`")
-            self.check_name(name, lineno, col, "input")
-            scol = pos + item.index("[") + 2 if size is not None else col
-            if size is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", size):
-                raise self.err(f"the size of input '{name}' must be a name, got `{size}`", lineno, scol,
-                               fix=f"declare a named size (`size K`) and write `input {name}[K]`, or write "
-                                   f"`input {name}[H]` for the hidden size")
-            out.append((name, col, size, scol))
-            pos += len(item) + 1
+        out = sized_items(self, rest, lineno, line, "input",
+                          "write `input dt` (one number per batch row), `input keep[H]` or `input u[K]` with "
+                          "`size K` declared",
+                          lambda name: f"declare a named size (`size K`) and write `input {name}[K]`, or write "
+                                       f"`input {name}[H]` for the hidden size")
         return self.stmt("input", lineno, line, out)
 
     def declare(self, st, sizes: dict, inputs: dict) -> None:

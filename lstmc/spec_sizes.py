@@ -20,10 +20,9 @@ bias added to a P-sized value)."""
 
 from __future__ import annotations
 
-import re
 
 from .ir import Node, to_text
-from .spec_errors import did_you_mean
+from .spec_errors import did_you_mean, sized_items
 
 
 def new_nodes(root: Node, done) -> list[Node]:
@@ -60,24 +59,10 @@ class SizedStates:
 
     def d_state(self, rest, lineno, line):
         """`state h[P], c`: (name, col, size or None, size's col) per item."""
-        out = []
-        pos = len(line) - len(rest)
-        for item in rest.split(","):
-            col = pos + (len(item) - len(item.lstrip())) + 1
-            m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[\s*([^\]]*?)\s*\])?\s*", item)
-            if not m:
-                name = item.strip()
-                raise self.err(f"`{name}` is not a valid state name" if name else "missing state name", lineno, col,
-                               fix="state names are letters, digits and _, separated by commas; a state of "
-                                   "another size is written `h[P]` with `size P` declared")
-            name, size = m.group(1), m.group(2)
-            self.check_name(name, lineno, col, "state")
-            scol = pos + item.index("[") + 2 if size is not None else col
-            if size is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", size):
-                raise self.err(f"the size of state '{name}' must be a name, got `{size}`", lineno, scol,
-                               fix=f"declare a named size (`size P`) and write `state {name}[P]`")
-            out.append((name, col, size, scol))
-            pos += len(item) + 1
+        out = sized_items(self, rest, lineno, line, "state",
+                          "state names are letters, digits and _, separated by commas; a state of another size "
+                          "is written `h[P]` with `size P` declared",
+                          lambda name: f"declare a named size (`size P`) and write `state {name}[P]`")
         return self.stmt("state", lineno, line, out)
 
     def check_state_sizes(self, states, sizes, heads) -> dict:

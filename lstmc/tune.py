@@ -95,9 +95,10 @@ import time
 import warnings
 from pathlib import Path
 
-from .datafile import DEFAULT_SPLIT, DEFAULT_WINDOW, FILLNA
+from .datafile import DEFAULT_WINDOW
 from .tasks import TASKS, Task
 from .train import TrainConfig, train
+from .train.cli import add_data_arguments
 from .train.config import DATA_OPTIONS, SCHEDULES, task_of
 from .train.loop import NonFiniteLossWarning
 from .tune_report import display_url, one_line, plural, train_command, trial_line, write_reports
@@ -522,25 +523,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no new trial after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for each trial's training")
-    g = p.add_argument_group("your own data (--data), as for `lstmc train`")
-    g.add_argument("--data", default=None, metavar="FILE",
-                   help="tune on a .csv, .parquet (needs pyarrow) or .npz file instead of --task; its rows in time "
-                        "order")
-    g.add_argument("--predict", default=None, metavar="COL",
-                   help="forecasting: the column to predict (default: the only numeric column)")
-    g.add_argument("--horizon", type=int, default=None, metavar="H",
-                   help="forecasting: predict COL H rows after the window's last row (default 1)")
-    g.add_argument("--label", default=None, metavar="COL", help="classification: the column holding each class")
-    g.add_argument("--sequence", default=None, metavar="COL",
-                   help="classification: rows with the same value in COL form one sequence (file order)")
-    g.add_argument("--inputs", default=None, metavar="A,B,...",
-                   help="the input columns (default: forecasting, the predicted column alone; classification, "
-                        "every numeric column but --label and --sequence)")
-    g.add_argument("--split", default=None, metavar="TRAIN,VAL",
-                   help=f"chronological train and validation fractions; test is the rest (default {DEFAULT_SPLIT})")
-    g.add_argument("--fillna", default=None, choices=FILLNA,
-                   help="forecasting: missing values are an error (default), carried forward, interpolated or "
-                        "their rows dropped")
+    add_data_arguments(p, "tune")
     p.set_defaults(fn=cli_main)
     return p
 

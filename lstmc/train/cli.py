@@ -71,10 +71,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="stop once the validation metric reaches this value (e.g. 0.01 for adding's MSE)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop after this much wall time (steps then vary from run to run)")
+    add_data_arguments(p, "train")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (without per-step losses)")
+    p.set_defaults(fn=cli_main)
+    return p
+
+
+def add_data_arguments(p, verb: str) -> None:
+    """The options that describe a data file (--data and the rest of lstmc/datafile.py's options),
+    shared by `lstmc train` and `lstmc tune` (`verb`: what the command does with the file)."""
     g = p.add_argument_group("your own data (--data)")
     g.add_argument("--data", default=None, metavar="FILE",
-                   help="train on a .csv, .parquet (needs pyarrow) or .npz file instead of --task; its rows in time "
-                        "order")
+                   help=f"{verb} on a .csv, .parquet (needs pyarrow) or .npz file instead of --task; its rows in "
+                        f"time order")
     g.add_argument("--predict", default=None, metavar="COL",
                    help="forecasting: the column to predict (default: the only numeric column)")
     g.add_argument("--horizon", type=int, default=None, metavar="H",
@@ -93,10 +103,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--fillna", default=None, choices=FILLNA,
                    help="forecasting: missing values are an error (default), carried forward (ffill), linearly "
                         "interpolated (uses the next value) or their rows dropped")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (without per-step losses)")
-    p.set_defaults(fn=cli_main)
-    return p
 
 
 def config_from_args(args) -> TrainConfig:
