@@ -5,7 +5,6 @@ at its line). How an input may be used in an expression is checked in lstmc/spec
 
 from __future__ import annotations
 
-
 from .spec_errors import did_you_mean, sized_items
 
 

@@ -20,7 +20,6 @@ bias added to a P-sized value)."""
 
 from __future__ import annotations
 
-
 from .ir import Node, to_text
 from .spec_errors import did_you_mean, sized_items
 
