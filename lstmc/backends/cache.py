@@ -46,7 +46,7 @@ PRIVATE = 0o700     # the mode of the directories lstmc creates
 # Numba does not notice when a module its kernels import changes (the numba preludes): listing
 # them here is what gives a changed prelude a fresh module name, and so a fresh Numba cache.
 GENERATOR_FILES = ("version.py", "ir.py", "ops.py", "names.py", "spec.py", "spec_expr.py", "spec_errors.py",
-                   "spec_inputs.py", "simplify.py", "grad.py", "lower.py", "program.py",
+                   "spec_inputs.py", "spec_sizes.py", "simplify.py", "grad.py", "lower.py", "program.py",
                    "backends/render.py", "backends/numba/render.py", "backends/numba/options.py",
                    "backends/numba/prelude.py", "backends/numba/prelude_f32.py", "backends/numba/prelude_f64.py",
                    "backends/triton/render.py", "backends/triton/prelude.py")
