@@ -34,8 +34,7 @@ def cmd_show(args) -> int:
     cell = load(args.cell)
     prog = lower(cell)
     print(f"cell {cell.name}   ({cell.filename})")
-    sizes = getattr(cell, "state_sizes", {})
-    states = [s if sizes.get(s, "H") == "H" else f"{s}[{sizes[s]}]" for s in cell.states]
+    states = [s if cell.state_size(s) == "H" else f"{s}[{cell.state_size(s)}]" for s in cell.states]
     print(f"  states: {', '.join(states)}   output: {cell.output}")
     if cell.inputs:
         print("\nextra inputs (given at every step: forward(..., inputs={name: array})):")

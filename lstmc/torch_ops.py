@@ -122,8 +122,8 @@ class CellOps:
         self.inputs = tuple(cell.inputs)
         self.saved = tuple(n for n, _ in self.program.saved)
         # the size name of each state and saved value (`state h[P]`: "P"; otherwise "H")
-        self.state_dims = tuple(getattr(cell, "state_sizes", {}).get(s, "H") for s in self.states)
-        self.saved_dims = tuple(getattr(self.program, "saved_sizes", {}).get(n, "H") for n in self.saved)
+        self.state_dims = tuple(cell.state_size(s) for s in self.states)
+        self.saved_dims = tuple(self.program.saved_sizes.get(n, "H") for n in self.saved)
         self._compiled: dict = {}
         args = "(Tensor x, Tensor[] states, Tensor[] params, Tensor[] inputs, Tensor? lengths, bool reverse)"
         q = f"{_NAMESPACE}::{name}"
@@ -238,7 +238,7 @@ class CellOps:
         dims = dict(zip(self.state_dims, (int(t.shape[2]) for t in tape[:n])))
         H = dims["H"] if "H" in dims else prog._sizes(params)[1]     # every state sized: H from the parameters
         # the size names' numbers ({"H": H, "P": P}) as forward records them, from the undensified parameters
-        dims = prog.dims(params, inputs, H) if hasattr(prog, "dims") else None
+        dims = prog.dims(params, inputs, H)
         states, saved = dict(zip(self.states, tape[:n])), dict(zip(self.saved, tape[n:]))
         L = np.full(B, T, np.int64) if L is None else L
         xo, rev_idx = order_inputs(prog.ops, x, L, bool(reverse))

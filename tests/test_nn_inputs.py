@@ -373,26 +373,11 @@ def test_sizes_shape_the_parameters_and_are_kept():
         rnn(_x(), inputs={"w": torch.zeros(5, 2, 7, dtype=DT)})
 
 
-LSTMP = """cell lstmp_test
-size P
-state h[P], c
-i  = sigmoid(W_i @ x + b_ii + U_i @ h + b_hi)
-f  = sigmoid(W_f @ x + b_if + U_f @ h + b_hf)
-g  = tanh(W_g @ x + b_ig + U_g @ h + b_hg)
-o  = sigmoid(W_o @ x + b_io + U_o @ h + b_ho)
-c' = f * c + i * g
-h' = W_hr @ (o * tanh(c'))
-"""
-
-
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_a_state_of_its_own_size_sets_the_next_layers_input(backend):
     """sizes= also gives `state h[P]` its size: the output is D*P wide, layer 1 reads D*P features,
     the states are [L*D, B, P] and [L*D, B, H]; the numbers are torch.nn.LSTM(proj_size=P)'s."""
-    try:
-        cell = lstmc.parse(LSTMP)
-    except lstmc.SpecError:
-        pytest.skip("this lstmc's cell language has no `state h[P]`")
+    cell = lstmc.load("lstmp")          # the built-in: nn.LSTM(proj_size)'s parameterisation
     Hs, P = 6, 2
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(I, Hs, proj_size=P, num_layers=2, bidirectional=True, dtype=DT)

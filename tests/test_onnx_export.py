@@ -124,7 +124,7 @@ def _extra_dims(rnn) -> dict:
 @pytest.mark.parametrize("case", CASES)
 def test_export_matches_reference(case, tmp_path):
     cell = lstmc.parse(case["cell"]) if "\n" in case["cell"] else lstmc.load(case["cell"])
-    sized = [s for s, k in getattr(cell, "state_sizes", {}).items() if k != "H"]
+    sized = [s for s, k in cell.state_sizes.items() if k != "H"]
     if sized:                   # `state h[P]`: not exported yet, and the error says so
         with pytest.raises(ExportError, match=f"states of their own sizes \\({sized[0]}"):
             check_supported(cell)

@@ -94,7 +94,7 @@ def check_supported(cell: Cell) -> None:
     (`state h[P]`), parameters other than W [H, I], U [H, H] (block-diagonal with heads), V [H, K]
     (`V @ u`) and b [H], and an extra input whose name is one of the graph's own (`input`,
     `lengths`, `output`, `<state>_n`)."""
-    sized = [f"{s}[{k}]" for s, k in getattr(cell, "state_sizes", {}).items() if k != "H"]
+    sized = [f"{s}[{k}]" for s, k in cell.state_sizes.items() if k != "H"]
     if sized:
         raise ExportError(f"cell '{cell.name}' has states of their own sizes ({', '.join(sized)}), which the ONNX "
                           f"export does not support yet; export a cell whose states have the hidden size")
