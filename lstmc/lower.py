@@ -55,14 +55,15 @@ def lower(cell: Cell) -> Program:
     groups = []
     for gi, g in enumerate(prod.groups):
         operand = g["operand"] if g["operand"].op == "state" else var("sv", saver.names[g["operand"]])
-        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"], g.get("reduce"), g["rows"], g["cols"]))
-    fwd_gemms = [Gemm(g.index, (g.operand,), g.mats, tuple(var("rp", g.index, m) for m in g.mats), False, g.reduce)
-                 for g in groups]
+        heads = cell.heads if g.get("reduce") is None else 1      # a reduction has no matrix to split
+        groups.append(Group(gi, operand, tuple(g["mats"]), g["phase"], g.get("reduce"), g["rows"], g["cols"], heads))
+    fwd_gemms = [Gemm(g.index, (g.operand,), g.mats, tuple(var("rp", g.index, m) for m in g.mats), False, g.reduce,
+                      g.heads) for g in groups]
     # forward: operand values are computed under their sv name; the gemm reads that var
     fwd = _schedule(fwd_roots, fwd_gemms, prod.names, sizes, operand_nodes={
         var("sv", saver.names[g["operand"]]): g["operand"] for g in prod.groups if g["operand"].op != "state"})
     bwd_gemms = [Gemm(g.index, tuple(var("drp", g.index, m) for m in g.mats), g.mats, (var("dv", g.index),), True,
-                      g.reduce) for g in groups]
+                      g.reduce, g.heads) for g in groups]
     bwd_names = {}
     for k, n in bwd_roots.items():
         bwd_names.setdefault(n, ir.var_name(k))

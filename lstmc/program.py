@@ -89,6 +89,7 @@ class Gemm:
     out: tuple[Node, ...]    # the var leaves this GEMM defines
     transposed: bool         # False: forward (A @ W^T), True: backward (dA @ W)
     reduce: str | None = None
+    heads: int = 1           # `heads N`: the matrices are block-diagonal, multiplied head by head
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Group:
     reduce: str | None = None
     rows: str = "H"          # the size of each product (its matrices' rows; a reduction: the operand's)
     cols: str = "H"          # the operand's size (the matrices' columns)
+    heads: int = 1           # `heads N`: each matrix is N diagonal [H/N, H/N] blocks, multiplied per head
 
 
 @dataclass
@@ -192,7 +194,8 @@ class Program:
                        + "; groups: " + ", ".join(f"{g.index} [{g.rows}] <- [{g.cols}]" for g in self.groups)
                        + "".join(f"; saved {n} [{z}]" for n, z in self.saved_sizes.items() if z != "H"))
         if self.cell.heads > 1:
-            out.append(f"  heads: {self.cell.heads} (every U block-diagonal, multiplied as a dense [H, H] matrix)")
+            out.append(f"  heads: {self.cell.heads} (every U block-diagonal, [{self.cell.heads}, H/{self.cell.heads}, "
+                       f"H/{self.cell.heads}]: multiplied head by head, {self.cell.heads}x fewer FLOPs than dense)")
         if self.cell.inits:
             out.append("  init: " + ", ".join(f"{p}={v}" for p, v in self.cell.inits.items()))
         if self.cell.inputs:
@@ -236,10 +239,11 @@ def describe(stage) -> list[str]:
         return [f"REDUCE {out} = {stage.reduce}({a}) over each row's hidden axis, broadcast"]
     if isinstance(stage, Gemm):
         a = ", ".join(ir.to_text(n) for n in stage.a)
+        per = f", per head ({stage.heads} heads)" if stage.heads > 1 else ""
         if stage.transposed:
-            return [f"GEMM {ir.to_text(stage.out[0])} = [{a}] @ [{'; '.join(stage.mats)}]"]
+            return [f"GEMM {ir.to_text(stage.out[0])} = [{a}] @ [{'; '.join(stage.mats)}]{per}"]
         outs = ", ".join(ir.to_text(n) for n in stage.out)
-        return [f"GEMM [{outs}] = {a} @ [{', '.join(stage.mats)}]^T"]
+        return [f"GEMM [{outs}] = {a} @ [{', '.join(stage.mats)}]^T{per}"]
     lines = [f"block {stage.phase}" + ("" if stage.size == "H" else f" [B, {stage.size}]") + ":"]
     for let in stage.lets:
         lines.append(f"  {ir.var_name(let.key)}{'' if let.buffer else ' (local)'} = {ir.to_text(let.expr)}")

@@ -243,13 +243,14 @@ class CellOps:
         L = np.full(B, T, np.int64) if L is None else L
         xo, rev_idx = order_inputs(prog.ops, x, L, bool(reverse))
         ins = order_extra(prog.ops, inputs, L, rev_idx)
-        params = dense_weights(prog.ops, prog.program, params)
         if prog.backend == "numba":
-            pk = pack(prog.program, params, lambda names: prog._packed(params, names))
+            pk = pack(prog.program, params, lambda names: prog._packed(params, names),
+                      lambda names: prog._packed_heads(params, names))
             Wcat = pk.W if pk.W is not None else np.zeros((0, I), prog.np_dtype)
             packed = {"Wcat": Wcat, "vecs": list(pk.vecs.values()), "U": [u for u in pk.U if u is not None]}
             extra = {}
-        else:
+        else:                   # triton: whole matrices (block-diagonal ones made dense)
+            params = dense_weights(prog.ops, prog.program, params)
             pk = pack(prog.program, params, lambda names: torch.cat([params[m] for m in names]).contiguous())
             packed = {"Wcat": pk.W, "U": pk.U, "vecs": pk.vecs,
                       "L": torch.as_tensor(L, dtype=torch.int32).to(x.device)}

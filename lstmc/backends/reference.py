@@ -13,7 +13,7 @@ from ..ir import Node, state, var, walk
 from ..lower import Block, Gemm, Program
 from ..ops import EVAL
 from .base import CompiledCell, check_flags
-from .sequence import NumpyOps, SequenceDriver
+from .sequence import NumpyOps, SequenceDriver, heads_nn, heads_nt
 
 
 def evaluate(expr: Node, env: dict, P: dict):
@@ -54,9 +54,9 @@ def run_stages(stages, env: dict, P: dict, B: int, H: int, dtype=np.float64, dim
             U = P[f"U{st.group}"]
             if st.transposed:
                 A = np.concatenate([env[a] for a in st.a], axis=1)
-                env[st.out[0]] = A @ U
+                env[st.out[0]] = A @ U if st.heads == 1 else heads_nn(A, U, len(st.mats))
             else:
-                R = env[st.a[0]] @ U.T
+                R = env[st.a[0]] @ U.T if st.heads == 1 else heads_nt(env[st.a[0]], U, len(st.mats))
                 r = R.shape[1] // len(st.out)          # each product's size (its group's rows)
                 for j, o in enumerate(st.out):
                     env[o] = R[:, j * r:(j + 1) * r]

@@ -68,11 +68,6 @@ class ArrayOps:
             out[i * d:(i + 1) * d, i * d:(i + 1) * d] = u[i]
         return out
 
-    def diag_blocks(self, g, N: int):
-        """The N diagonal [d, d] blocks of a [N*d, N*d] matrix, stacked: [N, d, d]."""
-        d = g.shape[0] // N
-        return self.stack([g[i * d:(i + 1) * d, i * d:(i + 1) * d] for i in range(N)])
-
     def discarded(self):
         """A context for computing values of rows whose results are then discarded (rows past their
         length read saved values that are 0, so 0/0 may occur there): no floating-point warnings."""
@@ -198,20 +193,55 @@ class Packed:
 
 def dense_weights(ops: ArrayOps, program: Program, params: dict) -> dict:
     """`params` with each recurrent matrix of a cell with `heads N` ([N, H/N, H/N]) as the dense
-    block-diagonal [H, H] matrix it stands for: the per-step products multiply it whole (N times the
-    FLOPs a per-head product needs; docs/design.md). Other cells: `params` itself."""
+    block-diagonal [H, H] matrix it stands for, for a renderer that multiplies whole matrices (the
+    triton kernels, the ONNX export: N times the FLOPs of per-head products). Other cells: `params`."""
     if program.cell.heads == 1:
         return params
     return {**params, **{m: ops.block_diag(params[m]) for g in program.weight_groups for m in g.mats}}
 
 
-def pack(program: Program, params: dict, stack_rows) -> Packed:
+def pack(program: Program, params: dict, stack_rows, stack_heads=None) -> Packed:
     """Concatenate weights the way the GEMM plan uses them. `stack_rows(names)` is the backend's
-    row-wise concatenation of params[name] for those names (into recycled memory, on a device...)."""
+    row-wise concatenation of params[name] for those names (into recycled memory, on a device...).
+    A group with `heads N` (Group.heads) is multiplied head by head: `stack_heads(names)`
+    concatenates the [N, d, d] blocks along their rows, U[n] = the k matrices' head-n blocks stacked
+    ([N, k*d, d]; see heads_nt). Without `stack_heads` the caller has made the matrices dense
+    (dense_weights) and its groups are stacked like any other."""
     W = stack_rows(program.x_mats) if program.x_mats else None
-    U = [stack_rows(g.mats) if g.reduce is None else None for g in program.groups]   # a reduction has no weight
+    U = [None if g.reduce is not None                                  # a reduction has no weight
+         else stack_heads(g.mats) if g.heads > 1 and stack_heads is not None
+         else stack_rows(g.mats) for g in program.groups]
     V = {src: stack_rows(names) for src, names, direct, _ in program.input_segments() if src is not None and not direct}
     return Packed(W=W, U=U, vecs={p: params[p] for p in program.vector_params}, V=V)
+
+
+# ------------------------------------------------------- per-head products of a cell with `heads N`
+# A group's k matrices are block-diagonal: matrix j is N blocks [d, d] (d = H/N), and head n of its
+# product reads only the operand's units n*d:(n+1)*d. The packed weights are U [N, k*d, d], U[n] the
+# k matrices' head-n blocks stacked; the products keep the dense layout every block reads (matrix
+# j's product in columns j*H:(j+1)*H). These work on NumPy arrays and torch tensors alike (reshape,
+# swapaxes, batched @); the numba renderer writes the same loops per head.
+
+def heads_split(r, N: int, k: int):
+    """[R, k*N*d] in the dense layout -> [N, R, k*d]: each head's k slots side by side."""
+    R = r.shape[0]
+    d = r.shape[1] // (k * N)
+    return r.reshape(R, k, N, d).swapaxes(1, 2).reshape(R, N, k * d).swapaxes(0, 1)
+
+
+def heads_nt(a, U, k: int):
+    """The forward products a @ mats[j]^T, head by head: a [B, N*d], U [N, k*d, d] -> [B, k*N*d]."""
+    N, _, d = U.shape
+    B = a.shape[0]
+    r = a.reshape(B, N, d).swapaxes(0, 1) @ U.swapaxes(1, 2)           # [N, B, k*d]
+    return r.reshape(N, B, k, d).swapaxes(0, 1).swapaxes(1, 2).reshape(B, k * N * d)
+
+
+def heads_nn(dr, U, k: int):
+    """The backward product concat(dr slots) @ concat(mats), head by head: dr [B, k*N*d] -> [B, N*d]."""
+    N, _, d = U.shape
+    B = dr.shape[0]
+    return (heads_split(dr, N, k) @ U).swapaxes(0, 1).reshape(B, N * d)
 
 
 def input_products(ops: ArrayOps, program: Program, x, W, H: int, out=None, inputs=None, V=None):
@@ -287,14 +317,21 @@ def weight_grads(ops: ArrayOps, program: Program, tape: Tape, W, dXP, dRP, dx_ou
         dx = dx_out
     else:
         dx = ops.zeros((T, B, I), like=tape.x)
-    N = program.cell.heads
     dims = tape_dims(tape)
     for g in program.weight_groups:
         V = group_operand(program, g.index, tape.states, tape.saved, T)
         R = dims[g.rows]           # each product's size: [k*R, C] stacked matrices
-        dU = ops.mm_grad(dRP[g.index].reshape(T * B, -1).T, V.reshape(T * B, dims[g.cols]))
+        dR2 = dRP[g.index].reshape(T * B, -1)
+        if g.heads > 1:            # per head: dU_j[n] = dR_j[:, head n]^T @ V[:, head n]
+            k, d = len(g.mats), R // g.heads
+            dRh, Vh = heads_split(dR2, g.heads, k), heads_split(V.reshape(T * B, R), g.heads, 1)
+            dU = ops.stack([ops.mm_grad(dRh[n].T, Vh[n]) for n in range(g.heads)])      # [N, k*d, d]
+            for j, m in enumerate(g.mats):
+                grads[m] = ops.grad(ops.copy(dU[:, j * d:(j + 1) * d]))   # [N, d, d], contiguous
+            continue
+        dU = ops.mm_grad(dR2.T, V.reshape(T * B, dims[g.cols]))
         for j, m in enumerate(g.mats):
-            grads[m] = ops.grad(dU[j * R:(j + 1) * R] if N == 1 else ops.diag_blocks(dU[j * R:(j + 1) * R], N))
+            grads[m] = ops.grad(dU[j * R:(j + 1) * R])
     return grads, dx
 
 
@@ -357,8 +394,8 @@ class SequenceDriver:
 
     def _packed(self, params, dims) -> dict:
         """The step functions' P: vector parameters by name, U{g} per group, the sizes ("dims")."""
-        params = dense_weights(self.ops, self.program, params)
-        pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0))
+        pk = pack(self.program, params, lambda names: self.ops.cat([params[m] for m in names], 0),
+                  lambda names: self.ops.cat([params[m] for m in names], 1))
         return {**pk.vecs, **{f"U{i}": u for i, u in enumerate(pk.U)}, "Wcat": pk.W, "V": pk.V, "dims": dims}
 
     def forward(self, x, params, state, lengths, reverse, need_tape, T, B, I, H, inputs=None, dims=None):

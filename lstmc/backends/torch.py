@@ -114,13 +114,18 @@ def _block_lines(program: Program, stages, like: str) -> list[str]:
             a = value_name(st.a[0])
             lines.append(f"{value_name(st.out[0])} = {a}.{st.reduce}(1, keepdim=True).expand_as({a})")
         elif isinstance(st, Gemm):
+            k = len(st.mats)
             if st.transposed:
                 a = ", ".join(value_name(n) for n in st.a)
                 a = f"torch.cat([{a}], 1)" if len(st.a) > 1 else a
-                lines.append(f"{value_name(st.out[0])} = {a} @ P['U{st.group}']  # [{'; '.join(st.mats)}]")
+                prod = f"{a} @ P['U{st.group}']" if st.heads == 1 else f"heads_nn({a}, P['U{st.group}'], {k})"
+                lines.append(f"{value_name(st.out[0])} = {prod}  # [{'; '.join(st.mats)}]"
+                             + (f", {st.heads} heads" if st.heads > 1 else ""))
             else:
-                lines.append(f"rp{st.group} = {value_name(st.a[0])} @ P['U{st.group}'].T  "
-                             f"# [{', '.join(st.mats)}]")
+                a = value_name(st.a[0])
+                prod = f"{a} @ P['U{st.group}'].T" if st.heads == 1 else f"heads_nt({a}, P['U{st.group}'], {k})"
+                lines.append(f"rp{st.group} = {prod}  # [{', '.join(st.mats)}]"
+                             + (f", {st.heads} heads" if st.heads > 1 else ""))
                 r = _extent(program.groups[st.group].rows)
                 for j, o in enumerate(st.out):
                     lines.append(f"{value_name(o)} = rp{st.group}[:, {j} * {r}:{j + 1} * {r}]")

@@ -25,7 +25,7 @@ from ...lower import Program
 from ...threads import budget
 from ..base import CompiledCell, Gradients, Tape, check_flags
 from ..cache import build_module, forget_numba_cache, generator_key, options_key
-from ..sequence import (clear_padding, dense_weights, input_grads, input_products, order_extra, order_inputs, pack,
+from ..sequence import (clear_padding, input_grads, input_products, order_extra, order_inputs, pack,
                         param_grads, restore_order, reverse_index, weight_grads)
 from .blas import BlasOps
 from .memory import Recycling
@@ -154,10 +154,10 @@ class NumbaCell(Recycling, CompiledCell):
         sz = {s: dims[prog.state_size(s)] for s in prog.cell.states}
         dt = self.np_dtype
         nx = len(prog.input_mats)
-        params = dense_weights(self.ops, prog, params)
-        pk = pack(prog, params, lambda names: self._packed(params, names))
+        pk = pack(prog, params, lambda names: self._packed(params, names),
+                  lambda names: self._packed_heads(params, names))
         Wcat = pk.W if nx else np.zeros((0, I), dt)
-        Ucat = [u for u in pk.U if u is not None]            # [k*H, H] per weight group (a reduction has none)
+        Ucat = [u for u in pk.U if u is not None]   # [k*H, H] per weight group ([N, k*H/N, H/N] with heads N)
         vecs = list(pk.vecs.values())
         plan = _plan or self.plan(B, H)
         steps = max(1, self.INFER_BYTES // max(1, B * nx * H * dt.itemsize))

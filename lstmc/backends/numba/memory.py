@@ -87,3 +87,11 @@ class Recycling:
         mats = [params[m] for m in names]
         out = self._recycled((sum(a.shape[0] for a in mats), mats[0].shape[1]))
         return np.concatenate(mats, axis=0, out=out)
+
+    def _packed_heads(self, params, names) -> np.ndarray:
+        """The named [N, d, d] block-diagonal matrices of a group with `heads N`, each head's blocks
+        stacked ([N, k*d, d]: sequence.pack), into recycled memory."""
+        mats = [params[m] for m in names]
+        N, d, _ = mats[0].shape
+        out = self._recycled((N, len(mats) * d, d))
+        return np.concatenate(mats, axis=1, out=out)

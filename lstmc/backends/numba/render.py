@@ -257,6 +257,50 @@ def _width(dtype: str, n: str) -> str:
     return f"np.float32({n})" if dtype == "float32" else n
 
 
+def _heads_alloc(program: Program, np_dt: str, fwd: bool) -> list[str]:
+    """The per-head buffers of the groups with `heads N` (HD = H/N units per head): forward, the
+    head's operand columns (AH) and its k products (RH); backward, the head's k adjoint slots (DH)
+    and its operand adjoint (DVH)."""
+    out = []
+    for g in program.weight_groups:
+        if g.heads > 1:
+            k = len(g.mats)
+            names = ((f"AH{g.index}", "HD"), (f"RH{g.index}", f"{k} * HD")) if fwd else (
+                (f"DH{g.index}", f"{k} * HD"), (f"DVH{g.index}", "HD"))
+            out += [f"{n} = np.empty((B, {z}), dtype={np_dt})" for n, z in names]
+    if out:
+        out.insert(0, f"HD = H // {program.cell.heads}  # units per head")
+    return out
+
+
+def _heads_product(g: int, mats, N: int, operand: str, transposed: bool) -> list[str]:
+    # operand: the text that indexes the [B, H] (or [B, k*H]) operand up to its rows, e.g. "cur_h["
+    """One step's product of a group with `heads N`, head by head (U{g} is [N, k*HD, HD], U{g}[n]
+    the k matrices' head-n blocks stacked: lstmc/backends/sequence.py heads_nt/heads_nn say the
+    same in array code). Forward: operand [rows, H] -> RP{g} [rows, k*H] in the dense layout;
+    backward: dRP{g}[t] -> DV{g}. N times fewer FLOPs than the dense block-diagonal product."""
+    k = len(mats)
+    cols = "n * HD:(n + 1) * HD"
+    slot = "s * H + n * HD:s * H + (n + 1) * HD"
+    if not transposed:
+        return [f"for n in range({N}):  # [{', '.join(mats)}]^T, {N} heads",
+                f"    AH{g}[b0:b1] = {operand}b0:b1, {cols}]",
+                "    if b1 - b0 <= SMALL_ROWS:",
+                f"        _mm_nt(AH{g}[b0:b1], U{g}[n], RH{g}[b0:b1])",
+                "    else:",
+                f"        np.dot(AH{g}[b0:b1], U{g}[n].T, RH{g}[b0:b1])",
+                f"    for s in range({k}):",
+                f"        RP{g}[b0:b1, {slot}] = RH{g}[b0:b1, s * HD:(s + 1) * HD]"]
+    return [f"for n in range({N}):  # [{'; '.join(mats)}], {N} heads",
+            f"    for s in range({k}):",
+            f"        DH{g}[b0:b1, s * HD:(s + 1) * HD] = {operand}b0:b1, {slot}]",
+            "    if b1 - b0 <= SMALL_ROWS:",
+            f"        _mm_nn(DH{g}[b0:b1], U{g}[n], DVH{g}[b0:b1])",
+            "    else:",
+            f"        np.dot(DH{g}[b0:b1], U{g}[n], DVH{g}[b0:b1])",
+            f"    DV{g}[b0:b1, {cols}] = DVH{g}[b0:b1]"]
+
+
 def render(program: Program, dtype: str, key: str = "") -> str:
     """The generated module's source text."""
     cell = program.cell
@@ -279,6 +323,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
     fwd_alloc = [f"RP{g.index} = np.empty((B, {len(g.mats)} * {extent(g.rows)}), dtype={np_dt})" if g.reduce is None
                  else f"RP{g.index} = np.empty(B, dtype={np_dt})  # {g.reduce} of each row" for g in program.groups]
     fwd_alloc += [f"{ident('BT_', n)} = np.empty((B, {z}), dtype={np_dt})" for n, z in cross(program.fwd)]
+    fwd_alloc += _heads_alloc(program, np_dt, True)
     fwd_body = []
     for s in states:
         fwd_body += [f"{ident('cur_', s)} = {ident('Sq_', s)}[ci]", f"{ident('nxt_', s)} = {ident('Sq_', s)}[ni]"]
@@ -293,6 +338,10 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                 g = program.groups[st.group]
                 fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero,
                                          width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
+                continue
+            if st.heads > 1:
+                base = f"{ident('cur_', a.attr)}[" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, "
+                fwd_body += _heads_product(st.group, st.mats, st.heads, base, False)
                 continue
             fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
                          f"    _mm_nt({operand}, U{st.group}, RP{st.group}[b0:b1])",
@@ -312,6 +361,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
                  for g in program.groups]
     bwd_alloc += [f"{ident('BT_', n)} = np.empty((B, {z}), dtype={np_dt})" for n, z in cross(program.bwd)]
     bwd_alloc += [f"{n} = np.empty((B, {z}), dtype={np_dt})" for n, z in br.scratch(program.bwd)]
+    bwd_alloc += _heads_alloc(program, np_dt, False)
     bwd_body = []
     for st in program.bwd:
         if isinstance(st, Block):
@@ -320,6 +370,8 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             g = program.groups[st.group]
             bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero,
                                      width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
+        elif st.heads > 1:
+            bwd_body += _heads_product(st.group, st.mats, st.heads, f"dRP{st.group}[t, ", True)
         else:
             bwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{'; '.join(st.mats)}]",
                          f"    _mm_nn(dRP{st.group}[t, b0:b1], U{st.group}, DV{st.group}[b0:b1])",
