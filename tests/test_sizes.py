@@ -17,7 +17,6 @@ if "triton" not in sys.modules and not torch.cuda.is_available():   # as tests/t
     os.environ["TRITON_INTERPRET"] = "1"
 
 import lstmc  # noqa: E402
-from lstmc.backends.base import BackendUnavailable  # noqa: E402
 from lstmc.check import autograd, backend_vs_reference, finite_differences  # noqa: E402
 from lstmc.interop import torch_builtin, torch_layer_weights  # noqa: E402
 from lstmc.program import Block  # noqa: E402
@@ -66,18 +65,12 @@ def test_backward_matches_finite_differences_and_autograd(name, reverse):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_every_backend_matches_the_reference(name, backend, dtype, reverse):
     bad = [(r.name, r.error, r.tolerance) for r in backend_vs_reference(CELLS[name], backend, dtype, reverse=reverse)
            if not r.ok]
     assert not bad, bad
-
-
-def test_triton_refuses_sized_states_naming_the_missing_feature():
-    pytest.importorskip("triton")
-    with pytest.raises(BackendUnavailable, match=r"sized states \(`state h\[P\]`\).*h\[P\]|h\[P\].*sized states"):
-        lstmc.compile("lstmp", "triton", "float32")
 
 
 # ------------------------------------------------------------------------------ the lstmp oracle
@@ -90,7 +83,7 @@ def _lstmp_and_torch(I, H, P, seed=0):
     return m, params
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba", "triton"])
 def test_lstmp_equals_torch_lstm_with_proj_size(backend):
     """Forward (y [T, B, P], final h [B, P] and c [B, H]) and the gradients of x, both initial states
     and every parameter, with torch's own weights copied in (float64, 1e-10)."""

@@ -40,9 +40,10 @@ if not tb.interpreting() and not torch.cuda.is_available():
     pytest.fail("triton was imported before tests/test_triton.py could turn its interpreter on and there is no "
                 "CUDA GPU: run with TRITON_INTERPRET=1 in the environment", pytrace=False)
 
-# the built-ins the triton backend compiles: not lstmp, whose sized state (`state h[P]`) it refuses by name
-# (tests/test_sizes.py::test_triton_refuses_sized_states_naming_the_missing_feature)
+# the built-ins without sized states (the realistic-size GPU tests and the golden snapshots); lstmp
+# (`state h[P]`) joins the reference comparison below, and tests/test_triton_sized.py covers sizes
 CELLS = [c for c in lstmc.builtin_cells() if not lstmc.load(c).sized]
+SIZED_BUILTINS = [c for c in lstmc.builtin_cells() if lstmc.load(c).sized]
 STEP16 = Schedule("step", block_b=16, block_h=16, block_k=16)   # small tiles: several programs per grid
 SCHEDULES = {"persistent": Schedule("persistent"), "step": STEP16}
 
@@ -88,7 +89,7 @@ def _vs_reference(cell, schedule, dtype="float32", **sizes):
 # ------------------------------------------------------------------------------ vs the reference
 
 @pytest.mark.parametrize("variant", list(SCHEDULES))
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CELLS + SIZED_BUILTINS)
 def test_builtin_vs_reference_float32(cell, variant):
     # T=5, B=3 with lengths [5, 0, random] (a full row and a length-0 row), odd H, forward and reverse
     _check(_vs_reference(cell, SCHEDULES[variant], T=5, B=3, I=4, H=7))

@@ -9,7 +9,7 @@ from ...lower import Program
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, asked_interpreting
 from ...names import ARRAYS, array_dtype
-from .render import STORAGE, KernelMeta, render
+from .render import STORAGE, KernelMeta, render, size_block
 from .schedule import _pow2, persistent_warps
 from .slp import _install_slp_guard, _NoSLP
 
@@ -28,13 +28,15 @@ def signature(meta: KernelMeta, storage: str, compute: str) -> dict:
 
 def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capability: int = 90,
                   kernels=None, tf32: bool = False, block_b: int = 16, block_h: int = 32, block_k: int = 32,
-                  num_warps: int | None = None) -> dict:
+                  num_warps: int | None = None, sizes: dict | None = None) -> dict:
     """Compile the generated kernels with Triton's real compiler for an NVIDIA GPU of compute
     `capability` (90: H100), without one: `triton.compile` with a GPUTarget (ptxas ships in the
     Triton wheel). Catches what the interpreter cannot: type errors of loop-carried values,
     compiler crashes, shared-memory needs. Returns {kernel: {"shared": bytes, "mma": number of
     mma instructions in the PTX, "spills": number of .local declarations}}. The interpreter must
     be off (TRITON_INTERPRET unset). Run it in a subprocess where a compiler abort must not kill you.
+    `sizes`: the numbers of a cell's declared sizes ({"P": 32}; default H each), for the persistent
+    kernels' tiles of those sizes.
     """
     import triton
     import triton.language as tl
@@ -57,7 +59,8 @@ def compile_ahead(program: Program, storage: str = "float32", H: int = 64, capab
         if kernels is not None and name not in kernels:
             continue
         sig = signature(meta, storage, compute)
-        consts = {c: cx[c] for c in meta.constexprs}
+        blocks = {size_block(z): max(16, _pow2((sizes or {}).get(z, H))) for z in meta.sizes}
+        consts = {c: {**cx, **blocks}[c] for c in meta.constexprs}
         if meta.variant == "persistent":
             consts["BH"] = max(16, _pow2(H))
         warps = num_warps or (persistent_warps(H) if meta.variant == "persistent" else 4)

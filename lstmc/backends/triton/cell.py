@@ -33,7 +33,7 @@ import weakref
 import numpy as np
 
 from ...lower import Program
-from ..base import BackendUnavailable, CompiledCell, Gradients, Tape, check_flags
+from ..base import CompiledCell, Gradients, Tape, check_flags
 from ..sequence import (dense_weights, input_grads, input_products, order_extra, order_inputs, pack, param_grads,
                         restore_order, weight_grads)
 from ..torch import TorchOps
@@ -41,7 +41,7 @@ from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
 from .graphs import GRAPH_CACHE, GraphWorkspaces, _env_graphs, _Lease, _Workspace
 from ...names import array_name
-from .render import STORAGE, _param_args, render
+from .render import STORAGE, _param_args, render, size_arg, size_block
 from .schedule import Schedule, Scheduling, _pow2, triton_cdiv
 from .slp import _install_slp_guard, _NoSLP
 
@@ -51,12 +51,6 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
 
     def __init__(self, program: Program, dtype="float32", key: str = "", storage: str | None = None,
                  schedule=None, tf32: bool = False, graphs=None, graph_cache: int = GRAPH_CACHE):
-        if program.cell.sized:
-            sized = ", ".join(f"{s}[{program.state_size(s)}]" for s in program.cell.states
-                              if program.state_size(s) != "H")
-            raise BackendUnavailable(f"cell '{program.cell.name}' has states of other sizes than H ({sized}): the "
-                                     f"triton backend does not support sized states (`state h[P]`) yet; use the "
-                                     f"torch backend on the GPU, or numba/reference on the CPU")
         torch, triton, device, interp = environment()
         if not interp:
             _install_slp_guard()
@@ -164,42 +158,77 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         return t.numpy()
 
     # -------------------------------------------------------------------------------- launch
-    def _launcher(self, name, env, sched: Schedule, grid, BH, store_tape=None):
+    def _launcher(self, name, env, sched: Schedule, grid, BH, store_tape=None, dims=None):
+        """A launch of kernel `name` on `env`'s arrays. `grid`: a grid, or a function of the kernel's
+        extent's number (the step kernels: cdiv(B, BB) x cdiv(extent, BH)). `dims`: {size: number};
+        a declared size P is the scalar Z_P, and (persistent kernels) the tile width BZ_P >= P."""
         meta = self.rendered.kernels[name]
+        dims = dims or {}
+        if callable(grid):
+            grid = grid(dims.get(meta.extent) if meta.extent != "H" else None)
         fn = getattr(self.module, name)[grid]
         arrays = [env[a] for a in meta.arrays]
-        cx = {"BB": sched.block_b, "BH": BH, "BK": sched.block_k, **self._tl, "STORE_TAPE": store_tape}
+        cx = {"BB": sched.block_b, "BH": BH, "BK": sched.block_k, **self._tl, "STORE_TAPE": store_tape,
+              **{size_block(z): max(16, _pow2(dims[z])) for z in meta.sizes}}
         consts = {c: cx[c] for c in meta.constexprs}
         opts = {"num_warps": sched.num_warps}
         if sched.num_stages is not None:
             opts["num_stages"] = sched.num_stages
         scalars = meta.scalars
+        fixed = {size_arg(z): dims[z] for z in meta.sizes}
 
         def launch(**sc):
+            sc = {**fixed, **sc}
             with _NoSLP():
                 fn(*arrays, *[sc[s] for s in scalars], **consts, **opts)
         return launch
 
-    def _run_persistent(self, direction, env, sched, T, B, H, store_tape=None) -> bool:
+    def _grid(self, sched: Schedule, B: int, H: int):
+        """The step kernels' grid, per kernel extent (a number; None: H)."""
+        nb = triton_cdiv(B, sched.block_b)
+        return lambda n: (nb, triton_cdiv(H if n is None else n, sched.block_h))
+
+    def _run_persistent(self, direction, env, sched, T, B, H, store_tape=None, dims=None) -> bool:
         """Launch a persistent kernel; False (nothing ran) when it needs more shared memory or
         registers than the GPU has: the caller then runs the step kernels, and later calls skip it."""
         grid = (triton_cdiv(B, sched.block_b),)
         try:
             self._launcher(f"{direction}_persistent", env, sched, grid, max(16, _pow2(H)),
-                           store_tape=store_tape)(T=T, B=B, H=H)
+                           store_tape=store_tape, dims=dims)(T=T, B=B, H=H)
             return True
         except Exception as e:  # noqa: BLE001 - triton.runtime.errors.OutOfResources, raised before it runs
             if type(e).__name__ != "OutOfResources":
                 raise
-            self._too_big.add((direction, H, sched.block_b, sched.num_warps))
+            self._too_big.add((direction, self._widest(dims or {"H": H}), sched.block_b, sched.num_warps))
             warnings.warn(f"lstmc triton: {direction}_persistent for H={H} does not fit this GPU ({e}); "
                           f"using the step kernels", RuntimeWarning, stacklevel=3)
             return False
 
-    def _scratch(self, B, H, env):
+    def _scratch(self, B, H, env, dims=None):
         torch = self.torch
+        dims = dims or {"H": H}
         for nm, slots in self.rendered.scratch.items():
-            env[nm] = torch.empty((B, slots * H), dtype=self.t_compute, device=self.device)
+            n = dims[self.rendered.scratch_size.get(nm, "H")]
+            env[nm] = torch.empty((B, slots * n), dtype=self.t_compute, device=self.device)
+
+    def _dims(self, dims, H) -> dict:
+        return dims or {"H": H}
+
+    @staticmethod
+    def _widest(dims: dict) -> int:
+        """The number the schedule is chosen by: H, or the widest of the cell's sizes."""
+        return max(dims.values())
+
+    def _dp(self, B_tiles: int, dims: dict):
+        """DP: per batch tile, every vector parameter's partial sums side by side (render.Rendered.dp_offsets)."""
+        _, width = self.rendered.dp_offsets(dims)
+        return self.torch.zeros((B_tiles, max(width, 1)), dtype=self.t_compute, device=self.device)
+
+    def _dp_sums(self, DP, dims: dict) -> dict:
+        off, _ = self.rendered.dp_offsets(dims)
+        dps = DP.sum(0)
+        return {p: dps[off[p]:off[p] + dims[self.rendered.vec_size.get(p, "H")]].to(self.t_storage)
+                for p in self.program.dp_sums()}
 
     def _fwd_loop(self, steps, T, B, H, need_tape):
         for t in range(T):
@@ -207,14 +236,14 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             for launch in steps:
                 launch(t=t, ci=ci, ni=ni, ti=ti, B=B, H=H)
 
-    def _bwd_phases(self, env, sched, grid, DS, DSN):
+    def _bwd_phases(self, env, sched, grid, DS, DSN, dims=None):
         phases = []
         for cur, nxt in ((DS, DSN), (DSN, DS)):   # the incoming/outgoing adjoint buffers swap each step
             e = dict(env)
             for s in self.program.cell.states:
                 e[array_name("DS_", s)] = cur[s]
                 e[array_name("DSN_", s)] = nxt[s]
-            phases.append([self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.bwd_steps])
+            phases.append([self._launcher(k, e, sched, grid, sched.block_h, dims=dims) for k in self.rendered.bwd_steps])
         return phases
 
     @staticmethod
@@ -242,7 +271,8 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         self._check_device([("x", x)] + [(f"params['{k}']", v) for k, v in params.items()]
                            + [(f"state['{k}']", v) for k, v in (state or {}).items()]
                            + [(f"inputs['{k}']", v) for k, v in (inputs or {}).items()])
-        sched = self.resolve(schedule, B, H)
+        dims = self.dims(params, inputs, H)
+        sched = self.resolve(schedule, B, self._widest(dims))
         prog, DT = self.program, self.t_storage
         lease = None
         with torch.no_grad():
@@ -255,18 +285,19 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             Lcpu = torch.as_tensor(L, dtype=torch.int32)
             ws = None
             if self._graphed(sched, T, B):
-                ws = self._acquire(("step", sched, T, B, I, H, bool(need_tape)))
+                ws = self._acquire(("step", sched, T, B, I, H, bool(need_tape))
+                                   + ((tuple(sorted(dims.items())),) if prog.cell.sized else ()))
             try:
                 if ws is not None:
                     Y, Sq, SV, Lt = self._forward_graph(ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I,
-                                                        H, need_tape, xin)
+                                                        H, need_tape, xin, dims)
                     last = T if need_tape else T % 2
                     if need_tape:
                         lease = _Lease(ws, ws.gen)
                         ws.lease, ws.released = weakref.ref(lease), False
                 else:
                     Y, Sq, SV, Lt, last, sched = self._forward_eager(x, params, state, Wcat, Ucat, Lcpu, sched,
-                                                                     T, B, I, H, need_tape, xin)
+                                                                     T, B, I, H, need_tape, xin, dims)
                 final = {s: Sq[s][last].to(DT, copy=True) for s in prog.cell.states}
                 if reverse:
                     Y = restore_order(self.ops, Y, rev_idx)
@@ -283,11 +314,15 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             tape = Tape(owner=self, x=x, states=Sq, saved=SV, lengths=L, mask=None, reverse=bool(reverse), rev_idx=rev_idx,
                         packed={"Wcat": Wcat, "U": Ucat, "L": Lt,
                                 "vecs": {p: params[p] for p in prog.vector_params}},
-                        shapes=(T, B, I, H), extra=extra, inputs=ins, vmats=pk.V)
+                        shapes=(T, B, I, H), extra=extra, inputs=ins, vmats=pk.V,
+                        dims=dims if prog.cell.sized else {})
         return self._out(Y, numpy_in), {s: self._out(v, numpy_in) for s, v in final.items()}, tape
 
-    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None)):
+    def _forward_eager(self, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None),
+                       dims=None):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        dims = self._dims(dims, H)
+        sz = {s: dims[prog.state_size(s)] for s in prog.cell.states}
         nx = len(prog.input_mats)
         env = {ident_p: params[p].contiguous() for p, ident_p in _param_args(prog)}
         if nx:
@@ -298,31 +333,34 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         rows = T + 1 if need_tape else 2
         Sq, SV = {}, {}
         for s in prog.cell.states:
-            Sq[s] = torch.empty((rows, B, H), dtype=CT, device=dev)
+            Sq[s] = torch.empty((rows, B, sz[s]), dtype=CT, device=dev)
             if state is not None and s in state:
                 Sq[s][0] = state[s]
             else:
                 Sq[s][0] = 0.0
             env[array_name("SQ_", s)] = Sq[s]
         for n, _ in prog.saved:
-            shape = (T, B, H) if need_tape else ((1, B, H) if not persistent else (1, 1, 1))
+            w = dims[prog.saved_sizes.get(n, "H")]
+            shape = (T, B, w) if need_tape else ((1, B, w) if not persistent else (1, 1, 1))
             SV[n] = torch.empty(shape, dtype=DT, device=dev)
             env[array_name("SV_", n)] = SV[n]
-        Y = torch.empty((T, B, H), dtype=DT, device=dev)
+        Y = torch.empty((T, B, sz[prog.cell.output]), dtype=DT, device=dev)
         env["Y"] = Y
         Lt = Lcpu.to(dev)
         env["L"] = Lt
-        if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape)):
-            persistent, sched = False, self._step_for(sched, H)
+        if persistent and not self._run_persistent("fwd", env, sched, T, B, H, store_tape=bool(need_tape),
+                                                   dims=dims):
+            persistent, sched = False, self._step_for(sched, self._widest(dims))
             if not need_tape:   # the 1-row saved buffers of the persistent kernel are too small
                 for n, _ in prog.saved:
-                    SV[n] = env[array_name("SV_", n)] = torch.empty((1, B, H), dtype=DT, device=dev)
+                    SV[n] = env[array_name("SV_", n)] = torch.empty((1, B, dims[prog.saved_sizes.get(n, "H")]),
+                                                                    dtype=DT, device=dev)
         if persistent:
             last = T if need_tape else 1
         else:
-            self._scratch(B, H, env)
-            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
-            steps = [self._launcher(k, env, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+            self._scratch(B, H, env, dims)
+            grid = self._grid(sched, B, H)
+            steps = [self._launcher(k, env, sched, grid, sched.block_h, dims=dims) for k in self.rendered.fwd_steps]
             self._fwd_loop(steps, T, B, H, need_tape)
             last = T if need_tape else T % 2
         return Y, Sq, SV, Lt, last, sched
@@ -346,21 +384,21 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
         prog, dev, DT = self.program, self.device, self.t_storage
         T, B, I, H = tape.shapes
         sched = tape.extra["schedule"]
-        r = self.rendered
         with torch.no_grad():
             dy = restore_order(self.ops, dy, tape.rev_idx)   # the index is its own inverse: to loop order
+            dims = self._dims(tape.dims, H)
             if lease is not None and self.graphs:
-                DS, DP, dRP, dXP = self._backward_graph(lease.ws, tape, dy, dstate, sched, T, B, H)
+                DS, DP, dRP, dXP = self._backward_graph(lease.ws, tape, dy, dstate, sched, T, B, H, dims)
             else:
-                DS, DP, dRP, dXP = self._backward_eager(tape, dy, dstate, sched, T, B, H)
-            dps = DP.sum(0)
-            dp = {p: dps[r.vec_index[p]].to(DT) for p in prog.dp_sums()}
+                DS, DP, dRP, dXP = self._backward_eager(tape, dy, dstate, sched, T, B, H, dims)
+            dp = self._dp_sums(DP, dims)
             grads, dx = weight_grads(self.ops, prog, tape, tape.packed["Wcat"], dXP, dRP)
             dx = restore_order(self.ops, dx, tape.rev_idx)
             dinputs = {k: restore_order(self.ops, v, tape.rev_idx)
                        for k, v in input_grads(self.ops, prog, tape, dXP).items()}
             dparams = param_grads(self.ops, prog, grads, dp,
-                                  lambda shape: torch.zeros(shape, dtype=DT, device=dev), I, H)
+                                  lambda shape: torch.zeros(shape, dtype=DT, device=dev), I, H,
+                                  dims if prog.cell.sized else None)
             dS0 = {s: DS[s].to(DT, copy=True) for s in prog.cell.states}   # a copy: DS may be a static buffer
         if lease is not None:
             lease.ws.released = True      # the workspace may serve the next forward call
@@ -369,9 +407,10 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
                          {p: self._out(v, numpy_out) for p, v in dparams.items()},
                          {u: self._out(v, numpy_out) for u, v in dinputs.items()})
 
-    def _backward_eager(self, tape, dy, dstate, sched, T, B, H):
+    def _backward_eager(self, tape, dy, dstate, sched, T, B, H, dims=None):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
         r = self.rendered
+        dims = self._dims(dims, H)
         env = {"dY": dy.contiguous(), "L": tape.packed["L"]}
         env.update({a: tape.packed["vecs"][p].contiguous() for p, a in _param_args(prog)})
         for g in prog.weight_groups:
@@ -385,31 +424,31 @@ class TritonCell(Scheduling, GraphWorkspaces, CompiledCell):
             if dstate is not None and s in dstate:
                 DS[s] = dstate[s].to(CT, copy=True).contiguous()
             else:
-                DS[s] = torch.zeros((B, H), dtype=CT, device=dev)
+                DS[s] = torch.zeros((B, dims[prog.state_size(s)]), dtype=CT, device=dev)
         nx = len(prog.input_mats)
         nbt = triton_cdiv(B, sched.block_b)
-        nvec = len(prog.vector_params)
-        DP = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
+        DP = self._dp(nbt, dims)
         env["DP"] = DP
         if nx and r.alias is None:
             env["dXP"] = torch.empty((T, B, nx * H), dtype=DT, device=dev)
-        dRP = {g.index: torch.empty((T, B, len(g.mats) * H), dtype=DT, device=dev) for g in prog.groups}
+        dRP = {g.index: torch.empty((T, B, len(g.mats) * dims[g.rows]), dtype=DT, device=dev) for g in prog.groups}
         for g, a in dRP.items():
             env[array_name("dRP", g)] = a
-        persistent = sched.variant == "persistent" and self._fits(H, sched)
+        wide = self._widest(dims)
+        persistent = sched.variant == "persistent" and self._fits(wide, sched)
         if persistent:
             for s in prog.cell.states:
                 env[array_name("DS_", s)] = DS[s]
-            persistent = self._run_persistent("bwd", env, sched, T, B, H)
+            persistent = self._run_persistent("bwd", env, sched, T, B, H, dims=dims)
         if not persistent:
-            sched = self._step_for(sched, H) if sched.variant == "persistent" else sched
+            sched = self._step_for(sched, wide) if sched.variant == "persistent" else sched
             nbt = triton_cdiv(B, sched.block_b)
             if DP.shape[0] != nbt:
-                DP = env["DP"] = torch.zeros((nbt, max(nvec, 1), H), dtype=CT, device=dev)
-            self._scratch(B, H, env)
-            grid = (nbt, triton_cdiv(H, sched.block_h))
-            DSN = {s: torch.empty((B, H), dtype=CT, device=dev) for s in prog.cell.states}
-            self._bwd_loop(self._bwd_phases(env, sched, grid, DS, DSN), T, B, H)
+                DP = env["DP"] = self._dp(nbt, dims)
+            self._scratch(B, H, env, dims)
+            grid = self._grid(sched, B, H)
+            DSN = {s: torch.empty((B, dims[prog.state_size(s)]), dtype=CT, device=dev) for s in prog.cell.states}
+            self._bwd_loop(self._bwd_phases(env, sched, grid, DS, DSN, dims), T, B, H)
             if T % 2:
                 DS = DSN
         dXP = None

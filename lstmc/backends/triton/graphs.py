@@ -113,14 +113,16 @@ class GraphWorkspaces:
             ws.gen += 1
             return ws
 
-    def _new_buffers(self, ws, sched, T, B, H, need_tape):
+    def _new_buffers(self, ws, sched, T, B, H, need_tape, dims=None):
         torch, prog, dev, DT, CT = self.torch, self.program, self.device, self.t_storage, self.t_compute
+        dims = dims or {"H": H}
+        sz = {s: dims[prog.state_size(s)] for s in prog.cell.states}
         e = {}                  # filled completely before it becomes ws.env (an allocation may fail)
         nx = len(prog.input_mats)
         al = lambda n: -(-n // 128) * 128          # noqa: E731 - sub-arrays start 128 elements apart (aligned)
         parts = []
         if need_tape:
-            parts = [(array_name("dRP", g.index), len(g.mats) * H) for g in prog.groups]
+            parts = [(array_name("dRP", g.index), len(g.mats) * dims[g.rows]) for g in prog.groups]
             if nx and self.rendered.alias is None:
                 parts.append(("dXP", nx * H))
         size = max(al(T * B * nx * H), sum(al(T * B * w) for _, w in parts), 1)
@@ -131,20 +133,21 @@ class GraphWorkspaces:
         for nm, w in parts:                         # backward: the forward's XP is dead by then
             e[nm] = arena[off:off + T * B * w].view(T, B, w)
             off += al(T * B * w)
-        e["Y"] = e["dY"] = torch.empty((T, B, H), dtype=DT, device=dev)   # Y is copied out before backward
+        # Y is copied out before backward
+        e["Y"] = e["dY"] = torch.empty((T, B, sz[prog.cell.output]), dtype=DT, device=dev)
         rows = T + 1 if need_tape else 2
         for s in prog.cell.states:
-            e[array_name("SQ_", s)] = torch.empty((rows, B, H), dtype=CT, device=dev)
+            e[array_name("SQ_", s)] = torch.empty((rows, B, sz[s]), dtype=CT, device=dev)
         for n, _ in prog.saved:
-            e[array_name("SV_", n)] = torch.empty((T if need_tape else 1, B, H), dtype=DT, device=dev)
+            e[array_name("SV_", n)] = torch.empty((T if need_tape else 1, B, dims[prog.saved_sizes.get(n, "H")]),
+                                                  dtype=DT, device=dev)
         e["L"] = torch.empty((B,), dtype=torch.int32, device=dev)
-        self._scratch(B, H, e)
+        self._scratch(B, H, e, dims)
         if need_tape:
             for s in prog.cell.states:
-                e[array_name("DS_", s)] = torch.empty((B, H), dtype=CT, device=dev)
-                e[array_name("DSN_", s)] = torch.empty((B, H), dtype=CT, device=dev)
-            e["DP"] = torch.empty((triton_cdiv(B, sched.block_b), max(len(prog.vector_params), 1), H), dtype=CT,
-                                  device=dev)
+                e[array_name("DS_", s)] = torch.empty((B, sz[s]), dtype=CT, device=dev)
+                e[array_name("DSN_", s)] = torch.empty((B, sz[s]), dtype=CT, device=dev)
+            e["DP"] = self._dp(triton_cdiv(B, sched.block_b), dims)
         ws.env = e
 
     def _capture(self, run) -> "_Graph | None":
@@ -179,13 +182,14 @@ class GraphWorkspaces:
         """Drop the cached workspaces and graphs (memory goes once no tape refers to it)."""
         self._ws.clear()
 
-    def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None)):
+    def _forward_graph(self, ws, x, params, state, Wcat, Ucat, Lcpu, sched, T, B, I, H, need_tape, xin=(None, None),
+                       dims=None):
         """The step design on a workspace's static buffers: inputs are copied in, the captured time
         loop replays. The tape's states and saved values are the workspace's own arrays."""
         prog = self.program
         e = ws.env
         if not e:
-            self._new_buffers(ws, sched, T, B, H, need_tape)
+            self._new_buffers(ws, sched, T, B, H, need_tape, dims)
             e = ws.env
         nx = len(prog.input_mats)
         if nx:
@@ -205,8 +209,8 @@ class GraphWorkspaces:
                     row.zero_()
         initial_state()
         if ws.fwd is None:
-            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
-            steps = [self._launcher(k, e, sched, grid, sched.block_h) for k in self.rendered.fwd_steps]
+            grid = self._grid(sched, B, H)
+            steps = [self._launcher(k, e, sched, grid, sched.block_h, dims=dims) for k in self.rendered.fwd_steps]
 
             def run():
                 self._fwd_loop(steps, T, B, H, need_tape)
@@ -220,7 +224,7 @@ class GraphWorkspaces:
                 {n: e[array_name("SV_", n)] for n, _ in prog.saved}, e["L"])
 
 
-    def _backward_graph(self, ws, tape, dy, dstate, sched, T, B, H):
+    def _backward_graph(self, ws, tape, dy, dstate, sched, T, B, H, dims=None):
         """The backward time loop of a graph tape, on its workspace (the tape's arrays are its buffers)."""
         prog = self.program
         e = ws.env
@@ -240,8 +244,7 @@ class GraphWorkspaces:
             e["DP"].zero_()
         prepare()
         if ws.bwd is None:
-            grid = (triton_cdiv(B, sched.block_b), triton_cdiv(H, sched.block_h))
-            phases = self._bwd_phases(e, sched, grid, DS, DSN)
+            phases = self._bwd_phases(e, sched, self._grid(sched, B, H), DS, DSN, dims)
 
             def run():
                 self._bwd_loop(phases, T, B, H)

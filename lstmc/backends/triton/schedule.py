@@ -152,7 +152,9 @@ class Scheduling:
         elif isinstance(schedule, str):
             if schedule == "auto":
                 key = (B, H)
-                if key not in self._tuned and not self.interpret:
+                # (a cell with sized states is tuned by an explicit autotune(..., sizes=...): H here is
+                # the widest size, and the others are not known)
+                if key not in self._tuned and not self.interpret and not self.cell.sized:
                     self.autotune(T=32, B=B, I=H, H=H)
                 schedule = self._tuned.get(key) or self.default_schedule(B, H)
             elif schedule in VARIANTS:
@@ -176,15 +178,20 @@ class Scheduling:
                         num_warps=4, num_stages=schedule.num_stages)
 
     def autotune(self, T: int, B: int, I: int, H: int, candidates=None, reps: int = 5, warmup: int = 1,
-                 seed: int = 0) -> Schedule:
+                 seed: int = 0, sizes: dict | None = None) -> Schedule:
         """Time forward+backward of every candidate on random data of this shape (median of `reps`)
         and remember the fastest for (B, H). Meaningful on a GPU; under the interpreter it only
         exercises the machinery. With CUDA graphs on, the step candidates are timed with graphs
-        (the first, warm-up call captures them); their workspaces are dropped afterwards."""
+        (the first, warm-up call captures them); their workspaces are dropped afterwards. A cell with
+        sized states needs `sizes` ({"P": 64}); its schedule is remembered for (B, the widest size)."""
         rng = np.random.default_rng(seed)
-        params = {k: self._tensor(f"params['{k}']", v) for k, v in self.init_params(I, H, seed=seed).items()}
+        params = {k: self._tensor(f"params['{k}']", v)
+                  for k, v in self.init_params(I, H, seed=seed, sizes=sizes).items()}
+        dims = self.program.extents(H, sizes)
+        out = dims[self.cell.state_size(self.cell.output)]
         x = self._tensor("x", rng.normal(size=(T, B, I)).astype(self.np_dtype))
-        dy = self._tensor("dy", rng.normal(size=(T, B, H)).astype(self.np_dtype))
+        dy = self._tensor("dy", rng.normal(size=(T, B, out)).astype(self.np_dtype))
+        H = max(dims.values())
         results = []
         before = {id(ws) for ws in self._ws}
         try:
