@@ -72,11 +72,32 @@ RUNS = [(b, B) for b in ("reference", "torch", "numba") for B in (3, 40)] + [("t
 def test_heads_equal_the_dense_block_diagonal_cell(name, backend, B, dtype):
     if backend == "triton":
         pytest.importorskip("triton")
-    text = CELLS[name]
+    _check(CELLS[name], lstmc.compile(CELLS[name], backend, dtype), backend, dtype, B,
+           4 * lstmc.parse(CELLS[name]).heads)
+
+
+@pytest.mark.parametrize("H", [40, 64], ids=["H40-tiles-straddle-heads", "H64-tiles-inside-heads"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_triton_step_kernels_read_only_their_heads(name, H):
+    """The step design with 16-wide hidden tiles: each program's products run K over the heads its
+    tile belongs to (H = 40, 4 heads of 10: tiles straddle heads; H = 64: a tile inside one head)."""
+    pytest.importorskip("triton")
+    from lstmc.backends.triton import Schedule
+
+    cc = lstmc.compile(CELLS[name], "triton", "float32")
+    assert "klo = (pid_h * BH) // HD * HD" in cc.source
+    old = cc.schedule
+    cc.schedule = Schedule("step", block_b=16, block_h=16, block_k=16)
+    try:
+        _check(CELLS[name], cc, "triton", "float32", 3, H)
+    finally:
+        cc.schedule = old
+
+
+def _check(text, cell, backend, dtype, B, H):
     N = lstmc.parse(text).heads
-    T, I, H = 4, 5, 4 * N
+    T, I = 4, 5
     dense = lstmc.compile(_without_heads(text), "reference", "float64")
-    cell = lstmc.compile(text, backend, dtype)
     rng = np.random.default_rng(0)
     params = cell.init_params(I, H, seed=3)
     params = {k: np.asarray(_np(v), np.float64) for k, v in params.items()}

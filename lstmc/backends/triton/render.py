@@ -528,6 +528,19 @@ class _Kernel:
                   f"0.0), axis=1)[:, None]" + (f" / {self.n(sz)}" if gm.reduce == "mean" else ""))
         self.local.add(gm.out[0])
 
+    def head_range(self, gm: Gemm) -> tuple[str, str]:
+        """The K range of a step kernel's product over its operand's units: all of them, or with
+        `heads N` (the Program's Gemm.heads) only the heads this program's hidden tile belongs to,
+        [first head's start, last head's end): the block-diagonal matrix is zero elsewhere, so the
+        tile does N times fewer multiply-adds when BH <= H/N, and the sums are the same."""
+        nC = self.n(self.p.groups[gm.group].cols)
+        if gm.heads == 1:
+            return "0", nC
+        self.emit(f"HD = {nC} // {gm.heads}  # units per head: this tile's heads are all its products read")
+        self.emit("klo = (pid_h * BH) // HD * HD")
+        self.emit(f"khi = tl.minimum({nC}, ((pid_h * BH + BH - 1) // HD + 1) * HD)")
+        return "klo", "khi"
+
     def gemm_step(self, gm: Gemm) -> None:
         """One product of a step kernel: K in chunks of BK, every slot of this hidden tile. A group's
         matrices are [k*R, C] (R its rows, C its operand's size): forward [B, C] -> [B, k*R], backward
@@ -546,9 +559,10 @@ class _Kernel:
             self.emit(f"# GEMM [{', '.join(gm.mats)}]: {value_name(a)} @ UT{g}, K in chunks of BK")
             for o in outs:
                 self.emit(f"{o} = {z('ZT', R)}")
-            self.emit(f"for k0 in range(0, {nC}, BK):")
+            lo, hi = self.head_range(gm)
+            self.emit(f"for k0 in range({lo}, {hi}, BK):")
             self.emit("    kk = k0 + tl.arange(0, BK)")
-            self.emit(f"    kmask = kk < {nC}")
+            self.emit(f"    kmask = kk < {hi}")
             self.emit(f"    a = tl.load({src} + rows[:, None] * {nC} + kk[None, :], "
                       f"mask=rmask[:, None] & kmask[None, :], other=0.0).to(DT)")
             for s, o in enumerate(outs):
@@ -564,14 +578,19 @@ class _Kernel:
             out = value_name(gm.out[0])
             self.emit(f"# GEMM [{'; '.join(gm.mats)}]: dRP{g}[t] @ U{g}, K = {k}*{nR} in chunks of BK")
             self.emit(f"{out} = {z('ZT', C)}")
-            self.emit(f"for k0 in range(0, {k} * {nR}, BK):")
-            self.emit("    kk = k0 + tl.arange(0, BK)")
-            self.emit(f"    kmask = kk < {k} * {nR}")
-            self.emit(f"    a = tl.load({self.arr('dRP', g)} + {z('ry', R)} * {k} + rows[:, None] * ({k} * {nR}) + "
-                      f"kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)")
-            self.emit(f"    w = tl.load({self.arr('U', g)} + kk[:, None] * {nC} + {z('cols', C)}[None, :], "
-                      f"mask=kmask[:, None] & {z('cmask', C)}[None, :], other=0.0)")
-            self.emit(f"    {out} = _dot(a, w, {out}, DOT_F32, PREC)")
+            lo, hi = self.head_range(gm)
+            # with heads, each slot's K range is the heads of this tile (one loop per slot)
+            ranges = ([(f"0", f"{k} * {nR}")] if gm.heads == 1
+                      else [(f"{j} * {nR} + {lo}", f"{j} * {nR} + {hi}") for j in range(k)])
+            for lo_j, hi_j in ranges:
+                self.emit(f"for k0 in range({lo_j}, {hi_j}, BK):")
+                self.emit("    kk = k0 + tl.arange(0, BK)")
+                self.emit(f"    kmask = kk < {hi_j}")
+                self.emit(f"    a = tl.load({self.arr('dRP', g)} + {z('ry', R)} * {k} + rows[:, None] * ({k} * {nR}) + "
+                          f"kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)")
+                self.emit(f"    w = tl.load({self.arr('U', g)} + kk[:, None] * {nC} + {z('cols', C)}[None, :], "
+                          f"mask=kmask[:, None] & {z('cmask', C)}[None, :], other=0.0)")
+                self.emit(f"    {out} = _dot(a, w, {out}, DOT_F32, PREC)")
             self.local.add(gm.out[0])
             if gm.out[0].attr in self.later:
                 self.emit(f"tl.store({self.arr('DV', g)} + {z('obh', C)}, {out}, mask={z('m2', C)})")
