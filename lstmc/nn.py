@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .autograd import _CellFunction
 from .backends.base import check_lengths
@@ -40,6 +40,7 @@ from .interop import torch_builtin, torch_layer_weights
 from .ir import walk
 from .nn_inputs import check_sizes, input_layout, prepare_inputs
 from .spec import Cell
+from .nn_packed import pack_like, unpack
 from .torch_ops import OP_BACKENDS, CellOps, cell_ops, registered_ops
 
 __all__ = ["Recurrent", "bias_params", "select_backend", "BACKEND_CHOICES"]
@@ -132,6 +133,29 @@ def select_backend(backend: str, device, dtype, cell=None) -> str:
             if not ok:
                 raise RuntimeError(f"backend 'triton' cannot run: {why}; use backend='auto' or 'torch'")
     return backend
+
+
+_EAGER_ONLY = ("lstmc's torch and reference backends run eagerly only (a graph break; fullgraph=True fails): build "
+               "the Recurrent with backend='auto', 'numba' (CPU) or 'triton' (CUDA), whose layers are PyTorch custom "
+               "operators that torch.compile and torch.export trace")
+
+
+@torch.compiler.disable(reason=_EAGER_ONLY)
+def _eager_runner(module, backend: str, dtype):
+    """The torch or reference backend's runner (compiling the cell on first use), outside what
+    torch.compile traces."""
+    return _Runner(module._program(backend, dtype), backend, module.cell, tuple(module.cell.params))
+
+
+@torch.compiler.disable(reason=_EAGER_ONLY)
+def _run_eager(runner, x, lengths, reverse: bool, s0, params, extra, grad: bool):
+    """One layer and direction on the torch or reference backend: an autograd Function over the
+    backend's own forward and backward, which torch.compile does not trace (a graph break)."""
+    if grad:
+        y, *fin = _CellFunction.apply(runner, lengths, reverse, x, *s0, *params, *extra)
+        return y, fin
+    y, fin, _ = runner.forward(x, lengths, reverse, s0, params, need_tape=False, inputs=extra)
+    return y, fin
 
 
 # ------------------------------------------------------------------------ one layer and direction
@@ -363,8 +387,9 @@ class Recurrent(nn.Module):
                 raise ValueError("lengths must be None when input is a PackedSequence (it carries its lengths)")
             sorted_idx, unsorted_idx = input.sorted_indices, input.unsorted_indices
             self._check_input_tensor(input.data, dtype, pdevice)
-            x, lens = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes), batch_first=False)
-            lengths = lens.numpy().astype(np.int64)
+            x, lengths = unpack(input, state)
+            if not torch.compiler.is_compiling():
+                lengths = lengths.numpy()
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
@@ -403,7 +428,7 @@ class Recurrent(nn.Module):
             if not torch.compiler.is_compiling():
                 self._programs[(backend, dtype)] = runner.compiled(x.device, dtype)
         else:
-            runner = _Runner(self._program(backend, dtype), backend, self.cell, tuple(self.cell.params))
+            runner = _eager_runner(self, backend, dtype)
         if isinstance(lengths, np.ndarray) and isinstance(runner, CellOps):
             lengths = torch.from_numpy(lengths)
         zero = None
@@ -437,8 +462,7 @@ class Recurrent(nn.Module):
         out = layer_in
         final = [torch.stack(f, 0) for f in finals]
         if packed:
-            p = pack_padded_sequence(out, torch.as_tensor(lengths), enforce_sorted=True)
-            out = PackedSequence(p.data, p.batch_sizes, sorted_idx, unsorted_idx)
+            out = pack_like(out, input)
             if unsorted_idx is not None:
                 final = [f.index_select(1, unsorted_idx) for f in final]
         elif unbatched:
@@ -452,11 +476,8 @@ class Recurrent(nn.Module):
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *s0, *params, *extra))
         if isinstance(runner, CellOps):
             return runner(x, s0, params, lengths, reverse, grad, extra)
-        if grad:
-            y, *fin = _CellFunction.apply(runner, lengths, reverse, x, *s0, *params, *extra)
-            return y, fin
-        y, fin, _ = runner.forward(x, lengths, reverse, s0, params, need_tape=False, inputs=extra)
-        return y, fin
+        return _run_eager(runner, x, lengths, reverse, s0, params, extra, grad)
+
 
     # argument checks (errors name the argument, as nn.LSTM's do) -----------------------------
     def _check_parameters(self, dtype, device):
@@ -560,7 +581,7 @@ class Recurrent(nn.Module):
                 native="auto", opset: int | None = None):
         """Write this module as an ONNX model that ONNX Runtime runs without lstmc (and return it):
         inputs `input` ([T, B, I], or batch-first; T and B dynamic), with lengths=True `lengths` ([B],
-        int64) and with initial_states=True one `[layers·directions, B, H]` input per state, named
+        int64) and with initial_states=True one `[layers·directions, B, n]` input per state (n: its size), named
         after the cell's states; outputs `output` and the final states `<state>_n`. Each layer and
         direction is an ONNX Scan over the cell's step, or the native LSTM/GRU operator for the
         built-ins whose math it is (native="auto"; False forces the Scan form). See docs/onnx.md."""

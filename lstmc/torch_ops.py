@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+from typing import Optional
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ from .build import compile as _compile
 from .build import load
 from .lower import lower
 
-__all__ = ["CellOps", "cell_ops", "registered_ops", "OP_BACKENDS", "NO_FORWARD_MODE"]
+__all__ = ["CellOps", "cell_ops", "registered_ops", "packed_lengths", "OP_BACKENDS", "NO_FORWARD_MODE"]
 
 OP_BACKENDS = {"cpu": "numba", "cuda": "triton"}   # device type -> the backend its operators run
 _NAMESPACE = "lstmc"
@@ -411,6 +412,25 @@ def _no_context(ctx, inputs, output):
 
 def _refuse_second_order(ctx, *grads):
     raise RuntimeError(ONCE_DIFFERENTIABLE)
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::packed_lengths", mutates_args=())
+def packed_lengths(batch_sizes: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
+    """The lengths [B] (int64) of a PackedSequence's rows from its batch_sizes [T], B = batch_sizes[0]
+    (`rows`: the B the caller expects, checked). An operator so that torch.compile traces a
+    PackedSequence made with enforce_sorted=True (no sorted_indices to read B from): B is then
+    `rows`, or an unbacked size known when the graph runs."""
+    B = int(batch_sizes[0]) if batch_sizes.numel() else 0
+    if rows is not None and rows != B:
+        raise ValueError(f"the initial state has {rows} batch rows but the PackedSequence has {B} "
+                         f"(its batch_sizes[0])")
+    return (torch.arange(B, device=batch_sizes.device)[None, :] < batch_sizes[:, None]).sum(0)
+
+
+@packed_lengths.register_fake
+def _packed_lengths_fake(batch_sizes, rows=None):
+    B = torch.library.get_ctx().new_dynamic_size(min=1) if rows is None else rows
+    return batch_sizes.new_empty((B,), dtype=torch.int64)
 
 
 def _vmap_one_at_a_time(opdef):

@@ -375,3 +375,20 @@ def test_triton_operators_match_numba(cell, monkeypatch):
             res[backend] = [y.detach(), *fin, yi, *fi, xx.grad, *[s.grad for s in ss], *[p.grad for p in pp]]
         assert type(ops._compiled[("triton", DT)]).__name__ == "TritonCell"
         _assert_same(res["triton"], res["numba"], f"triton vs numba, lengths {lengths}, reverse {reverse}")
+
+
+@pytest.mark.parametrize("eager_backend", ["torch", "reference"])
+def test_eager_only_backends_break_the_graph_or_say_why_under_fullgraph(eager_backend):
+    """The torch and reference backends are not custom operators: torch.compile runs them eagerly
+    around a graph break (same numbers as eager), and fullgraph=True fails naming the backends that
+    compile (instead of a Dynamo error about a generated module or a builtin)."""
+    torch.manual_seed(0)
+    model = Model("lstm", backend=eager_backend)
+    x = torch.randn(T, B, I, dtype=DT)
+    want = _fwd_bwd(model, model, x)
+    torch._dynamo.reset()
+    _assert_same(_fwd_bwd(model, torch.compile(model, backend="aot_eager"), x), want,
+                 f"torch.compile of the {eager_backend} backend")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"run eagerly only.*backend='auto', 'numba' \(CPU\) or 'triton'"):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(x)

@@ -3,8 +3,9 @@ generic Scan form (and as the native ONNX LSTM/GRU where that applies), checked 
 onnx.checker(full_check=True) and run in ONNX Runtime at two values of T and B, with lengths (0 and T
 among them), the reverse direction and initial states, against lstmc's reference backend in float64:
 max relative error (|a - b| / max(1, |b|)) at most 1e-5 for the float32 graph. Cells with extra
-per-step inputs get them as graph inputs named after them. One table of cases drives one checker;
-then the graph's interface, the errors, and `lstmc export` of trained models."""
+per-step inputs get them as graph inputs named after them; cells with states of their own sizes
+(lstmp's `state h[P]`) get [L·D, B, P] state inputs and outputs. One table of cases drives one
+checker; then the graph's interface, the errors, and `lstmc export` of trained models."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from lstmc.nn import Recurrent  # noqa: E402
 from lstmc.ops import POINTWISE  # noqa: E402
 from lstmc.onnx_export import ExportError, to_onnx  # noqa: E402
 from lstmc.onnx_export.native import NATIVE, native_of  # noqa: E402
+from lstmc.onnx_export.model import export_model  # noqa: E402
 from lstmc.onnx_export.recurrent import check_supported  # noqa: E402
 from lstmc.onnx_export.step import SPELL  # noqa: E402
 from lstmc.results import max_rel  # noqa: E402
@@ -31,7 +33,7 @@ EXAMPLES = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").gl
 I, H = 3, 8
 SIZES = ((5, 4), (9, 3))           # (T, B): two of each, through one session: T and B are dynamic
 TOL = 1e-5
-CELL_SIZES = {"conditioned_lstm": {"K": 2}}     # the values of the example cells' `size` lines
+CELL_SIZES = {"conditioned_lstm": {"K": 2}, "lstmp": {"P": 5}}     # the values of the cells' `size` lines
 
 # every primitive the language has beyond the examples' (log, softplus, sqrt, abs, min, the four
 # comparisons, a float mask read by where, sum and mean), and a state computed from parameters only
@@ -84,7 +86,11 @@ CASES = (
        # opset 18: ReduceMean takes its axes as an input
        _case(str(Path(EXAMPLES[0]).parent / "layernorm_lstm.cell"), opset=18),
        # float64 graphs (generic: ONNX Runtime's LSTM/GRU kernels are float32 only)
-       _case("lstm", "generic", dtype=torch.float64), _case(ODDBALL, "generic", dtype=torch.float64)]
+       _case("lstm", "generic", dtype=torch.float64), _case(ODDBALL, "generic", dtype=torch.float64),
+       # states of their own sizes (h [.., P], c [.., H]): layer 1 reads 2P features; batch first
+       # without lengths (the reverse direction by Scan's own direction); float64
+       _case("lstmp", "generic", layers=2), _case("lstmp", "generic", layers=2, lengths=False, batch_first=True),
+       _case("lstmp", "generic", dtype=torch.float64)]
 )
 
 
@@ -123,12 +129,6 @@ def _extra_dims(rnn) -> dict:
 
 @pytest.mark.parametrize("case", CASES)
 def test_export_matches_reference(case, tmp_path):
-    cell = lstmc.parse(case["cell"]) if "\n" in case["cell"] else lstmc.load(case["cell"])
-    sized = [s for s, k in cell.state_sizes.items() if k != "H"]
-    if sized:                   # `state h[P]`: not exported yet, and the error says so
-        with pytest.raises(ExportError, match=f"states of their own sizes \\({sized[0]}"):
-            check_supported(cell)
-        return
     ref, exp = _modules(case)
     extra = _extra_dims(ref)
     states = ref.state_names
@@ -142,15 +142,17 @@ def test_export_matches_reference(case, tmp_path):
     assert path.stat().st_size > 0
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
-    # the interface as specified: names, symbolic T and B, [L*D, B, H] states, <state>_n outputs
+    # the interface as specified: names, symbolic T and B, [L*D, B, n] states (n: H, or P for
+    # `state h[P]`), <state>_n outputs, an output of the output state's width
     g = model.graph
     seq = ["B", "T"] if case["batch_first"] else ["T", "B"]
+    width = {s: ref._state_size(s) for s in states}
     want_in = ([("input", seq + [I])] + [(u, seq + ([] if n is None else [n])) for u, n in extra.items()]
                + ([("lengths", ["B"])] if case["lengths"] else [])
-               + ([(s, [LD, "B", H]) for s in states] if case["initial_states"] else []))
+               + ([(s, [LD, "B", width[s]]) for s in states] if case["initial_states"] else []))
     assert [(v.name, _dims(v)) for v in g.input] == want_in
-    assert [(v.name, _dims(v)) for v in g.output] == [("output", seq + [D * H])] + [(f"{s}_n", [LD, "B", H])
-                                                                                    for s in states]
+    assert [(v.name, _dims(v)) for v in g.output] == ([("output", seq + [D * ref.output_size])]
+                                                      + [(f"{s}_n", [LD, "B", width[s]]) for s in states])
     ops = _ops(g)
     if native:
         assert ops.count(NATIVE[native_of(exp.cell)][0]) == LD and "Scan" not in ops
@@ -164,7 +166,7 @@ def test_export_matches_reference(case, tmp_path):
         x = rng.normal(size=(T, B, I))
         L = rng.integers(0, T + 1, size=B)
         L[0], L[1] = T, 0                   # a full row and an empty one
-        s0 = [rng.uniform(0.1, 0.6, size=(LD, B, H)) for _ in states]   # positive: sLSTM's normaliser n
+        s0 = [rng.uniform(0.1, 0.6, size=(LD, B, width[s])) for s in states]   # positive: sLSTM's normaliser n
         xin = x.transpose(1, 0, 2) if case["batch_first"] else x
         # the extra inputs: positive ([T, B] time gaps, [T, B, n] masks or a second stream), in the layout
         ins = {u: rng.uniform(0.1, 1.0, size=((B, T) if case["batch_first"] else (T, B)) + (() if n is None else (n,)))
@@ -266,6 +268,44 @@ def test_extra_inputs_enter_the_hoisted_products(tmp_path):
     assert sum(op == "ReverseSequence" and name.startswith("w_") for name, op in nodes.items()) == 1
 
 
+def test_sized_states_take_the_generic_form():
+    """lstmp (`state h[P]`, h' = W_hr @ (o * tanh(c'))) has no native ONNX operator: ONNX's LSTM has no
+    projection. "auto" gives the Scan form, native=True is refused with the reason; the Scan body
+    carries h as [B, P] and c as [B, H], and the projection is a second recurrent product."""
+    rnn = Recurrent("lstmp", I, H, sizes={"P": 5}, backend="reference", dtype=torch.float32)
+    assert native_of("lstmp") is None
+    model = to_onnx(rnn, None, torch.zeros(3, 2, I))
+    ops = _ops(model.graph)
+    assert "Scan" in ops and "LSTM" not in ops
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert [(v.name, _dims(v)) for v in body.input][:2] == [("l0.h", ["B", 5]), ("l0.c", ["B", H])]
+    assert [_dims(v) for v in body.output] == [["B", 5], ["B", H], ["B", 5]]
+    assert sum(n.op_type == "MatMul" for n in body.node) == 2       # U @ h, then W_hr @ (o * tanh(c'))
+    with pytest.raises(ExportError, match="no native ONNX operator"):
+        to_onnx(rnn, None, torch.zeros(3, 2, I), native=True)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_torch_lstm_with_proj_size_runs_in_onnx_runtime(tmp_path):
+    """nn.LSTM(proj_size=P) -> Recurrent.from_torch (cell lstmp) -> to_onnx: ONNX Runtime gives
+    torch's own output and final states ([L·D, B, P] and [L·D, B, H]) at two (T, B)."""
+    torch.manual_seed(0)
+    P = 4
+    lstm = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True, proj_size=P).eval()
+    rnn = Recurrent.from_torch(lstm, backend="reference")
+    assert rnn.cell.name == "lstmp"
+    rnn.to_onnx(tmp_path / "m.onnx", torch.zeros(2, 3, I), initial_states=True)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for T, B in SIZES:
+        x, h0, c0 = torch.randn(B, T, I), torch.randn(4, B, P), torch.randn(4, B, H)
+        with torch.no_grad():
+            y, (h, c) = lstm(x, (h0, c0))
+        got = sess.run(None, {"input": x.numpy(), "h": h0.numpy(), "c": c0.numpy()})
+        assert [a.shape for a in got] == [(B, T, 2 * P), (4, B, P), (4, B, H)]
+        assert max(max_rel(a, b.numpy()) for a, b in zip(got, (y, h, c))) <= TOL
+
+
 # ---------------------------------------------------------------------------- lstmc export MODEL.pt
 
 def _export_cli(argv) -> int:
@@ -301,6 +341,41 @@ def test_cli_exports_a_trained_model(task, extra, native_op, tmp_path, capsys):
         got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
         assert got.shape == want.shape
         assert max_rel(got, want) <= TOL
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("native_module", [False, True])
+def test_export_model_with_sized_states(native_module, tmp_path):
+    """A model.pt of an lstmp model (2 layers, bidirectional, target "last"), as lstmc.nn.Recurrent
+    or as torch.nn.LSTM(proj_size=P) (backend "native"): the size P is read off the weights and the
+    head reads the forward direction's last P features and the reverse direction's first P.
+    (`lstmc train` cannot train lstmp yet, as no task gives P: the file is written as save_model does.)"""
+    torch.manual_seed(0)
+    P, n_in = 3, 2
+    if native_module:
+        lstm = torch.nn.LSTM(n_in, H, num_layers=2, bidirectional=True, batch_first=True, proj_size=P).eval()
+        rnn_sd, cell = {f"rnn.rnn.{k}": v for k, v in lstm.state_dict().items()}, "lstm"
+        run = lambda x: lstm(x)[0]  # noqa: E731
+    else:
+        rnn = Recurrent("lstmp", n_in, H, num_layers=2, bidirectional=True, batch_first=True, sizes={"P": P},
+                        backend="reference", dtype=torch.float32).eval()
+        rnn_sd, cell = {f"rnn.{k}": v for k, v in rnn.state_dict().items()}, "lstmp"
+        run = lambda x: rnn(x)[0]  # noqa: E731
+    head = torch.nn.Linear(2 * P, 1)
+    sd = {**rnn_sd, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
+    torch.save({"config": {"task": "adding", "cell": cell, "layers": 2, "bidirectional": True, "length": 10},
+                "model": sd, "step": 0}, tmp_path / "model.pt")
+    model = export_model(tmp_path / "model.pt", tmp_path / "m.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert "Scan" in _ops(model.graph) and "LSTM" not in _ops(model.graph)
+    x = torch.randn(3, 12, n_in)
+    with torch.no_grad():
+        y = run(x)
+        want = head(torch.cat([y[:, -1, :P], y[:, 0, P:]], dim=-1)).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    assert got.shape == want.shape == (3, 1)
+    assert max_rel(got, want) <= TOL
 
 
 def test_cli_refuses_a_file_that_is_not_a_model(tmp_path, capsys):

@@ -71,9 +71,10 @@ def _recurrent(cfg: dict, sd: dict):
         tsd = {k[4:]: v.float() for k, v in rnn_sd.items()}
         w = tsd["weight_ih_l0"]
         name = cfg["cell"]
-        H = int(tsd["weight_hh_l0"].shape[1])
+        proj = {"proj_size": int(tsd["weight_hr_l0"].shape[0])} if "weight_hr_l0" in tsd else {}  # nn.LSTM(proj_size=)
+        H = int(tsd["weight_hr_l0"].shape[1]) if proj else int(tsd["weight_hh_l0"].shape[1])
         m = torch_module_class(name)(int(w.shape[1]), H, num_layers=layers, bias="bias_ih_l0" in tsd,
-                                     batch_first=True, bidirectional=bidir)
+                                     batch_first=True, bidirectional=bidir, **proj)
         m.load_state_dict(tsd)
         return Recurrent.from_torch(m.eval(), backend="reference")
     cell_name = cfg["cell"]
@@ -87,9 +88,29 @@ def _recurrent(cfg: dict, sd: dict):
     I, H = int(rnn_sd[f"l0.{W}"].shape[1]), int(rnn_sd[f"l0.{W}"].shape[0])
     bias = all(f"l0.{b}" in rnn_sd for b in bias_params(cell))       # bias=False drops them from the state
     rnn = Recurrent(cell, I, H, num_layers=layers, bias=bias, batch_first=True, bidirectional=bidir,
-                    backend="reference", dtype=torch.float32)
+                    backend="reference", dtype=torch.float32, sizes=_sizes(cell, cfg, rnn_sd) or None)
     rnn.load_state_dict({k: v.float() for k, v in rnn_sd.items()})
     return rnn.eval()
+
+
+def _sizes(cell, cfg: dict, rnn_sd: dict) -> dict:
+    """The values of the cell's `size` lines: the config's `sizes` when it records them, else read off
+    the first layer's weights (`state h[P]`: W_hr is [P, H]; `input u[K]`: V is [H, K])."""
+    given = dict(cfg.get("sizes") or {})
+    out = {}
+    for k in cell.sizes:
+        if k in given:
+            out[k] = int(given[k])
+            continue
+        for p, dims in cell.param_sizes.items():
+            t = rnn_sd.get(f"l0.{p}")
+            if t is not None and k in dims and len(dims) == t.dim():
+                out[k] = int(t.shape[list(dims).index(k)])
+                break
+        else:
+            raise ExportError(f"model.pt does not say the value of cell '{cell.name}''s size {k}, and no weight "
+                              f"of its first layer has it")
+    return out
 
 
 def export_model(model_path, out, *, native="auto", opset: int | None = None) -> onnx.ModelProto:
@@ -102,7 +123,7 @@ def export_model(model_path, out, *, native="auto", opset: int | None = None) ->
     target = _target(ck)
     g = Graph(np.float32, opset=check_opset(opset))
     kind = choose_native(net, native)
-    H, D = net.hidden, net.dirs
+    H, D = net.out_width, net.dirs          # the output's width per direction (P for `state h[P]`)
     x = g.names.claim("input")
     if "embed.weight" in sd:
         table = g.initializer("embed.weight", sd["embed.weight"].float().numpy())

@@ -3,9 +3,12 @@
 Graph inputs:  input [T, B, I] ([B, T, I] with batch_first), T and B symbolic;
                one per extra per-step input of the cell (`input dt`, `input keep[H]`, `input u[K]`),
                named after it: [T, B] or [T, B, n] ([B, T, ...] with batch_first);
-               lengths [B] int64 (with lengths=True); one [L·D, B, H] tensor per state, named after
+               lengths [B] int64 (with lengths=True); one [L·D, B, n] tensor per state, named after
                the cell's states (with initial_states=True; otherwise zeros).
-Graph outputs: output [T, B, D·H] ([B, T, D·H] with batch_first); <state>_n [L·D, B, H] per state.
+Graph outputs: output [T, B, D·n_out] ([B, T, D·n_out] with batch_first); <state>_n [L·D, B, n] per state.
+
+n is each state's own size: H, or the value of its declared size (`state h[P]`, lstmp: h is [.., P],
+c [.., H]); n_out is the output state's size, and layer k > 0 reads D·n_out features.
 
 Each layer and direction is one `Scan` over the lowered Program's step (lstmc/onnx_export/step.py),
 after the input products of all T·B rows as one MatMul, or, for a built-in whose semantics ONNX's
@@ -57,6 +60,24 @@ class Net:
     params: dict          # (layer, direction) -> {parameter: array}
     sizes: dict = None    # the values of the cell's `size` lines (Recurrent's sizes=)
 
+    @property
+    def ext(self) -> dict[str, int]:
+        """{size name: width}: H and the cell's declared sizes (the Program's extents)."""
+        return self.program.extents(self.hidden, self.sizes)
+
+    def width(self, s: str) -> int:
+        """The width of state `s`: H, or its declared size's value (`state h[P]`)."""
+        return self.ext[self.program.state_size(s)]
+
+    @property
+    def out_width(self) -> int:
+        """The output's width per direction: the output state's size."""
+        return self.width(self.cell.output)
+
+    def in_size(self, layer: int) -> int:
+        """The features layer `layer` reads: the input's, or D times the output state's size."""
+        return self.input_size if layer == 0 else self.out_width * self.dirs
+
     def input_dims(self) -> dict[str, int | None]:
         """{extra input: its feature count}: None for `input dt` ([T, B]), H or its size's value."""
         return {u: self.cell.input_size_of(u, self.hidden, self.sizes) for u in self.cell.inputs}
@@ -71,8 +92,9 @@ class Net:
         first = next(iter(rnn.parameters()), None)      # a cell whose every parameter is a dropped bias has none
         dtype = np.dtype(str(first.dtype).replace("torch.", "") if first is not None else "float32")
         params = {}
+        out_size = cell.size_value(cell.state_size(cell.output), rnn.input_size, H, sizes)
         for layer in range(rnn.num_layers):
-            in_size = rnn.input_size if layer == 0 else H * dirs
+            in_size = rnn.input_size if layer == 0 else out_size * dirs
             for d in range(dirs):
                 pd = rnn.cell_params(layer, reverse=bool(d))
                 p = {k: (pd[k].detach().cpu().numpy().astype(dtype) if k in pd else
@@ -85,19 +107,19 @@ class Net:
         """l0, l0_reverse, l1, ...: Recurrent's own names for a layer and direction."""
         return f"l{layer}" + ("_reverse" if d else "")
 
+    @staticmethod
+    def layer_of(label: str) -> int:
+        return int(label[1:].split("_")[0])
+
 
 RESERVED = ("input", "lengths", "output")     # the graph's own input and output names
 
 
 def check_supported(cell: Cell) -> None:
-    """Refuse, naming it, a construct the export does not express: states of sizes other than H
-    (`state h[P]`), parameters other than W [H, I], U [H, H] (block-diagonal with heads), V [H, K]
-    (`V @ u`) and b [H], and an extra input whose name is one of the graph's own (`input`,
-    `lengths`, `output`, `<state>_n`)."""
-    sized = [f"{s}[{k}]" for s, k in cell.state_sizes.items() if k != "H"]
-    if sized:
-        raise ExportError(f"cell '{cell.name}' has states of their own sizes ({', '.join(sized)}), which the ONNX "
-                          f"export does not support yet; export a cell whose states have the hidden size")
+    """Refuse, naming it, a construct the export does not express: parameters other than W, U
+    (block-diagonal with heads), V (`V @ u`) and b (each of the sizes its cell gives it: W [H, I],
+    U [H, P] or [P, H] with `state h[P]`), and an extra input whose name is one of the graph's own
+    (`input`, `lengths`, `output`, `<state>_n`)."""
     odd = [f"{p} (kind {k})" for p, k in cell.params.items() if k not in ("W", "U", "V", "b")]
     if odd:
         raise ExportError(f"cell '{cell.name}' has parameters the ONNX export does not support yet: {', '.join(odd)}")
@@ -109,7 +131,8 @@ def check_supported(cell: Cell) -> None:
 
 
 class _Sequence:
-    """Values every layer shares: the batch size, zeros for absent initial states, the lengths,
+    """Values every layer shares: the batch size, zeros for absent initial states (one [B, n] per
+    width n), the lengths,
     the mask of live positions [T, B, 1] and of rows with a nonzero length [B, 1], the extra inputs
     as each direction reads them."""
 
@@ -121,8 +144,8 @@ class _Sequence:
         self.B = g.op("Gather", [shape, g.const(1, np.int64)], name="B", axis=0)
         self.H = H
         self.lengths = lengths
-        self._zeros = None
-        self.live = self.live_TB = self._nonempty = self._lengths_i32 = None
+        self._zeros: dict[int, str] = {}
+        self.live = self.live_TB = self._nonempty = self._lengths_i32 = self._B1 = None
         self._extra: dict = {}
         if lengths is not None:
             t = g.op("Range", [g.const(0, np.int64), self.T, g.const(1, np.int64)], name="time")
@@ -146,15 +169,19 @@ class _Sequence:
             self._extra[key] = v
         return self._extra[key]
 
-    def zeros(self) -> str:
-        """A [B, H] zero state (shared by every layer, direction and state without an initial value)."""
-        if self._zeros is None:
+    def zeros(self, n: int | None = None) -> str:
+        """A [B, n] zero state, n = H by default (shared by every layer, direction and state of that
+        width without an initial value)."""
+        n = self.H if n is None else int(n)
+        if n not in self._zeros:
             g = self.g
-            bh = g.op("Concat", [g.op("Unsqueeze", [self.B, g.ints([0], "axes_0")], name="B_1"),
-                                 g.ints([self.H], "H_1")], name="shape_BH", axis=0)
-            self._zeros = g.op("ConstantOfShape", [bh], name="zeros_BH",
-                               value=helper.make_tensor("zero", g.elem, [1], [0.0]))
-        return self._zeros
+            tag = "H" if n == self.H else str(n)
+            if self._B1 is None:
+                self._B1 = g.op("Unsqueeze", [self.B, g.ints([0], "axes_0")], name="B_1")
+            bn = g.op("Concat", [self._B1, g.ints([n], f"{tag}_1")], name=f"shape_B{tag}", axis=0)
+            self._zeros[n] = g.op("ConstantOfShape", [bn], name=f"zeros_B{tag}",
+                                  value=helper.make_tensor("zero", g.elem, [1], [0.0]))
+        return self._zeros[n]
 
     def int32_lengths(self) -> str:
         """The lengths as ONNX's LSTM/GRU take them (sequence_lens is int32)."""
@@ -173,10 +200,10 @@ class _Sequence:
 
 def emit_recurrent(g: Graph, net: Net, x: str, lengths: str | None, states: dict[str, str] | None,
                    native: str | None, inputs: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    """Emit the network reading `x` [T, B, I] (time-major); returns (output [T, B, D·H],
-    {state: its L·D final values [B, H], in nn.LSTM's order}). `states`: state -> its [L·D, B, H]
-    input (None: zeros); `native`: the built-in whose ONNX operator to use (None: the generic Scan
-    form); `inputs`: the cell's extra per-step inputs, name -> time-major value (every layer reads them)."""
+    """Emit the network reading `x` [T, B, I] (time-major); returns (output [T, B, D·n_out],
+    {state: its L·D final values [B, n], in nn.LSTM's order}; n each state's width, n_out the output
+    state's). `states`: state -> its [L·D, B, n] input (None: zeros); `native`: the built-in whose
+    ONNX operator to use (None: the generic Scan form); `inputs`: the cell's extra per-step inputs, name -> time-major value (every layer reads them)."""
     missing = [u for u in net.cell.inputs if u not in (inputs or {})]
     if missing:
         raise ExportError(f"cell '{net.cell.name}' reads extra per-step inputs ({', '.join(missing)}), which this "
@@ -189,7 +216,7 @@ def emit_recurrent(g: Graph, net: Net, x: str, lengths: str | None, states: dict
         for d in range(net.dirs):
             label = Net.label(layer, d)
             k = layer * net.dirs + d
-            s0 = {s: (seq.zeros() if states is None else
+            s0 = {s: (seq.zeros(net.width(s)) if states is None else
                       g.op("Gather", [states[s], g.const(k, np.int64)], name=f"{label}.{s}0", axis=0))
                   for s in net.cell.states}
             emit = _native_direction if native else _generic_direction
@@ -217,13 +244,13 @@ def _generic_direction(g: Graph, net: Net, seq: _Sequence, label: str, p: dict, 
         xs = _input_products(g, net, seq, label, p, x, reverse)
         width = len(mats) * H
     else:
-        xs, width = x, net.input_size if label.startswith("l0") else net.hidden * net.dirs
+        xs, width = x, net.in_size(Net.layer_of(label))
     weights = StepWeights(
         vecs={v: g.initializer(f"{label}.{v}", p[v]) for v in prog.vector_params},
         groups={gr.index: g.initializer(f"{label}.U{gr.index}", transposed_stack([p[m] for m in gr.mats]))
                 for gr in prog.weight_groups})
     masked = seq.lengths is not None
-    body = scan_body(g, prog, weights, H, label, bool(mats), masked, width)
+    body = scan_body(g, prog, weights, net.ext, label, bool(mats), masked, width)
     scan_in = [xs] + ([seq.live] if masked else [])
     flip = reverse and not masked                    # the whole sequence backwards: Scan's own direction
     outs = g.op("Scan", [s0[s] for s in prog.cell.states] + scan_in, name=f"{label}.scan",
@@ -333,8 +360,9 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
     Graph inputs: `input` ([T, B, I], or [B, T, I] with batch_first; T and B are symbolic), one per
     extra per-step input of the cell, named after it ([T, B] or [T, B, n], batch first likewise),
     `lengths` ([B] int64, with lengths=True: lstmc's `lengths=` semantics) and, with
-    initial_states=True, one [L·D, B, H] input per state named after the cell's states (`h`, `c`).
-    Outputs: `output` and the final states `<state>_n` (`h_n`, `c_n`).
+    initial_states=True, one [L·D, B, n] input per state named after the cell's states (`h`, `c`;
+    n the state's size: H, or P for `state h[P]`). Outputs: `output` ([.., D·n] of the output
+    state's n) and the final states `<state>_n` (`h_n`, `c_n`).
 
     `example_input` fixes the layout and dtype (it must match the module's parameters); it is not run.
     native: "auto" (the native ONNX LSTM/GRU for the built-ins lstm, gru, gru_v1, peephole_lstm,
@@ -358,7 +386,7 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
     g = Graph(net.dtype, opset=check_opset(opset))
     kind = choose_native(net, native)
     bf = bool(recurrent.batch_first)
-    D, H, LD = net.dirs, net.hidden, net.layers * net.dirs
+    D, LD = net.dirs, net.layers * net.dirs
     x = g.names.claim("input")
     inputs = [g.value_info(x, ["B", "T", net.input_size] if bf else ["T", "B", net.input_size])]
     if bf:
@@ -376,12 +404,13 @@ def to_onnx(recurrent, path, example_input, *, lengths: bool = False, initial_st
     states = None
     if initial_states:
         states = {s: g.names.claim(s) for s in net.cell.states}
-        inputs += [g.value_info(v, [LD, "B", H]) for v in states.values()]
+        inputs += [g.value_info(v, [LD, "B", net.width(s)]) for s, v in states.items()]
     y, finals = emit_recurrent(g, net, x, L, states, kind, extra)
     out = g.op("Transpose" if bf else "Identity", [y], name="output", exact=True, **({"perm": [1, 0, 2]} if bf else {}))
-    outputs = [g.value_info(out, ["B", "T", D * H] if bf else ["T", "B", D * H])]
+    width = D * net.out_width
+    outputs = [g.value_info(out, ["B", "T", width] if bf else ["T", "B", width])]
     for s in net.cell.states:
-        outputs.append(g.value_info(_stack(g, finals[s], f"{s}_n"), [LD, "B", H]))
+        outputs.append(g.value_info(_stack(g, finals[s], f"{s}_n"), [LD, "B", net.width(s)]))
     form = f"native {NATIVE[kind][0]}" if kind else "generic Scan"
     model = make_model(g, inputs, outputs, f"{net.cell.name} ({form}, {net.layers} layer(s), {D} direction(s))")
     if path is not None:

@@ -9,6 +9,10 @@ all T·B rows before the Scan (lstmc/onnx_export/recurrent.py), and the body rea
 
 A row past its length follows the Program's `past_length` table (the state kept, the output 0),
 selected with `Where` from the mask the Scan reads beside the input products.
+
+Sizes (`state h[P]`, `size P`): every value has the width its size name says, looked up in `ext`
+({"H": 8, "P": 5}, the Program's `extents`): a state's `program.state_size(s)`, a recurrent group's
+products `Group.rows`, a block's values `Block.size`; the input products' slots are always H wide.
 """
 
 from __future__ import annotations
@@ -122,17 +126,26 @@ def _render_expr(g: Graph, expr: Node, vals: dict, name: str) -> str:
 
 
 def render_forward(g: Graph, prog: Program, weights: StepWeights, states: dict[str, str], xp_t: str | None,
-                   H: int, label: str) -> dict[tuple, str]:
+                   ext: dict[str, int], label: str) -> dict[tuple, str]:
     """Emit prog.fwd into `g` (a Scan body). `states`: state -> the body's input name; `xp_t`: this
-    step's input products [B, nx*H] (None: the cell has none). Values computed from parameters and
-    constants only are expanded to [B, H], as every backend does. Returns every defined value's key
-    -> its name."""
-    bh: list[str] = []
+    step's input products [B, nx*H] (None: the cell has none); `ext`: {size name: width} (H and the
+    cell's declared sizes). Values computed from parameters and constants only are expanded to
+    [B, n] (n their block's size), as every backend does. Returns every defined value's key -> its name."""
+    H = ext["H"]
+    shapes: dict[str, str] = {}
+    groups = {gr.index: gr for gr in prog.groups}
 
-    def bh_shape() -> str:      # [B, H] as a value, made on first use
-        if not bh:
-            bh.append(g.op("Shape", [states[prog.cell.states[0]]], name=f"{label}.shape_BH"))
-        return bh[0]
+    def b_shape(size: str) -> str:      # [B, n] as a value, made on first use per size
+        if size not in shapes:
+            same = [s for s in prog.cell.states if prog.state_size(s) == size]
+            if same:                    # the shape of a state of this size
+                shapes[size] = g.op("Shape", [states[same[0]]], name=f"{label}.shape_B{size}")
+            else:                       # B from any state, then the size's width
+                b = g.op("Slice", [g.op("Shape", [states[prog.cell.states[0]]], name=f"{label}.shape_state"),
+                                   g.ints([0], "zero_1"), g.ints([1], "one_1")], name=f"{label}.shape_B")
+                shapes[size] = g.op("Concat", [b, g.ints([ext[size]], f"{size}_1")], name=f"{label}.shape_B{size}",
+                                    axis=0)
+        return shapes[size]
 
     vals: dict[Node, tuple[str, bool]] = {state(s): (v, False) for s, v in states.items()}
     vals.update({Node("param", (), p): (v, False) for p, v in weights.vecs.items()})
@@ -149,8 +162,8 @@ def render_forward(g: Graph, prog: Program, weights: StepWeights, states: dict[s
                 v = _render_expr(g, let.expr, vals, name)
                 if vals[let.expr][1]:
                     v = g.op("Cast", [v], name=f"{name}/mask", to=g.elem)
-                if not any(n.op in ("state", "var") for n in walk([let.expr])):   # [H] or a scalar
-                    v = g.op("Expand", [v, bh_shape()], name=f"{name}/bh")
+                if not any(n.op in ("state", "var") for n in walk([let.expr])):   # [n] or a scalar
+                    v = g.op("Expand", [v, b_shape(st.size)], name=f"{name}/bh")
                 vals[var(*let.key)] = (v, False)
         elif isinstance(st, Gemm) and st.reduce:
             a = vals[st.a[0]][0]
@@ -162,8 +175,9 @@ def render_forward(g: Graph, prog: Program, weights: StepWeights, states: dict[s
                 raise ExportError("the ONNX export renders forward stages only")
             a = vals[st.a[0]][0]
             prod = g.op("MatMul", [a, weights.groups[st.group]], name=f"{label}.rp{st.group}")
+            rows = ext[groups[st.group].rows]      # each product's width: its matrices' rows
             outs = ([prod] if len(st.out) == 1 else
-                    g.op("Split", [prod, g.ints([H] * len(st.out), f"{label}.sizes_rp{st.group}")],
+                    g.op("Split", [prod, g.ints([rows] * len(st.out), f"{label}.sizes_rp{st.group}")],
                          name=f"{label}.split_rp{st.group}", axis=1,
                          outputs=[f"{label}.{value_label(o.attr)}" for o in st.out]))
             vals.update({o: (v, False) for o, v in zip(st.out, outs)})
@@ -184,28 +198,31 @@ def _reduce(g: Graph, how: str, a: str, name: str) -> str:
     return g.op(op, [a], name=name, axes=[1], keepdims=1)
 
 
-def scan_body(root: Graph, prog: Program, weights: StepWeights, H: int, label: str, has_xp: bool,
+def scan_body(root: Graph, prog: Program, weights: StepWeights, ext: dict[str, int], label: str, has_xp: bool,
               masked: bool, scan_width: int) -> "helper.GraphProto":
-    """The Scan body of one layer and direction. Inputs: the states, then (scan inputs) this step's
-    input products [B, nx*H] (or, for a cell without input products, the input itself, unread),
-    then, when `masked`, the row mask [B, 1]. Outputs: the states after the step, then (scan output)
-    the step's output, past-length rows as prog.past_length says."""
+    """The Scan body of one layer and direction. Inputs: the states ([B, n], n each state's size in
+    `ext`), then (scan inputs) this step's input products [B, nx*H] (or, for a cell without input
+    products, the input itself, unread), then, when `masked`, the row mask [B, 1]. Outputs: the
+    states after the step, then (scan output) the step's output (the output state's size),
+    past-length rows as prog.past_length says."""
     g = Graph(root.dtype, names=root.names, parent=root)
     cell = prog.cell
     s_in = {s: g.names.fresh(f"{label}.{s}") for s in cell.states}
     xp_t = g.names.fresh(f"{label}.xp_t" if has_xp else f"{label}.x_t")
     m_t = g.names.fresh(f"{label}.live_t") if masked else None
-    vals = render_forward(g, prog, weights, s_in, xp_t if has_xp else None, H, label)
+    vals = render_forward(g, prog, weights, s_in, xp_t if has_xp else None, ext, label)
     new = {s: vals[("s1", s)] for s in cell.states}
     outs = {}
     for s in cell.states:
         outs[s] = _past(g, prog, "s1", m_t, new[s], s_in[s], f"{label}.{s}_next")
     y = _past(g, prog, "y", m_t, new[cell.output], s_in[cell.output], f"{label}.y_t")
-    inputs = [g.value_info(s_in[s], ["B", H]) for s in cell.states]
+    width = {s: ext[prog.state_size(s)] for s in cell.states}
+    inputs = [g.value_info(s_in[s], ["B", width[s]]) for s in cell.states]
     inputs.append(g.value_info(xp_t, ["B", scan_width]))
     if masked:
         inputs.append(g.value_info(m_t, ["B", 1], TensorProto.BOOL))
-    outputs = [g.value_info(outs[s], ["B", H]) for s in cell.states] + [g.value_info(y, ["B", H])]
+    outputs = ([g.value_info(outs[s], ["B", width[s]]) for s in cell.states]
+               + [g.value_info(y, ["B", width[cell.output]])])
     return helper.make_graph(g.nodes, f"{label}.step", inputs, outputs)
 
 
