@@ -223,10 +223,11 @@ def pack(program: Program, params: dict, stack_rows, stack_heads=None) -> Packed
 # swapaxes, batched @); the numba renderer writes the same loops per head.
 
 def heads_split(r, N: int, k: int):
-    """[R, k*N*d] in the dense layout -> [N, R, k*d]: each head's k slots side by side."""
+    """[R, k*N*d] in the dense layout -> [N, R, k*d], contiguous (one copy): each head's k slots
+    side by side, so that head n's products read r[n] whole."""
     R = r.shape[0]
     d = r.shape[1] // (k * N)
-    return r.reshape(R, k, N, d).swapaxes(1, 2).reshape(R, N, k * d).swapaxes(0, 1)
+    return r.reshape(R, k, N, d).swapaxes(0, 2).swapaxes(1, 2).reshape(N, R, k * d)
 
 
 def heads_nt(a, U, k: int):
