@@ -29,18 +29,14 @@ from .board import Entry, overall, places, rank_task, report_html  # noqa: F401
 # --------------------------------------------------------------------------- parameter matching
 
 def rnn_param_count(cell, input_size: int, hidden: int, sizes: dict | None = None) -> int:
-    """Parameters of one recurrent layer of `cell` (W: H*I, U: H*H, or H*H/N with `heads N`, vectors: H,
-    V (`V @ u`): H*K with K the size of u: H for `input u[H]`, else from `sizes` ({"K": 8}))."""
+    """Parameters of one recurrent layer of `cell`: the product of each parameter's shape as
+    init_params makes it (W: H*I, U: H*H, or H*H/N with `heads N`, vectors: H; V (`V @ u`): H*K; a
+    cell with sized states: its inferred shapes, e.g. lstmp's W_p [P, H]), with the sizes of
+    `sizes` ({"P": 64, "K": 8})."""
     from .build import load
 
     c = load(cell)
-
-    def count(p: str, k: str) -> int:
-        if k == "V":
-            return hidden * c.input_size_of(c.param_inputs[p], hidden, sizes)
-        return {"W": hidden * input_size, "U": hidden * hidden // c.heads, "b": hidden}[k]
-
-    return sum(count(p, k) for p, k in c.params.items())
+    return sum(int(np.prod(c.param_shape(p, input_size, hidden, sizes))) for p in c.params)
 
 
 def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict:
@@ -65,11 +61,15 @@ def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int
     from .tasks import get_task
     from .train.models import input_plan
 
+    from .build import load
+
     task = get_task(task_name)
-    sizes = input_plan(cell, task)[2]
+    sizes = input_plan(cell, task, hidden)[2]
+    c = load(cell)
+    out = c.size_value(c.state_size(c.output), 0, hidden, sizes)      # the output state's size (H, or P)
     in_size = (task.embed_dim or 16) if task.inputs == "tokens" else task.input_size
-    n = sum(rnn_param_count(cell, in_size if layer == 0 else hidden, hidden, sizes) for layer in range(layers))
-    n += (hidden + 1) * task.n_out
+    n = sum(rnn_param_count(cell, in_size if layer == 0 else out, hidden, sizes) for layer in range(layers))
+    n += (out + 1) * task.n_out
     if task.inputs == "tokens":
         n += task.vocab * in_size
     return n
@@ -104,7 +104,7 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
 
     for t in tasks:         # a cell that reads an input a task lacks fails now, before any training
         for c in cells:
-            input_plan(c, get_task(t))
+            input_plan(c, get_task(t), hidden or get_task(t).defaults["hidden"])
     entries = []
     for t in tasks:
         task = get_task(t)

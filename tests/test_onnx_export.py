@@ -321,6 +321,7 @@ def _export_cli(argv) -> int:
     ("adding", dict(length=10, layers=2, bidirectional=True), "LSTM"),   # floats in, the last step's value out
     ("copy", dict(length=4), "LSTM"),                                    # token ids in (embedding), every step out
     ("adding", dict(length=10, cell="gru", backend="native"), "GRU"),    # trained as torch.nn.GRU
+    ("adding", dict(length=10, cell="lstmp", sizes={"P": 3}, layers=2, bidirectional=True), "Scan"),   # h[P]
 ])
 def test_cli_exports_a_trained_model(task, extra, native_op, tmp_path, capsys):
     from lstmc.train import TrainConfig, train

@@ -199,14 +199,13 @@ TINY_H = "cell needs_mask\ninput mask[H]\nstate h\nh' = mask * h + (1 - mask) * 
     ("examples/conditioned_lstm.cell", "sunspots_gaps",
      "cell conditioned_lstm reads input w[K] (its size K is the width of the task's w), which task sunspots_gaps "
      "does not provide"),
-    ("lstmp", "adding", "cell lstmp declares size P for a state, which the training model cannot choose"),
 ])
 def test_what_no_task_provides_is_a_one_line_error(cell, task, message):
     t = tasks.get_task(task)
     with pytest.raises(ValueError) as e:
         build_model(TrainConfig(cell=cell, task=task, **SMALL).resolved(t), t)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="which the training model cannot choose|does not provide"):
+    with pytest.raises(ValueError, match="does not provide"):
         train(TrainConfig(cell=cell, task=task, steps=1, **SMALL))
 
 
@@ -226,10 +225,51 @@ def test_a_sized_input_takes_its_size_from_the_task():
         input_plan("examples/conditioned_lstm.cell", flat)
 
 
+# ------------------------------------------------------------------------- states of their own size
+
+@pytest.mark.parametrize("kw,P", [({}, 4), ({"sizes": {"P": 3}}, 3),
+                                  ({"sizes": {"P": 5}, "layers": 2, "bidirectional": True}, 5)],
+                         ids=["default-half-hidden", "size-P-3", "2-layers-bidirectional"])
+def test_lstmp_trains_with_its_projection_size(kw, P):
+    """lstmp's P is --size P=N (default hidden // 2): the recurrent layers output P per direction and
+    the head reads them; the run trains (a finite loss that falls on adding)."""
+    t = tasks.get_task("adding")
+    cfg = TrainConfig(cell="lstmp", task="adding", steps=30, lr=0.01, **{**SMALL, **kw})
+    m = build_model(cfg.resolved(t), t)
+    dirs = 2 if kw.get("bidirectional") else 1
+    assert m.rnn.sizes == {"P": P} and m.rnn.output_size == P and m.head.in_features == P * dirs
+    assert m.rnn.cell_params()["W_hr"].shape == (P, 8)
+    res = train(cfg)
+    assert math.isfinite(res.test_metric) and np.mean(res.train_losses[-5:]) < np.mean(res.train_losses[:5])
+
+
+@pytest.mark.parametrize("sizes,message", [
+    ({"Q": 4}, "--size Q=4: cell lstmp declares the sizes P"),
+    ({"P": 0}, "--size P: a positive integer, got 0"),
+])
+def test_bad_state_sizes_are_one_line_errors(sizes, message):
+    t = tasks.get_task("adding")
+    with pytest.raises(ValueError) as e:
+        build_model(TrainConfig(cell="lstmp", task="adding", sizes=sizes, **SMALL).resolved(t), t)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="--size Q=4: cell lstm declares no sizes"):
+        input_plan("lstm", t, 8, {"Q": 4})
+
+
+def test_size_option_of_the_command_line():
+    from lstmc.train.cli import parse_sizes
+
+    assert parse_sizes(["P=32", "K=3"]) == {"P": 32, "K": 3} and parse_sizes(None) is None
+    for bad in ("P", "P=x", "=3", "P=0"):
+        with pytest.raises(ValueError, match="write NAME=N with a positive whole number"):
+            parse_sizes([bad])
+
+
 # ------------------------------------------------------------------------------------------- arena
 
 def test_arena_counts_the_parameters_the_model_has():
-    for cell, task in ((TLSTM, "sunspots_gaps"), (EPISODIC, "copy_episodes"), ("lstm", "copy_episodes")):
+    for cell, task in ((TLSTM, "sunspots_gaps"), (EPISODIC, "copy_episodes"), ("lstm", "copy_episodes"),
+                       ("lstmp", "adding")):
         t = tasks.get_task(task)
         m = build_model(TrainConfig(cell=cell, task=task, **SMALL).resolved(t), t)
         assert arena.model_param_count(cell, task, 8) == count_params(m)

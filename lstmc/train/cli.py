@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="adding: sequence length T (50); copy: delay T (20); charlm: window (100); "
                         f"sunspots: window (20); --data forecasting: window in rows ({DEFAULT_WINDOW})")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (task default)")
+    p.add_argument("--size", action="append", default=None, metavar="NAME=N", dest="sizes",
+                   help="a size of the cell's states, e.g. --size P=32 for lstmp's projection (default: half "
+                        "the hidden size); repeat for several")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--embed", type=int, default=None, help="embedding size for token tasks (copy, charlm)")
@@ -105,9 +108,24 @@ def add_data_arguments(p, verb: str) -> None:
                         "interpolated (uses the next value) or their rows dropped")
 
 
+def parse_sizes(items) -> dict | None:
+    """--size NAME=N options as {NAME: N} (None without any); a malformed one is a ValueError."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, eq, n = item.partition("=")
+        if not eq or not name.strip().isidentifier() or not n.strip().isdigit() or int(n) < 1:
+            raise ValueError(f"--size {item}: write NAME=N with a positive whole number, e.g. --size P=32")
+        out[name.strip()] = int(n)
+    return out
+
+
 def config_from_args(args) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}
+    if "sizes" in kw:
+        kw["sizes"] = parse_sizes(kw["sizes"])
     kw["progress"] = not args.no_progress
     if kw.get("task") is None:
         kw.pop("task", None)

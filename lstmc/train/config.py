@@ -26,6 +26,7 @@ class TrainConfig:
     task: str = DEFAULT_TASK
     length: int | None = None           # adding: T; copy: delay T; charlm: window; sunspots: window
     hidden: int | None = None
+    sizes: dict | None = None           # a cell's state sizes ({"P": 64} for lstmp); default: hidden // 2
     layers: int = 1
     bidirectional: bool = False
     embed: int | None = None            # embedding size for token tasks

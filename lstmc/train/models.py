@@ -6,7 +6,8 @@ A cell's extra per-step inputs (`input dt`, `input keep_c[H]`, `input w[K]`) com
 exceptions and one rule (`input_plan`): the zoneout masks `keep_c[H]` and `keep_h[H]`, when the task
 does not provide them, are drawn by the model from torch's seeded RNG (Bernoulli(z) per row, step and
 unit in training, z at evaluation: Krueger et al. 2017; z in ZONEOUT); a cell's `size K` is the width
-of the task input `u[K]` that declares it. Anything else missing is a one-line error naming the input
+of the task input `u[K]` that declares it, and a size of states only (lstmp's P) is `--size P=N`,
+by default half the hidden size. Anything else missing is a one-line error naming the input
 (or size) and the tasks that provide it.
 
 The nn.Module classes need torch, so they are defined on first use (`_models`); the module-level
@@ -23,13 +24,22 @@ from .config import TrainConfig
 ZONEOUT = {"keep_c": 0.5, "keep_h": 0.05}
 
 
-def input_plan(cell, task: Task) -> tuple[tuple, dict, dict]:
+def input_plan(cell, task: Task, hidden: int | None = None, sizes: dict | None = None) -> tuple[tuple, dict, dict]:
     """How a model of `cell` gets each extra input on `task`: (the names read from the task, {name:
-    zoneout rate} of the masks the model draws, the cell's sizes {K: width of the task input u[K]}).
-    Raises a one-line ValueError for an input or size that neither the task nor the model provides."""
+    zoneout rate} of the masks the model draws, the cell's sizes {K: number}). A size is the width of
+    the task input u[K] that declares it; a size only states have (lstmp's `state h[P]`) is
+    `sizes[K]` (`--size P=64`), by default half the hidden size (at least 1). Raises a one-line
+    ValueError for an input or size that neither the task nor the model provides."""
     from ..build import load
 
     c = load(cell)
+    given = dict(sizes or {})
+    for k, v in given.items():
+        if k not in c.sizes:
+            raise ValueError(f"--size {k}={v}: cell {c.name} declares " + (
+                f"the sizes {', '.join(c.sizes)}" if c.sizes else "no sizes"))
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--size {k}: a positive integer, got {v!r}")
     have = task.input_widths()
     from_task, zoneout = [], {}
     for u, size in c.inputs.items():
@@ -47,9 +57,14 @@ def input_plan(cell, task: Task) -> tuple[tuple, dict, dict]:
     sizes = {}
     for k in c.sizes:
         widths = {have[u] for u, size in c.inputs.items() if size == k}
-        if not widths:
-            raise ValueError(f"cell {c.name} declares size {k} for a state, which the training model cannot "
-                             f"choose: only a task input u[{k}] gives a size")
+        if not widths:                  # a size of states only: the model chooses it
+            if k not in given and hidden is None:
+                raise ValueError(f"cell {c.name} declares size {k} for a state: give it with --size {k}=N")
+            sizes[k] = given.get(k, max(1, (hidden or 2) // 2))
+            continue
+        if k in given:
+            raise ValueError(f"--size {k}: size {k} of cell {c.name} is the width of task {task.name}'s input, "
+                             f"{widths.pop()}; leave it out")
         if len(widths) > 1:
             raise ValueError(f"cell {c.name}'s inputs of size {k} have different widths in task {task.name}: "
                              f"{sorted(widths)}")
@@ -89,6 +104,7 @@ def _models() -> dict:
                 raise ValueError(f"backend 'native' runs torch.nn.LSTM/GRU: only the cells "
                                  f"{' and '.join(TORCH_MODULES)}, got {name!r}")
             self.cell_name = name
+            self.output_size = hidden_size
             self.rnn = torch_module_class(name)(input_size, hidden_size, num_layers=num_layers, bias=bias,
                                   batch_first=batch_first, dropout=dropout, bidirectional=bidirectional)
 
@@ -101,12 +117,13 @@ def _models() -> dict:
         """[embedding] → Recurrent → linear head, reading the last step or every step (task.target)."""
 
         def __init__(self, task: Task, cell, hidden: int, layers: int = 1, dropout: float = 0.0,
-                     bidirectional: bool = False, embed: int = 0, backend: str = "auto"):
+                     bidirectional: bool = False, embed: int = 0, backend: str = "auto",
+                     state_sizes: dict | None = None):
             super().__init__()
             self.target = task.target
             self.hidden = hidden
             self.dirs = 2 if bidirectional else 1
-            self.from_task, self.zoneout, sizes = input_plan(cell, task)
+            self.from_task, self.zoneout, sizes = input_plan(cell, task, hidden, state_sizes)
             if task.inputs == "tokens":
                 self.embed = nn.Embedding(task.vocab, embed or 16)
                 in_size = self.embed.embedding_dim
@@ -116,7 +133,7 @@ def _models() -> dict:
             kw = dict(sizes=sizes) if sizes else {}
             self.rnn = recurrent_class(backend)(cell, in_size, hidden, num_layers=layers, batch_first=True,
                                                 dropout=dropout, bidirectional=bidirectional, backend=backend, **kw)
-            self.head = nn.Linear(hidden * self.dirs, task.n_out)
+            self.head = nn.Linear(self.rnn.output_size * self.dirs, task.n_out)   # H, or P for lstmp
 
         def forward(self, x, inputs=None):
             """x [B, T(, I)]; inputs: the batch's extra inputs {name: [B, T(, n)]} (task.batch_inputs)."""
@@ -128,7 +145,8 @@ def _models() -> dict:
                 y, _ = self.rnn(x)                              # [B, T, H*dirs]
             if self.target == "last":
                 if self.dirs == 2:     # forward direction's last step, backward direction's first
-                    y = torch.cat([y[:, -1, :self.hidden], y[:, 0, self.hidden:]], dim=-1)
+                    n = self.rnn.output_size
+                    y = torch.cat([y[:, -1, :n], y[:, 0, n:]], dim=-1)
                 else:
                     y = y[:, -1]
             return self.head(y)
@@ -172,7 +190,7 @@ def recurrent_class(backend: str):
 def build_model(cfg: TrainConfig, task: Task, backend: str | None = None):
     """The SeqModel a config describes (initialised from torch's RNG: seed it first)."""
     return _models()["SeqModel"](task, cfg.cell, cfg.hidden, cfg.layers, cfg.dropout, cfg.bidirectional,
-                                 cfg.embed, backend or cfg.backend)
+                                 cfg.embed, backend or cfg.backend, cfg.sizes)
 
 
 def count_params(m) -> int:
