@@ -4,7 +4,8 @@ forward mode and second derivatives refused in a sentence). Every cell, built-in
 with extra per-step inputs given them, and their gradients compared too), goes through one checker
 per way of deploying; sizes are tiny (I=3, H=4, T=5, B=2) and float64 results must equal eager ones
 to 1e-10. On CPU the operators run numba; their triton path (CUDA)
-is checked against numba under Triton's CPU interpreter (test_triton_operators_match_numba)."""
+is checked against numba under Triton's CPU interpreter, eagerly and under compile and export
+(test_triton_operators_*)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, jvp, vmap
 
-import lstmc
-import lstmc.torch_ops
-from lstmc.autograd import ONCE_DIFFERENTIABLE
-from lstmc.nn import Recurrent
-from lstmc.torch_ops import NO_FORWARD_MODE, cell_ops
+if not torch.cuda.is_available():   # the triton operators on CPU (test_triton_operators_*): before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")    # the triton operators on CPU: test_triton_operators
+import lstmc  # noqa: E402
+import lstmc.torch_ops  # noqa: E402
+from lstmc.autograd import ONCE_DIFFERENTIABLE  # noqa: E402
+from lstmc.nn import Recurrent  # noqa: E402
+from lstmc.torch_ops import NO_FORWARD_MODE, cell_ops  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.cell"))
 CELLS = lstmc.builtin_cells() + EXAMPLES
@@ -392,3 +393,38 @@ def test_eager_only_backends_break_the_graph_or_say_why_under_fullgraph(eager_ba
     torch._dynamo.reset()
     with pytest.raises(Exception, match=r"run eagerly only.*backend='auto', 'numba' \(CPU\) or 'triton'"):
         torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstmp", SLSTM_HEADS], ids=_id)
+def test_triton_operators_under_compile_and_export(cell, monkeypatch):
+    """What runs on CUDA, run on the CPU under Triton's interpreter: the module's layers as the
+    triton operators, traced by torch.compile(fullgraph=True) (forward and backward) and by
+    torch.export with dynamic T and B, against the numba operators run eagerly."""
+    pytest.importorskip("triton")
+    from lstmc.backends.triton.environment import interpreting
+
+    if torch.cuda.is_available() or not interpreting():
+        pytest.skip("needs Triton's CPU interpreter (TRITON_INTERPRET=1 before triton is imported)")
+    torch.manual_seed(0)
+    model = Model(cell)
+    x, L = torch.randn(T, B, I, dtype=DT), torch.tensor([5, 3])
+    want = _fwd_bwd(model, model, x)                                    # numba, eagerly
+    with torch.no_grad():
+        want_inf = model.rnn(x, lengths=L)[0]
+    monkeypatch.setitem(lstmc.torch_ops.OP_BACKENDS, "cpu", "triton")   # the CUDA device's backend
+    monkeypatch.setattr(lstmc.nn, "select_backend", lambda *a, **k: "triton")
+    torch._dynamo.reset()
+    _assert_same(_fwd_bwd(model, torch.compile(model, fullgraph=True, backend="aot_eager"), x), want,
+                 f"torch.compile of the triton operators, {_id(cell)}")
+    assert model.rnn.last_backend == "triton"
+    ran = lstmc.torch_ops.registered_ops(model.rnn._op_name)._compiled
+    assert type(ran.get(("triton", DT))).__name__ == "TritonCell"     # the operators ran the triton kernels
+    Tdim, Bdim = torch.export.Dim("T", min=2, max=64), torch.export.Dim("B", min=2, max=64)
+    with torch.no_grad():
+        ep = torch.export.export(model.rnn, (x, None, L), dynamic_shapes=({0: Tdim, 1: Bdim}, None, {0: Bdim}))
+        torch.testing.assert_close(ep.module()(x, None, L)[0], want_inf, **TOL)
+        x2, L2 = torch.randn(7, 3, I, dtype=DT), torch.tensor([2, 7, 0])
+        got = ep.module()(x2, None, L2)[0]
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(got, model.rnn(x2, lengths=L2)[0], **TOL)
