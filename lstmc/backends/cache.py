@@ -49,7 +49,8 @@ GENERATOR_FILES = ("version.py", "ir.py", "ops.py", "names.py", "spec.py", "spec
                    "spec_inputs.py", "spec_sizes.py", "simplify.py", "grad.py", "lower.py", "program.py",
                    "backends/render.py", "backends/numba/render.py", "backends/numba/options.py",
                    "backends/numba/prelude.py", "backends/numba/prelude_f32.py", "backends/numba/prelude_f64.py",
-                   "backends/triton/render.py", "backends/triton/prelude.py")
+                   "backends/triton/render.py", "backends/triton/kernel.py", "backends/triton/spell.py",
+                   "backends/triton/prelude.py")
 
 
 def cache_dir() -> Path:

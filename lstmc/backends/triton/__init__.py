@@ -8,7 +8,11 @@ One job per module:
   graphs.py       CUDA-graph workspaces of the step design's time loops
   cell.py         TritonCell, the CompiledCell API: build, convert, launch, GEMMs around the loops
   aot.py          compile_ahead: the real compiler for a GPU that is not here
-  render.py       Program -> kernel source (templates/triton_cell.py.j2) + launch metadata; SPELL
+  render.py       Program -> kernel source (templates/triton_cell.py.j2) + launch metadata: which kernels
+                  (the step design's segments, the persistent design) and the module around them
+  kernel.py       KernelWriter: one kernel's lines (loads, the blocks' tile expressions, tl.dot products,
+                  reductions, stores) and KernelMeta, what the host needs to launch it
+  spell.py        SPELL, the op -> Triton text table; STORAGE, the compute type per storage type
   prelude.py      the math the generated kernels import (_sigmoid, _tanh, ..., _dot)
 
 This module only re-exports; importing it imports neither torch nor Triton (they are imported when a
@@ -19,7 +23,7 @@ from .aot import compile_ahead
 from .cell import TritonCell
 from .environment import interpreting, triton_knob_interpret
 from .graphs import GRAPH_CACHE
-from .render import SPELL, STORAGE
+from .spell import SPELL, STORAGE
 from .schedule import (VARIANTS, Schedule, persistent_fits, persistent_shared_bytes, persistent_warps,
                        persistent_weight_bytes, triton_cdiv)
 

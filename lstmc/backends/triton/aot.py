@@ -9,7 +9,9 @@ from ...lower import Program
 from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, asked_interpreting
 from ...names import ARRAYS, array_dtype
-from .render import STORAGE, KernelMeta, render, size_block
+from .kernel import KernelMeta, size_block
+from .render import render
+from .spell import STORAGE
 from .schedule import _pow2, persistent_warps
 from .slp import _install_slp_guard, _NoSLP
 

@@ -41,7 +41,9 @@ from ..cache import build_module, generator_key
 from .environment import _InterpretEnv, _lock, environment
 from .graphs import GRAPH_CACHE, GraphWorkspaces, _env_graphs, _Lease, _Workspace
 from ...names import array_name
-from .render import STORAGE, _param_args, render, size_arg, size_block
+from .kernel import size_arg, size_block
+from .render import _param_args, render
+from .spell import STORAGE
 from .schedule import Schedule, Scheduling, _pow2, triton_cdiv
 from .slp import _install_slp_guard, _NoSLP
 
