@@ -148,6 +148,32 @@ def test_vs_eager(benchmark, cell, who, machine):
     _run(benchmark, fn, machine=machine)
 
 
+# ------------------------------------------------------ heads: per-head products vs the dense matrix
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "fwd"])
+@pytest.mark.parametrize("who", ["per-head", "dense-block-diagonal"])
+def test_heads_vs_dense(benchmark, who, train, machine):
+    """slstm_heads (4 heads: U [4, 64, 64], multiplied head by head) against the same cell without
+    `heads` given the dense block-diagonal [256, 256] matrices: the same numbers, 4x the FLOPs."""
+    T, B, I, H = 100, 64, 256, 256
+    benchmark.group = f"slstm_heads-T100-B64-H256-{'train' if train else 'fwd'}-per-head-vs-dense"
+    cell = _cell("slstm_heads")
+    nb, params, x = _problem(cell, T, B, I, H)
+    if who == "dense-block-diagonal":
+        text = (Path(__file__).resolve().parents[1] / "examples" / "slstm_heads.cell").read_text()
+        nb = lstmc.compile("\n".join(ln for ln in text.splitlines() if not ln.startswith("heads")), "numba", "float32")
+        params = {k: _block_diag(v) if v.ndim == 3 else v for k, v in params.items()}
+    _run(benchmark, lstmc_step(nb, params, x, train), machine=machine)
+
+
+def _block_diag(u):
+    N, d, _ = u.shape
+    out = np.zeros((N * d, N * d), u.dtype)
+    for n in range(N):
+        out[n * d:(n + 1) * d, n * d:(n + 1) * d] = u[n]
+    return out
+
+
 # ---------------------------------------------------------------- what the reductions cost in lstmc
 
 @pytest.mark.parametrize("cell", ["lstm", "layernorm_lstm"])

@@ -4,7 +4,8 @@ against the float64 reference, forward and backward (x, both initial states, eve
 with lengths (a full row and a length-0 row), reverse and initial states, float32 and float64, both
 designs (persistent, and step kernels with 16-wide tiles so that H and P span several programs),
 P smaller and larger than H, the CUDA-graph workspace path (`graphs="emulate"`), inference without a
-tape, and lstmp against torch.nn.LSTM(proj_size=P). On Triton's CPU interpreter where there is no
+tape (lstmp against torch.nn.LSTM(proj_size=P) on triton is in tests/test_sizes.py's table of
+backends). On Triton's CPU interpreter where there is no
 CUDA GPU (as tests/test_triton.py), compiled on the GPU where there is one. Tolerances as
 tests/test_triton.py: float64 1e-10, float32 2e-6 forward / 2e-4 backward."""
 
@@ -177,40 +178,6 @@ def test_autotune_with_sizes():
 
 
 # ------------------------------------------------------------------------------ the oracle, the source
-
-def test_lstmp_equals_torch_lstm_with_proj_size():
-    """Forward and every gradient against torch.nn.LSTM(proj_size=P) with its own weights (float64)."""
-    from lstmc.interop import torch_layer_weights
-
-    T, B, I, H, P = 4, 3, 3, 5, 3
-    torch.manual_seed(0)
-    m = torch.nn.LSTM(I, H, proj_size=P, dtype=torch.float64)
-    params = {k: v.detach().numpy().copy() for k, v in torch_layer_weights(m, "lstmp").items()}
-    tc = lstmc.compile("lstmp", "triton", "float64")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((T, B, I))
-    h0, c0 = 0.5 * rng.standard_normal((B, P)), 0.5 * rng.standard_normal((B, H))
-    dy, dh, dc = rng.standard_normal((T, B, P)), rng.standard_normal((B, P)), rng.standard_normal((B, H))
-    y, fin, tape = tc.forward(x, params, state={"h": h0, "c": c0})
-    g = tc.backward(tape, dy, {"h": dh, "c": dc})
-    xt = torch.tensor(x, requires_grad=True)
-    h0t, c0t = torch.tensor(h0[None], requires_grad=True), torch.tensor(c0[None], requires_grad=True)
-    yt, (hn, cn) = m(xt, (h0t, c0t))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(fin["h"], hn[0].detach().numpy(), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(fin["c"], cn[0].detach().numpy(), rtol=0, atol=1e-10)
-    named = dict(m.named_parameters())
-    grads = torch.autograd.grad([yt, hn, cn], [xt, h0t, c0t] + list(named.values()),
-                                [torch.tensor(dy), torch.tensor(dh[None]), torch.tensor(dc[None])])
-    np.testing.assert_allclose(g.dx, grads[0].numpy(), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(g.dstate["h"], grads[1][0].numpy(), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(g.dstate["c"], grads[2][0].numpy(), rtol=0, atol=1e-10)
-    from types import SimpleNamespace
-
-    as_module = SimpleNamespace(hidden_size=H, bias=True, **dict(zip(named, grads[3:])))
-    for k, gt in torch_layer_weights(as_module, "lstmp").items():
-        np.testing.assert_allclose(g.dparams[k], gt.numpy(), rtol=0, atol=1e-10, err_msg=k)
-
 
 def test_generated_source_sizes_its_tiles():
     """Each step kernel spans one size (its grid's second axis), a declared size's number is the

@@ -415,16 +415,19 @@ class KernelWriter:
         self.emit(f"khi = tl.minimum({nC}, ((pid_h * BH + BH - 1) // HD + 1) * HD)")
         return "klo", "khi"
 
+    def product_sizes(self, gm: Gemm):
+        """(group, k matrices, the per-size namer z, rows R, columns C, their numbers as kernel text)."""
+        grp = self.p.groups[gm.group]
+        R, C = grp.rows, grp.cols
+        return gm.group, len(gm.mats), self.z, R, C, self.n(R), self.n(C)
+
     def gemm_step(self, gm: Gemm) -> None:
         """One product of a step kernel: K in chunks of BK, every slot of this hidden tile. A group's
         matrices are [k*R, C] (R its rows, C its operand's size): forward [B, C] -> [B, k*R], backward
         [B, k*R] -> [B, C]."""
         if gm.reduce:
             return self.reduce_step(gm)
-        g, k = gm.group, len(gm.mats)
-        grp = self.p.groups[g]
-        z, R, C = self.z, grp.rows, grp.cols
-        nR, nC = self.n(R), self.n(C)
+        g, k, z, R, C, nR, nC = self.product_sizes(gm)
         if not gm.transposed:
             a = gm.a[0]
             src = (f"{self.arr('SQ_', a.attr)} + {z('rc', C)}" if a.op == "state"
@@ -473,10 +476,7 @@ class KernelWriter:
         """One product of a persistent kernel: operands and weights are already on chip."""
         if gm.reduce:
             return self.reduce_persistent(gm)
-        g, k = gm.group, len(gm.mats)
-        grp = self.p.groups[g]
-        z, R, C = self.z, grp.rows, grp.cols
-        nR, nC = self.n(R), self.n(C)
+        g, k, z, R, C, nR, nC = self.product_sizes(gm)
         if not gm.transposed:
             a = gm.a[0]
             self.ensure(a)
