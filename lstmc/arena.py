@@ -58,10 +58,9 @@ def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict
 def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int:
     """Trainable parameters of the whole training model (embedding, recurrent layers, head); a cell's
     sizes (`input w[K]`) are the widths of the task's inputs, as the model takes them."""
+    from .build import load
     from .tasks import get_task
     from .train.models import input_plan
-
-    from .build import load
 
     task = get_task(task_name)
     sizes = input_plan(cell, task, hidden)[2]
