@@ -576,9 +576,9 @@ import lstmc
 from lstmc.lower import lower
 from lstmc.backends.triton import compile_ahead, persistent_fits
 out = {}
-for cell, storage, kernels in json.loads(sys.argv[1]):
+for cell, storage, kernels, sizes in json.loads(sys.argv[1]):
     prog = lower(lstmc.load(cell))
-    out[f"{cell}/{storage}"] = compile_ahead(prog, storage, H=64, kernels=kernels)
+    out[f"{cell}/{storage}"] = compile_ahead(prog, storage, H=64, kernels=kernels, sizes=sizes)
     # would the host launch the persistent kernels on an H100 (227 KiB per block)?
     out[f"{cell}/{storage}"]["fits"] = persistent_fits(prog, 64, 4 if storage == "float32" else 2, 227 * 1024)
 print("RESULT", json.dumps(out))
@@ -594,11 +594,13 @@ def test_kernels_compile_for_sm90():
     import sys
 
     examples = Path(__file__).resolve().parents[1] / "examples"
-    jobs = [("lstm", "float32", ["bwd_persistent", "fwd_persistent", "fwd_step0"]),
-            ("gru_v1", "bfloat16", None),
+    jobs = [("lstm", "float32", ["bwd_persistent", "fwd_persistent", "fwd_step0"], None),
+            ("gru_v1", "bfloat16", None, None),
             # the second edition: row reductions (step and persistent forms) and selects/masks
-            (str(examples / "layernorm_lstm.cell"), "float32", None),
-            (str(examples / "slstm.cell"), "float32", ["fwd_persistent", "bwd_persistent"])]
+            (str(examples / "layernorm_lstm.cell"), "float32", None, None),
+            (str(examples / "slstm.cell"), "float32", ["fwd_persistent", "bwd_persistent"], None),
+            # sized states: every lstmp kernel (H=64, P=32), tiles of two sizes
+            ("lstmp", "float32", None, {"P": 32}), ("lstmp", "bfloat16", None, {"P": 32})]
     p = subprocess.run([sys.executable, "-c", AHEAD, json.dumps(jobs)], capture_output=True, text=True,
                        timeout=600, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     last = (p.stdout.strip().splitlines() or [""])[-1]
@@ -615,6 +617,10 @@ def test_kernels_compile_for_sm90():
     assert {"fwd_persistent", "bwd_persistent"} <= set(ln) and sum(k.startswith("fwd_step") for k in ln) >= 3
     assert all(v["spills"] == 0 for r in res.values() for v in r.values())
     assert gru["fwd_persistent"]["mma"] > 0 and gru["bwd_step2"]["mma"] > 0        # bf16 dots on tensor cores
+    for storage in ("float32", "bfloat16"):
+        assert set(res[f"lstmp/{storage}"]) == {"fwd_step0", "fwd_step1", "bwd_step0", "bwd_step1", "bwd_step2",
+                                                "fwd_persistent", "bwd_persistent"}, storage
+    assert res["lstmp/bfloat16"]["fwd_persistent"]["mma"] > 0       # the [B, P] x [P, 4H] dot on tensor cores
     # an H100 block's limit: every kernel the host would launch fits it. layernorm_lstm's backward
     # persistent kernel does not at H = 64, and the schedule's estimate knows it (the step kernels run)
     for key, r in res.items():
