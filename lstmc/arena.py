@@ -39,19 +39,21 @@ def rnn_param_count(cell, input_size: int, hidden: int, sizes: dict | None = Non
     return sum(int(np.prod(c.param_shape(p, input_size, hidden, sizes))) for p in c.params)
 
 
-def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096) -> dict:
+def match_hidden(cells, count, target: int, lo: int = 2, hi: int = 4096, multiple_of=None) -> dict:
     """For each cell the hidden size whose parameter count `count(cell, H)` is closest to `target`
-    (counts grow with H, so a bisection finds the crossing)."""
+    (counts grow with H, so a bisection finds the crossing), among the multiples of
+    `multiple_of(cell)` (a cell with `heads N` has no other hidden sizes; default 1)."""
     out = {}
     for cell in cells:
-        a, b = lo, hi
+        n = multiple_of(cell) if multiple_of else 1
+        a, b = -(-lo // n), max(-(-lo // n), hi // n)          # multiples m of n: H = m * n
         while b - a > 1:
             mid = (a + b) // 2
-            if count(cell, mid) < target:
+            if count(cell, mid * n) < target:
                 a = mid
             else:
                 b = mid
-        out[cell] = min((a, b), key=lambda h: (abs(count(cell, h) - target), h))
+        out[cell] = min((a * n, b * n), key=lambda h: (abs(count(cell, h) - target), h))
     return out
 
 
@@ -99,6 +101,7 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
 
         leaderboard.connect(db).close()            # a bad file fails before hours of training, not after
         machine = machine_description()
+    from .build import load
     from .train.models import input_plan
 
     for t in tasks:         # a cell that reads an input a task lacks fails now, before any training
@@ -110,7 +113,8 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
         H0 = hidden or task.defaults["hidden"]
         if match_params:
             target = model_param_count(cells[0], t, H0)
-            sizes = match_hidden(cells, lambda c, h: model_param_count(c, t, h), target)
+            sizes = match_hidden(cells, lambda c, h: model_param_count(c, t, h), target,
+                                 multiple_of=lambda c: load(c).heads)
         else:
             sizes = {c: H0 for c in cells}
         for c in cells:

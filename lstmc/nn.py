@@ -439,9 +439,10 @@ class Recurrent(nn.Module):
             outs = []
             for d in range(num_dir):
                 pd = getattr(self, self._key(layer, d))
-                if zero is None and len(pd) < len(self.cell.params):
-                    zero = torch.zeros(H, dtype=dtype, device=x.device)
-                params = [pd[p] if p in pd else zero for p in self.cell.params]
+                if zero is None and len(pd) < len(self.cell.params):   # biases dropped by bias=False
+                    zero = {p: torch.zeros(self.cell.param_shape(p, 1, H, self.sizes), dtype=dtype, device=x.device)
+                            for p in self.cell.params if p not in pd}
+                params = [pd[p] if p in pd else zero[p] for p in self.cell.params]
                 k = layer * num_dir + d
                 s0 = ([s[k] for s in states] if states is not None
                       else [torch.zeros(B, self._state_size(s), dtype=dtype, device=x.device) for s in self.state_names])

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import lstmc
 from lstmc import arena
 from lstmc.arena import Entry
 
@@ -141,3 +142,15 @@ def test_arena_cli_runs_writes_reports_and_resumes(tmp_path):
     assert r2.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")} == stamp
     assert json.loads((out / "arena.json").read_text())["entries"] == data["entries"]
+
+
+def test_match_hidden_gives_a_cell_with_heads_a_multiple_of_its_heads():
+    """slstm_heads (4 heads) has hidden sizes that are multiples of 4 only: matching against lstm
+    must not try (or return) any other."""
+    heads = "examples/slstm_heads.cell"
+    target = arena.model_param_count("lstm", "adding", 64)
+    sizes = arena.match_hidden(["lstm", heads], lambda c, h: arena.model_param_count(c, "adding", h), target,
+                               multiple_of=lambda c: lstmc.load(c).heads)
+    assert sizes["lstm"] == 64 and sizes[heads] % 4 == 0
+    near = [arena.model_param_count(heads, "adding", h) for h in (sizes[heads] - 4, sizes[heads], sizes[heads] + 4)]
+    assert abs(near[1] - target) == min(abs(n - target) for n in near)

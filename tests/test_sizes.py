@@ -253,3 +253,35 @@ def test_h_of_size_H_is_a_plain_state():
     a = lstmc.lower(lstmc.parse("cell t\nstate h[H]\nh' = tanh(W @ x + U @ h)\n")).text()
     b = lstmc.lower(lstmc.parse("cell t\nstate h\nh' = tanh(W @ x + U @ h)\n")).text()
     assert a == b
+
+
+SIZED_BIAS = """cell lstmp_b
+size P
+state h[P], c
+i = sigmoid(W_i @ x + U_i @ h + b_i)
+f = sigmoid(W_f @ x + U_f @ h + b_f)
+g = tanh(W_g @ x + U_g @ h + b_g)
+o = sigmoid(W_o @ x + U_o @ h + b_o)
+c' = f * c + i * g
+h' = tanh(W_p @ (o * tanh(c')) + b_p)
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_bias_false_drops_biases_of_every_size(backend):
+    """Recurrent(bias=False) fixes each dropped bias at zeros of its own size (b_p: [P]), so it
+    equals the module with bias=True whose biases are zero."""
+    from lstmc.nn import Recurrent
+
+    torch.manual_seed(0)
+    kw = dict(sizes={"P": 4}, backend=backend, dtype=torch.float64, num_layers=2, bidirectional=True)
+    nb = Recurrent(lstmc.parse(SIZED_BIAS), 3, 6, bias=False, **kw)
+    wb = Recurrent(lstmc.parse(SIZED_BIAS), 3, 6, bias=True, **kw)
+    assert "l0.b_p" not in dict(nb.named_parameters()) and wb.l0.b_p.shape == (4,)
+    with torch.no_grad():
+        for name, p in wb.named_parameters():
+            p.copy_(dict(nb.named_parameters())[name] if name in dict(nb.named_parameters()) else torch.zeros_like(p))
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    (y1, s1), (y2, s2) = nb(x), wb(x)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-14)
+    assert y1.shape == (5, 2, 8)

@@ -256,6 +256,16 @@ def test_bad_state_sizes_are_one_line_errors(sizes, message):
         input_plan("lstm", t, 8, {"Q": 4})
 
 
+def test_the_state_sizes_used_are_recorded_in_the_config():
+    """resolved() writes the P a run uses, given or default, so `--resume --size P=4` after a run
+    that took the default P=4 is the same run; a cell without such sizes keeps None."""
+    t = tasks.get_task("adding")
+    assert TrainConfig(cell="lstmp", task="adding", **SMALL).resolved(t).sizes == {"P": 4}
+    assert TrainConfig(cell="lstmp", task="adding", sizes={"P": 4}, **SMALL).resolved(t).sizes == {"P": 4}
+    assert TrainConfig(cell="lstmp", task="adding", sizes={"P": 3}, **SMALL).resolved(t).sizes == {"P": 3}
+    assert TrainConfig(cell="lstm", task="adding", **SMALL).resolved(t).sizes is None
+
+
 def test_size_option_of_the_command_line():
     from lstmc.train.cli import parse_sizes
 
@@ -263,6 +273,8 @@ def test_size_option_of_the_command_line():
     for bad in ("P", "P=x", "=3", "P=0"):
         with pytest.raises(ValueError, match="write NAME=N with a positive whole number"):
             parse_sizes([bad])
+    with pytest.raises(ValueError, match=r"--size P is given twice \(P=3 and P=4\)"):
+        parse_sizes(["P=3", "P=4"])
 
 
 # ------------------------------------------------------------------------------------------- arena

@@ -117,6 +117,9 @@ def parse_sizes(items) -> dict | None:
         name, eq, n = item.partition("=")
         if not eq or not name.strip().isidentifier() or not n.strip().isdigit() or int(n) < 1:
             raise ValueError(f"--size {item}: write NAME=N with a positive whole number, e.g. --size P=32")
+        if name.strip() in out:
+            raise ValueError(f"--size {name.strip()} is given twice ({name.strip()}={out[name.strip()]} and {item}): "
+                             f"give each size once")
         out[name.strip()] = int(n)
     return out
 

@@ -110,7 +110,21 @@ class TrainConfig:
             raise ValueError("patience and validate must be >= 0")
         if c.resume and not c.out:
             raise ValueError("resume needs out: the directory holding checkpoint.pt")
+        own = _state_only_sizes(c.cell)
+        if own:                         # recorded as used (default or given): --resume compares them
+            from .models import input_plan
+
+            sizes = input_plan(c.cell, task, c.hidden, c.sizes)[2]
+            c.sizes = {k: sizes[k] for k in own}
         return c
+
+
+def _state_only_sizes(cell) -> list[str]:
+    """The cell's sizes that no input declares (lstmp's P): the training model chooses them."""
+    from ..build import load
+
+    c = load(cell)
+    return [k for k in c.sizes if k not in c.inputs.values()]
 
 
 def task_of(cfg: TrainConfig) -> Task:
