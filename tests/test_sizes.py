@@ -284,4 +284,6 @@ def test_bias_false_drops_biases_of_every_size(backend):
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     (y1, s1), (y2, s2) = nb(x), wb(x)
     torch.testing.assert_close(y1, y2, rtol=0, atol=1e-14)
-    assert y1.shape == (5, 2, 8)
+    for a, b in zip(s1, s2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    assert y1.shape == (5, 2, 8) and s1[0].shape == (4, 2, 4) and s1[1].shape == (4, 2, 6)
