@@ -62,7 +62,7 @@ def model_param_count(cell, task_name: str, hidden: int, layers: int = 1) -> int
     sizes (`input w[K]`) are the widths of the task's inputs, as the model takes them."""
     from .build import load
     from .tasks import get_task
-    from .train.models import input_plan
+    from .train.inputs import input_plan
 
     task = get_task(task_name)
     sizes = input_plan(cell, task, hidden)[2]
@@ -102,7 +102,7 @@ def run_arena(cells, tasks, seeds=3, steps=None, budget=None, hidden=None, match
         leaderboard.connect(db).close()            # a bad file fails before hours of training, not after
         machine = machine_description()
     from .build import load
-    from .train.models import input_plan
+    from .train.inputs import input_plan
 
     for t in tasks:         # a cell that reads an input a task lacks fails now, before any training
         for c in cells:

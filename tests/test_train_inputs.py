@@ -15,7 +15,7 @@ import torch
 
 from lstmc import arena, tasks
 from lstmc.train import TrainConfig, build_model, count_params, train
-from lstmc.train.models import ZONEOUT, input_plan
+from lstmc.train.inputs import ZONEOUT, input_plan
 
 TLSTM, EPISODIC, ZONEOUT_LSTM = "examples/tlstm.cell", "examples/episodic_gru.cell", "examples/zoneout_lstm.cell"
 SMALL = dict(progress=False, hidden=8, batch=16, eval_every=5)

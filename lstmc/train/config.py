@@ -112,7 +112,7 @@ class TrainConfig:
             raise ValueError("resume needs out: the directory holding checkpoint.pt")
         own = _state_only_sizes(c.cell)
         if own:                         # recorded as used (default or given): --resume compares them
-            from .models import input_plan
+            from .inputs import input_plan
 
             sizes = input_plan(c.cell, task, c.hidden, c.sizes)[2]
             c.sizes = {k: sizes[k] for k in own}
