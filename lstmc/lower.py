@@ -47,6 +47,7 @@ def lower(cell: Cell) -> Program:
     for g in prod.groups:
         if g["operand"].op != "state":
             saver.save(g["operand"])
+    bwd_roots = saver.recompute(bwd_roots, {g["operand"] for g in prod.groups})
     for name, node in saver.saved:
         fwd_roots[("sv", name)] = node
     sizes = prod.sizes
@@ -260,7 +261,11 @@ class _Saver:
       - states at t-1 and t, parameters and constants are always available (no saving);
       - outputs of transcendental ops (sigmoid, tanh, exp, ...) are saved, never recomputed;
       - arithmetic over available/saved values is recomputed in the backward block (cheap);
-      - arithmetic that would need a GEMM result (a pre-activation) is saved as a whole.
+      - arithmetic that would need a GEMM result (a pre-activation) is saved as a whole;
+      - ... unless, once every backward expression is resolved, it is one arithmetic op over values
+        the tape keeps anyway (layernorm's `(z - mean) / sqrt(var + eps)` over the saved
+        `z - mean` and `sqrt(...)`): then backward recomputes it (`recompute`), one op per element
+        instead of one more [T, B, H] array written and read back.
 
     The backward roots share most of their DAG (every adjoint reads the chain of adjoints after it),
     so every per-node decision and rewrite is memoised across `resolve` calls.
@@ -346,6 +351,42 @@ class _Saver:
                 stack.extend(n.args)
         _postorder(expr, self._rebuilt, stop.get)
         return simplify(self._rebuilt[expr])
+
+    CHEAP = ("add", "sub", "mul", "div", "neg")
+
+    def recompute(self, roots: dict, keep: set) -> dict:
+        """Drop from the tape each saved value that is one cheap op over other saved values (or
+        states, parameters, constants), and rewrite `roots` (the resolved backward expressions) to
+        recompute it from them. `keep`: nodes that stay saved (GEMM operands, read after the loop)."""
+        saved = dict(self.saved)
+        swap: dict[Node, Node] = {}
+        height: dict[Node, int] = {}
+        for n in walk([v for _, v in self.saved]):          # walk lists arguments before their users
+            height[n] = 1 + max((height[a] for a in n.args), default=0)
+        # lower values first: a value whose argument was dropped stays saved (no chains of recomputes)
+        for name, node in sorted(self.saved, key=lambda nv: height[nv[1]]):
+            if node.op not in self.CHEAP or node in keep:
+                continue
+            args = []
+            for a in node.args:
+                if a in self.new_of:
+                    args.append(var("s1", self.new_of[a]))
+                elif a.op in ("state", "param", "const"):
+                    args.append(a)
+                elif a in self.names and self.names[a] in saved:
+                    args.append(var("sv", self.names[a]))
+                else:
+                    break
+            else:
+                swap[var("sv", name)] = ir.Node(node.op, tuple(args), node.attr)
+                del saved[name]
+        if not swap:
+            return roots
+        self.saved = [(n, v) for n, v in self.saved if n in saved]
+        memo: dict = {}
+        for expr in roots.values():
+            _postorder(expr, memo, swap.get)
+        return {k: simplify(memo[e]) for k, e in roots.items()}
 
 
 # Adjoints the backends only write (a parameter's is summed over the batch, a state's goes to the

@@ -9,7 +9,15 @@ pointwise blocks between them, plus what the time loop around the step must agre
   dxp_alias    the GEMM group whose product adjoints equal the input products' adjoints slot for
                slot (the LSTM: d(W_i x) = d(U_i h)), so dXP need not be stored (None: no group);
   dp_shared    vector parameter -> the parameter whose gradient is the same sum (the LSTM's b_hi
-               and b_ii): backends accumulate one sum and copy it.
+               and b_ii): backends accumulate one sum and copy it;
+  step_only    the saved values that only this step's forward reads (a reduction's operand: the
+               backward step never reads it, and a reduction has no weight gradient), so a backend
+               may keep them in one [1, B, n] buffer reused at every step instead of the [T, B, n] tape.
+               (Likewise a reduction group's product adjoints, drp: read only by its own step's
+               reduction, never by a weight gradient.)
+  row_values   the saved values that are one number per row (made of reductions' results and
+               constants only: layernorm's sqrt(var + eps)), so a backend may keep [T, B, 1]
+               instead of the same number H times.
 
 These are decided here once (`decide`); renderers, hosts and the sequence driver read them.
 
@@ -120,6 +128,8 @@ class Program:
     dp_shared: dict = field(default_factory=dict)
     past_length: dict = field(default_factory=lambda: dict(PAST_LENGTH))
     saved_sizes: dict = field(default_factory=dict)     # saved value -> its size name
+    step_only: tuple[str, ...] = ()                      # saved values no backward reads (see `decide`)
+    row_values: tuple[str, ...] = ()                     # saved values that are one number per row
 
     @property
     def states(self):
@@ -225,6 +235,10 @@ class Program:
                                   else "is stored"))
         if self.dp_shared:
             out.append("    shared gradient sums: " + ", ".join(f"{p} = {q}" for p, q in self.dp_shared.items()))
+        if self.step_only:
+            out.append("    kept for one step only (no backward reads them): " + ", ".join(self.step_only))
+        if self.row_values:
+            out.append("    one number per row (made of reductions and constants): " + ", ".join(self.row_values))
         return "\n".join(out)
 
     def verify(self) -> "Program":
@@ -270,7 +284,27 @@ def decide(program: Program) -> Program:
         q = first.setdefault(expr, p)       # interned IR: the same sum is the same node
         if q != p:
             program.dp_shared[p] = q
+    read = _bwd_reads(program) | {g.operand.attr for g in program.weight_groups if g.operand.op == "var"}
+    program.step_only = tuple(n for n, _ in program.saved if ("sv", n) not in read)
+    operands = {g.operand.attr for g in program.groups if g.operand.op == "var"}
+    program.row_values = tuple(n for n, node in program.saved if n not in program.step_only
+                               and ("sv", n) not in operands and _per_row(program, node))
     return program
+
+
+def _per_row(program: Program, node: Node) -> bool:
+    """Is `node` one number per row: made of reductions' results and constants, and of nothing else?"""
+    leaves = [n for n in walk([node]) if n.is_leaf]
+    return any(n.op == "var" for n in leaves) and all(
+        n.op == "const" or (n.op == "var" and n.attr[0] == "rp" and program.groups[n.attr[1]].reduce)
+        for n in leaves)
+
+
+def _bwd_reads(program: Program) -> set:
+    """The var keys the backward step reads (its blocks' expressions and its GEMMs' operands)."""
+    roots = [let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets]
+    roots += [a for st in program.bwd if isinstance(st, Gemm) for a in st.a]
+    return {n.attr for n in walk(roots) if n.op == "var"}
 
 
 # ---------------------------------------------------------------------------------------- verify
@@ -327,6 +361,14 @@ def _verify(p: Program) -> None:
                 _fail(f"the backward step never defines dxp[{m}]")
     elif not 0 <= p.dxp_alias < len(p.groups):
         _fail(f"dxp_alias {p.dxp_alias} names no group")
+    if p.step_only:
+        read = _bwd_reads(p) | {g.operand.attr for g in p.weight_groups if g.operand.op == "var"}
+        wrong = [n for n in p.step_only if n not in saved or ("sv", n) in read]
+        if wrong:
+            _fail(f"step-only values {wrong} are not saved values, or backward (or a weight gradient) reads them")
+    wrong = [n for n in p.row_values if n not in saved or n in p.step_only or not _per_row(p, dict(p.saved)[n])]
+    if wrong:
+        _fail(f"row values {wrong} are not saved values made of reductions and constants only")
     for q, r in p.dp_shared.items():
         if q not in p.vector_params or r not in p.vector_params or r in p.dp_shared:
             _fail(f"shared gradient sum {q} = {r} does not name two vector parameters (the second accumulated)")

@@ -110,3 +110,33 @@ def test_recycled_memory_is_bounded_in_bytes(monkeypatch):
     free = sum(a.nbytes for a in pool if sys.getrefcount(a) <= 3)
     assert free <= 1 << 20, f"{free / 2**20:.1f} MiB of unused blocks kept"
     assert len(pool) >= 1     # it still recycles
+
+
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([7, 3, 0], True)])
+def test_values_no_backward_reads_are_not_in_the_tape(lengths, reverse):
+    """layernorm_lstm's reduction operands (program.step_only: 18 of its saved values) live in one
+    [1, B, H] row reused every step, not in the [T, B, H] tape, and its nine sqrt(var + eps) (one
+    number per row: program.row_values) are [T, B, 1]; the gradients still equal the float64
+    reference's, with lengths and reverse."""
+    from pathlib import Path
+    cell = lstmc.load(str(Path(__file__).resolve().parents[1] / "examples" / "layernorm_lstm.cell"))
+    nb, ref = lstmc.compile(cell, "numba", "float64"), lstmc.compile(cell, "reference", "float64")
+    T, B, I, H = 7, 3, 5, 6
+    p = nb.init_params(I, H, seed=1)
+    x = np.random.default_rng(2).standard_normal((T, B, I))
+    L = None if lengths is None else np.array(lengths)
+    y, _, tape = nb.forward(x, p, None, L, reverse)
+    step_only, rows = set(nb.program.step_only), set(nb.program.row_values)
+    assert len(step_only) == 18 and len(rows) == 9 and not step_only & rows
+    assert {n: a.shape for n, a in tape.saved.items()} == {
+        n: ((1 if n in step_only else T), B, (1 if n in rows else H)) for n in tape.saved}
+    dy = np.random.default_rng(3).standard_normal(y.shape)
+    dx, ds, grads = nb.backward(tape, dy)
+    yr, _, tr = ref.forward(x, p, None, L, reverse)
+    dxr, dsr, want = ref.backward(tr, dy)
+    np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dxr, rtol=1e-8, atol=1e-10)
+    for k in dsr:
+        np.testing.assert_allclose(ds[k], dsr[k], rtol=1e-8, atol=1e-10, err_msg=k)
+    for k in want:
+        np.testing.assert_allclose(grads[k], want[k], rtol=1e-8, atol=1e-10, err_msg=k)

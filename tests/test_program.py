@@ -99,6 +99,55 @@ def test_verify_names_what_is_broken(what, breaks, message):
         prog.verify()
 
 
+def _example(name):
+    return lstmc.load(next(p for p in EXAMPLES if Path(p).stem == name))
+
+
+def test_step_only_values_are_exactly_the_reduction_operands():
+    """layernorm_lstm's 18 reductions read 18 saved values that no backward reads (a reduction has
+    no weight gradient): the Program says so once, and every real Program's step_only verifies."""
+    prog = lstmc.lower(_example("layernorm_lstm"))
+    operands = {g.operand.attr[1] for g in prog.groups if g.reduce and g.operand.op == "var"}
+    assert len(operands) == 18 and set(prog.step_only) == operands
+    assert "kept for one step only" in prog.text()
+    for cell in lstmc.builtin_cells():        # no reductions: nothing is step-only, the text is unchanged
+        p = lstmc.lower(lstmc.load(cell))
+        assert p.step_only == () and "kept for one step only" not in p.text()
+
+
+def test_verify_refuses_a_step_only_value_that_backward_reads():
+    prog = lstmc.lower(_example("layernorm_lstm"))
+    read = next(n for n, _ in prog.saved if n not in prog.step_only)      # a value backward does read
+    with pytest.raises(ProgramError, match=f"step-only values \\['{read}'\\]"):
+        dataclasses.replace(prog, step_only=prog.step_only + (read,)).verify()
+    with pytest.raises(ProgramError, match="step-only values \\['nothing'\\]"):
+        dataclasses.replace(prog, step_only=("nothing",)).verify()
+
+
+def test_row_values_are_the_per_row_statistics():
+    """layernorm_lstm's nine sqrt(mean(...) + eps) are one number per row (program.row_values);
+    a value that varies along the row (a gate) is refused by verify."""
+    prog = lstmc.lower(_example("layernorm_lstm"))
+    exprs = dict(prog.saved)
+    assert len(prog.row_values) == 9
+    assert all(exprs[n].op == "sqrt" for n in prog.row_values)
+    assert "one number per row" in prog.text()
+    with pytest.raises(ProgramError, match="row values \\['i'\\]"):
+        dataclasses.replace(prog, row_values=prog.row_values + ("i",)).verify()
+    for cell in lstmc.builtin_cells():
+        assert lstmc.lower(lstmc.load(cell)).row_values == ()
+
+
+def test_recomputed_values_leave_the_tape():
+    """(z - mean) / sqrt(var + eps) is one division over two values the tape keeps anyway: backward
+    recomputes it, so layernorm_lstm saves 41 values (23 in the tape, 18 step-only) instead of 50;
+    no built-in cell's tape changes (each saved value of theirs is transcendental or a GEMM result)."""
+    prog = lstmc.lower(_example("layernorm_lstm"))
+    assert len(prog.saved) == 41
+    assert not [n for n, e in prog.saved if e.op == "div"]
+    assert [n for n, _ in lstmc.lower(lstmc.load("lstm")).saved] == ["i", "g", "tanh_c'", "o", "f"]
+
+
 def test_shared_sums_are_the_same_expression():
     """A shared gradient sum is a decision about the math, not about names: the two backward lets
     are the same interned expression."""

@@ -143,6 +143,14 @@ class NumbaCell(Recycling, CompiledCell):
         for k, v in (state or {}).items():
             _require_c(f"state['{k}']", v)
 
+    def _saved_shape(self, name: str, T: int, B: int, dims: dict) -> tuple:
+        """The array of saved value `name`: [T, B, n]; one row reused every step for a value no
+        backward reads (program.step_only: a reduction's operand); one column for a value that is
+        one number per row (program.row_values)."""
+        prog = self.program
+        return (1 if name in prog.step_only else T, B,
+                1 if name in prog.row_values else dims[prog.saved_sizes.get(name, "H")])
+
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, inputs=None, _plan=None):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None). `inputs`: the
         cell's extra inputs. `_plan` (internal: plan measurement) overrides the thread plan."""
@@ -178,8 +186,7 @@ class NumbaCell(Recycling, CompiledCell):
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
         # saved values of rows past their length are never written (nor read): zeros keep them finite
         short = not bool(np.all(L == T))
-        SV = {n: self._recycled((T if need_tape else 1, B, dims[prog.saved_sizes.get(n, "H")]), zero=short)
-              for n, _ in prog.saved}
+        SV = {n: self._recycled(self._saved_shape(n, T if need_tape else 1, B, dims), zero=short) for n, _ in prog.saved}
         Y = self._recycled((T, B, sz[prog.cell.output]))
         run_chunks(self.module.forward, plan, B,
                    lambda c: (XP, *Ucat, *vecs, L, *Sq.values(), *SV.values(), Y, 1 if need_tape else 0))
@@ -210,7 +217,7 @@ class NumbaCell(Recycling, CompiledCell):
         for s in prog.cell.states:
             Sq[s] = self._recycled((2, B, dims[prog.state_size(s)]))
             Sq[s][0] = state[s] if state is not None and s in state else 0.0
-        SV = {n: self._recycled((1, B, dims[prog.saved_sizes.get(n, "H")]), zero=True) for n, _ in prog.saved}
+        SV = {n: self._recycled(self._saved_shape(n, 1, B, dims), zero=True) for n, _ in prog.saved}
         Hy = dims[prog.state_size(prog.cell.output)]
         Y = self._recycled((T, B, Hy))
         cols = np.arange(B)[None, :]
@@ -250,8 +257,10 @@ class NumbaCell(Recycling, CompiledCell):
         nx = len(prog.input_mats)
         # every element of dXP/dRP is written unless some row is shorter than T (then zeros stay)
         zero = not bool(np.all(tape.lengths == T))
+        # a reduction's product adjoints are read only by its own step (no weight gradient): the kernel
+        # reduces them from its per-step slot scratch, and its dRP argument is a placeholder
         dRP = [self._workspace("big" if g.index == 0 else f"dRP{g.index}", (T, B, len(g.mats) * dims[g.rows]), zero)
-               for g in prog.groups]
+               if g.reduce is None else np.zeros((1, 1, 1), dt) for g in prog.groups]
         alias = self.dxp_alias
         # with an alias the input products' adjoints are dRP[alias]: no dXP at all
         dXP = self._workspace("dXP", (T, B, nx * H), zero) if alias is None else np.zeros((0, 0, 0), dt)

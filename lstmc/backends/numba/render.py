@@ -103,7 +103,7 @@ class _BlockRenderer:
             return (f"{ident('nxt_', key[1])}[b, j]" if self.dir == "fwd"
                     else f"{ident('Sq_', key[1])}[t + 1, b, j]")
         if kind == "sv":
-            return f"{ident('SV_', key[1])}[{'ti' if self.dir == 'fwd' else 't'}, b, j]"
+            return self.saved_element(key[1])
         if kind == "t":
             return f"{ident('BT_', key[1])}[b, j]"
         if kind == "ds1":  # the incoming adjoint of s' (dy added for the output state)
@@ -116,6 +116,18 @@ class _BlockRenderer:
             return f"GX{self.xslot[key[1]]}[b, j]"
         raise KeyError(key)  # pragma: no cover
 
+    def tape_row(self, name: str) -> str:
+        """The row of saved value `name`'s array that this step uses: its step's tape row; row 0 of a
+        [1, B, n] buffer for a value no backward reads (program.step_only), reused at every step."""
+        if name in self.p.step_only:
+            return "0"
+        return "ti" if self.dir == "fwd" else "t"
+
+    def saved_element(self, name: str) -> str:
+        """Saved value `name` at this step, row b, unit j; a value that is one number per row
+        (program.row_values: layernorm's sqrt(var + eps)) has one column, [T, B, 1]."""
+        return f"{ident('SV_', name)}[{self.tape_row(name)}, b, {'0' if name in self.p.row_values else 'j'}]"
+
     # stores ---------------------------------------------------------------------------------
     def dests(self, key: tuple, is_buffer: bool) -> list[tuple[str | None, str, str | None]]:
         """Where the value `key` is stored: (its kind in program.past_length or None, the array
@@ -125,7 +137,7 @@ class _BlockRenderer:
             out = [("s1", f"{ident('nxt_', name)}[b, j]", f"{ident('cur_', name)}[b, j]")]
             return out + ([("y", "Y[t, b, j]", None)] if name == self.p.cell.output else [])
         if kind == "sv":
-            return [("sv", f"{ident('SV_', name)}[ti, b, j]", None)]
+            return [("sv", self.saved_element(name), None)]
         if kind == "t" and is_buffer:      # read only by later blocks of the same row
             return [(None, f"{ident('BT_', name)}[b, j]", None)]
         if kind == "drp":  # per-slot scratch (one store stream per array: see _slot_copies)
@@ -166,14 +178,17 @@ class _BlockRenderer:
         for key in seeds:
             body.append(f"{local_name(key)} = {self.load(var(*key), local)}")
             local.add(key)
+        per_row: list[str] = []        # values of one number per row: computed once per row, before j
         for let in block.lets:
             rhs = render_expr(let.expr, SPELL, leaf=lambda n, _l=local: self.load(n, _l),
                               const=self.const)
             if let.expr.op == "const":
                 rhs = self.const(let.expr.attr)
             name = local_name(let.key)
-            body.append(f"{name} = {rhs}")
-            body.extend(self.stores(let, name))
+            row = let.key[0] == "sv" and let.key[1] in self.p.row_values and all(
+                n.op == "const" or (n.op == "var" and n.attr[0] == "rp") for n in walk([let.expr]) if n.is_leaf)
+            (per_row if row else body).append(f"{name} = {rhs}")
+            (per_row if row else body).extend(self.stores(let, name))
             local.add(let.key)
         # rows past their length get what the Program's past_length table says (keep / zero / pass);
         # a vector parameter's gradient sum skips them (past_value checks that the table says zero)
@@ -186,8 +201,9 @@ class _BlockRenderer:
             if let.key[0] == "dp":
                 past_value(self.p, "dp", None, zero)
         n = extent(block.size)
-        lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:", f"        for j in range({n}):"]
-        lines += ["            " + ln for ln in body]
+        lines = [f"# block {block.phase}", "for b in range(b0, b1):", "    if t < L[b]:"]
+        lines += ["        " + ln for ln in per_row] + [f"        for j in range({n}):"]
+        lines += ["            " + ln for ln in body or ["pass"]]
         if skip:
             lines += ["    else:", f"        for j in range({n}):"] + ["            " + ln for ln in skip]
         if self.dir == "bwd":
@@ -226,7 +242,7 @@ class _BlockRenderer:
         out = []
         for let in block.lets:
             k = let.key
-            if k[0] == "drp":
+            if k[0] == "drp" and not self.p.groups[k[1]].reduce:   # a reduction reads its scratch in place
                 g, slot = k[1], self.gslot[(k[1], k[2])]
                 r = extent(self.p.groups[g].rows)
                 out += [f"for b in range(b0, b1):  # {ir_name(k)} -> dRP{g}", f"    for j in range({r}):",
@@ -333,14 +349,15 @@ def render(program: Program, dtype: str, key: str = "") -> str:
         else:
             a = st.a[0]
             operand = (f"{ident('cur_', a.attr)}[b0:b1]" if a.op == "state"
-                       else f"{ident('SV_', a.attr[1])}[ti, b0:b1]")
+                       else f"{ident('SV_', a.attr[1])}[{fr.tape_row(a.attr[1])}, b0:b1]")
             if st.reduce:
                 g = program.groups[st.group]
                 fwd_body += _reduce_rows(st.reduce, operand, f"RP{st.group}", zero,
                                          width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
                 continue
             if st.heads > 1:
-                base = f"{ident('cur_', a.attr)}[" if a.op == "state" else f"{ident('SV_', a.attr[1])}[ti, "
+                base = (f"{ident('cur_', a.attr)}[" if a.op == "state"
+                        else f"{ident('SV_', a.attr[1])}[{fr.tape_row(a.attr[1])}, ")
                 fwd_body += _heads_product(st.group, st.mats, st.heads, base, False)
                 continue
             fwd_body += [f"if b1 - b0 <= SMALL_ROWS:  # [{', '.join(st.mats)}]^T",
@@ -368,7 +385,7 @@ def render(program: Program, dtype: str, key: str = "") -> str:
             bwd_body += br.render(st)
         elif st.reduce:        # the adjoint of a row's mean/sum is the same reduction of its adjoint
             g = program.groups[st.group]
-            bwd_body += _reduce_rows(st.reduce, f"dRP{st.group}[t, b0:b1]", f"DV{st.group}", zero,
+            bwd_body += _reduce_rows(st.reduce, f"GR{st.group}_0[b0:b1]", f"DV{st.group}", zero,
                                      width if g.cols == "H" else _width(dtype, extent(g.cols)), extent(g.cols))
         elif st.heads > 1:
             bwd_body += _heads_product(st.group, st.mats, st.heads, f"dRP{st.group}[t, ", True)
