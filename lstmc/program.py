@@ -287,17 +287,28 @@ def decide(program: Program) -> Program:
     read = _bwd_reads(program) | {g.operand.attr for g in program.weight_groups if g.operand.op == "var"}
     program.step_only = tuple(n for n, _ in program.saved if ("sv", n) not in read)
     operands = {g.operand.attr for g in program.groups if g.operand.op == "var"}
+    per_row = _per_row(program)
     program.row_values = tuple(n for n, node in program.saved if n not in program.step_only
-                               and ("sv", n) not in operands and _per_row(program, node))
+                               and ("sv", n) not in operands and per_row[node])
     return program
 
 
-def _per_row(program: Program, node: Node) -> bool:
-    """Is `node` one number per row: made of reductions' results and constants, and of nothing else?"""
-    leaves = [n for n in walk([node]) if n.is_leaf]
-    return any(n.op == "var" for n in leaves) and all(
-        n.op == "const" or (n.op == "var" and n.attr[0] == "rp" and program.groups[n.attr[1]].reduce)
-        for n in leaves)
+def _per_row(program: Program) -> dict:
+    """{saved node (and each node under it): is it one number per row, made of reductions'
+    results and constants and of nothing else?} One walk over all the saved values' DAG."""
+    row: dict[Node, bool] = {}
+    const: dict[Node, bool] = {}        # made of constants only
+    for n in walk([node for _, node in program.saved]):
+        if n.op == "const":
+            row[n], const[n] = False, True
+        elif n.op == "var" and n.attr[0] == "rp" and program.groups[n.attr[1]].reduce:
+            row[n], const[n] = True, False
+        elif n.is_leaf:
+            row[n], const[n] = False, False
+        else:
+            const[n] = all(const[a] for a in n.args)
+            row[n] = all(row[a] or const[a] for a in n.args) and any(row[a] for a in n.args)
+    return row
 
 
 def _bwd_reads(program: Program) -> set:
@@ -366,7 +377,8 @@ def _verify(p: Program) -> None:
         wrong = [n for n in p.step_only if n not in saved or ("sv", n) in read]
         if wrong:
             _fail(f"step-only values {wrong} are not saved values, or backward (or a weight gradient) reads them")
-    wrong = [n for n in p.row_values if n not in saved or n in p.step_only or not _per_row(p, dict(p.saved)[n])]
+    per_row, nodes = _per_row(p), dict(p.saved)
+    wrong = [n for n in p.row_values if n not in nodes or n in p.step_only or not per_row[nodes[n]]]
     if wrong:
         _fail(f"row values {wrong} are not saved values made of reductions and constants only")
     for q, r in p.dp_shared.items():
