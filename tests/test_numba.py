@@ -260,14 +260,19 @@ h' = tanh(c') * sigmoid(W_o @ x + U_o @ h + b_o)
 """
 
 
-LAYERNORM = str(Path(__file__).resolve().parents[1] / "examples" / "layernorm_lstm.cell")   # row reductions
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+LAYERNORM = str(EXAMPLES / "layernorm_lstm.cell")   # row reductions
+SLSTM = str(EXAMPLES / "slstm.cell")                # exp and logsigmoid (softplus) gates
+TLSTM = str(EXAMPLES / "tlstm.cell")                # log
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects", "layernorm", "lstmp"])
+@pytest.mark.parametrize("name", ["lstm", "gru_v1", "selects", "layernorm", "lstmp", "slstm", "tlstm"])
 def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
     """The fused blocks (and the reductions between them) must compile to packed SIMD (…ps on
-    ymm/zmm), not only scalar (…ss) code."""
-    nb = lstmc.compile({"selects": SELECTS, "layernorm": LAYERNORM}.get(name, name), "numba", "float32")
+    ymm/zmm), not only scalar (…ss) code, and call no libm exp/log (a call keeps its loop scalar:
+    slstm's forward had 0 packed instructions while its exp and logsigmoid called expf/log1pf)."""
+    nb = lstmc.compile({"selects": SELECTS, "layernorm": LAYERNORM, "slstm": SLSTM, "tlstm": TLSTM}.get(name, name),
+                       "numba", "float32")
     mod = _fresh_module(nb.source, tmp_path)
     # the small-batch products (the prelude's _mm_nt/_mm_nn) vectorise on their own: rebind the
     # module's names to a no-op before its kernels compile (Numba reads a kernel's globals when it
@@ -283,6 +288,8 @@ def test_float32_pointwise_loops_are_vectorised(name, tmp_path):
         asm = fn.inspect_asm(fn.signatures[0])
         packed = re.findall(r"\bv(?:mul|add|sub|div|fmadd\w*|fnmadd\w*|max|min)ps\s+[^\n]*%[yz]mm", asm)
         assert len(packed) >= 10, f"{name}.{fn.__name__}: only {len(packed)} packed float32 instructions"
+        libm = re.findall(r"\$(?:expf?|logf?|log1pf?)\b", asm)
+        assert not libm, f"{name}.{fn.__name__} calls {libm}"
         if fn is mod.forward:  # the clamp of the tanh/sigmoid approximation runs on vectors
             assert re.search(r"\bvm(?:in|ax)ps\s+[^\n]*%[yz]mm", asm), f"{name}: activations not vectorised"
 
@@ -306,6 +313,66 @@ def test_activation_approximation_errors_are_as_documented():
     assert np.abs(t - np.tanh(x64)).max() < prelude_f32.TANH_MAX_ERROR
     assert np.abs(s - 1 / (1 + np.exp(-x64))).max() < prelude_f32.SIGMOID_MAX_ERROR
     assert np.all(np.abs(t) <= 1) and np.all((s >= 0) & (s <= 1))
+
+
+def test_exp_log_softplus_errors_are_as_documented():
+    """The arithmetic-only float32 exp, log, softplus and logsigmoid of the prelude stay within their
+    documented relative errors against float64 (dense grids, inlined into a loop compiled with the
+    kernels' options, as in a kernel) and keep libm's edges: overflow to inf, underflow to exactly 0,
+    NaN, exp(0) = 1, log(1) = 0, log(0) = -inf, log(x < 0) = NaN, softplus stable up to |x| = 1e30."""
+    P = prelude_f32
+    _exp, _log, _softplus, _logsigmoid = P._exp, P._log, P._softplus, P._logsigmoid
+
+    @njit(**dict(options.JIT, cache=False))
+    def run(x, e, lg, sp, ls):
+        for i in range(x.size):
+            e[i] = _exp(x[i])
+            lg[i] = _log(x[i])
+            sp[i] = _softplus(x[i])
+            ls[i] = _logsigmoid(x[i])
+
+    def ev(x):
+        x = np.asarray(x, np.float32)
+        out = [np.empty_like(x) for _ in range(4)]
+        run(x, *out)
+        return out
+
+    tiny, step = np.finfo(np.float32).tiny, 2.0 ** -149     # below tiny, float32 steps by 2^-149
+
+    def within(got, want, bound, steps):
+        # relative error where the true value is a normal float32, absolute (in subnormal steps) below
+        got, normal = got.astype(np.float64), np.abs(want) >= tiny
+        assert np.all(np.abs(got - want)[normal] <= bound * np.abs(want[normal])), \
+            np.max(np.abs(got - want)[normal] / np.abs(want[normal]))
+        assert np.all(np.abs(got - want)[~normal] <= steps * step)
+
+    with np.errstate(over="ignore"):
+        x = np.concatenate([np.linspace(-110, 110, 3_000_001), np.linspace(-1, 1, 1_000_001),
+                            np.geomspace(1, 1e30, 100_001), -np.geomspace(1, 1e30, 100_001)]).astype(np.float32)
+        e, _, sp, ls = ev(x)
+        x64 = x.astype(np.float64)
+        want = np.exp(x64)
+        over = np.isinf(want.astype(np.float32))                 # where float32 exp rounds to inf
+        assert np.array_equal(np.isinf(e), over)
+        within(e[~over], want[~over], P.EXP_MAX_ERROR, 1)
+        assert np.all(e[x < -104] == 0)                           # exactly 0, not subnormal garbage
+        within(sp, np.logaddexp(0, x64), P.SOFTPLUS_MAX_ERROR, 2)
+        within(ls, -np.logaddexp(0, -x64), P.SOFTPLUS_MAX_ERROR, 2)
+
+    xl = np.concatenate([np.geomspace(2.0 ** -149, np.finfo(np.float32).max, 3_000_001),
+                         np.linspace(0.25, 4, 1_000_001)]).astype(np.float32)
+    lg = ev(xl)[1]
+    within(lg, np.log(xl.astype(np.float64)), P.LOG_MAX_ERROR, 0)
+    assert np.all(lg[xl == 1] == 0)
+
+    edges = np.array([0, -0.0, 1, -1, np.nan, np.inf, -np.inf, 1e30, -1e30], np.float32)
+    e, lg, sp, ls = ev(edges)
+    nan, inf, big = np.nan, np.inf, np.float32(1e30)
+    np.testing.assert_array_equal(e[[0, 1, 4, 5, 6, 7, 8]], np.float32([1, 1, nan, inf, 0, inf, 0]))
+    np.testing.assert_array_equal(lg[[0, 1, 2, 3, 4, 5, 6, 8]], np.float32([-inf, -inf, 0, nan, nan, inf, nan, nan]))
+    np.testing.assert_array_equal(sp[4:], np.float32([nan, inf, 0, big, 0]))
+    np.testing.assert_array_equal(ls[4:], np.float32([nan, 0, -inf, 0, -big]))
+    assert abs(sp[0] - np.log(2)) <= P.SOFTPLUS_MAX_ERROR * np.log(2)
 
 
 # --------------------------------------------------------------------------------------- build

@@ -8,9 +8,10 @@ One job per module:
   blas.py         matmul: every GEMM through the one BLAS Numba's np.dot calls
   options.py      JIT, the @njit options (fast-math flags, array-argument noalias)
   render.py       Program -> kernel source (templates/numba_cell.py.j2) ; SPELL, PRELUDE
-  prelude_f32.py  the math float32 kernels import (_tanh, _sigmoid, ..., _mm_nt, _mm_nn), real @njit
+  prelude_f32.py  the math float32 kernels import (_tanh, _sigmoid, _exp, _log, ..., _mm_nt, _mm_nn),
+                  real @njit, arithmetic-only so the fused loops vectorise
   prelude_f64.py  the same for float64 (libm)
-  prelude.py      what both share (SMALL_ROWS, _abs, _exp, _log, _sqrt)
+  prelude.py      what both share (SMALL_ROWS, _abs, _sqrt, the selects)
 
 This module only re-exports. `render` names the submodule here (its function of the same name is
 render.render).

@@ -1,5 +1,6 @@
 """The part of the numba prelude that is the same for both dtypes: SMALL_ROWS and the helpers with no
-float literal in them (`_abs`, `_exp`, `_log`, `_sqrt`, the selects `_max`, `_min`, `_where`).
+float literal in them (`_abs`, `_sqrt`, the selects `_max`, `_min`, `_where`). `_exp` and `_log` are
+per dtype: libm in prelude_f64.py, arithmetic-only (vectorisable) in prelude_f32.py.
 Generated modules import these through the prelude of their dtype (prelude_f32.py, prelude_f64.py),
 which re-exports them, so a kernel imports its whole prelude from one module. Numba's math functions
 keep the argument's type (float32 in, float32 out), so nothing here promotes a float32 kernel to
@@ -23,16 +24,6 @@ SMALL_ROWS = 4   # steps with at most this many batch rows multiply in the kerne
 @njit(inline="always", **JIT)
 def _abs(x):
     return abs(x)
-
-
-@njit(inline="always", **JIT)
-def _exp(x):
-    return math.exp(x)
-
-
-@njit(inline="always", **JIT)
-def _log(x):
-    return math.log(x)
 
 
 @njit(inline="always", **JIT)

@@ -1,6 +1,6 @@
 """The math every float64 numba kernel calls: the activations (`_tanh`, `_sigmoid`, `_relu`, `_step`,
-`_sign`, `_softplus`, `_logsigmoid`; the selects `_max`, `_min`, `_where` and the comparison masks
-`_gt`, `_ge`, `_lt`, `_le`; `_abs`, `_exp`, `_log`, `_sqrt` from prelude.py) and the in-kernel products
+`_sign`, `_softplus`, `_logsigmoid`; `_exp`, `_log`; the selects `_max`, `_min`, `_where` and the
+comparison masks `_gt`, `_ge`, `_lt`, `_le`; `_abs`, `_sqrt` from prelude.py) and the in-kernel products
 of steps with at most SMALL_ROWS rows (`_mm_nt`, `_mm_nn`), under the names prelude_f32.py uses.
 float64 kernels use libm and match the reference to rounding. Generated float64 modules import these
 (`from lstmc.backends.numba.prelude_f64 import ...`); they are `inline="always"`, so Numba inlines
@@ -14,14 +14,24 @@ import math
 from numba import njit
 
 from .options import JIT
-from .prelude import SMALL_ROWS, _abs, _exp, _log, _max, _min, _sqrt, _where  # the same for both dtypes
+from .prelude import SMALL_ROWS, _abs, _max, _min, _sqrt, _where  # the same for both dtypes
 
 # what a generated module imports (render.prelude_names; tests/test_tables.py checks they agree)
 __all__ = ["SMALL_ROWS", "_abs", "_exp", "_ge", "_gt", "_le", "_log", "_logsigmoid", "_lt", "_max", "_min",
            "_mm_nn", "_mm_nt", "_relu", "_sigmoid", "_sign", "_softplus", "_sqrt", "_step", "_tanh", "_where"]
 
 
-# float64: libm, matching the reference to rounding.
+# float64: libm, matching the reference to rounding (prelude_f32.py has arithmetic-only exp/log).
+@njit(inline="always", **JIT)
+def _exp(x):
+    return math.exp(x)
+
+
+@njit(inline="always", **JIT)
+def _log(x):
+    return math.log(x)
+
+
 @njit(inline="always", **JIT)
 def _tanh(x):
     return math.tanh(x)
