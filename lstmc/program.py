@@ -161,6 +161,14 @@ class Program:
             return self.saved_sizes.get(key[1], "H")
         return None
 
+    def tape_shape(self, name: str, T: int, B: int, n: int, compact: bool) -> tuple:
+        """The [T, B, n] array of saved value `name` (n: its size's number); `compact` (a backend
+        that uses step_only and row_values: numba) gives a step-only value one row, reused every
+        step, and a row value one column. The operators' fake tape (torch_ops) follows this too."""
+        if not compact:
+            return (T, B, n)
+        return (1 if name in self.step_only else T, B, 1 if name in self.row_values else n)
+
     @property
     def dy_state(self) -> str:
         """The state whose incoming adjoint receives dy at every step."""

@@ -51,6 +51,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .autograd import ONCE_DIFFERENTIABLE
+from .version import __version__
 from .backends.base import Tape, check_lengths
 from .backends.sequence import dense_weights, order_extra, order_inputs, pack
 from .build import compile as _compile
@@ -84,7 +85,10 @@ def registered_ops(name: str) -> "CellOps":
 
 
 def _op_name(cell) -> str:
-    digest = hashlib.sha256(lower(cell).text().encode()).hexdigest()[:12]
+    # lstmc's version is in the name: torch's compile caches (inductor's FX graph and AOT caches) key
+    # a graph by its operators' names, not by their fake kernels, so an upgrade that changes what an
+    # operator returns (its tape's shapes) must not reuse a graph compiled against the old one
+    digest = hashlib.sha256((__version__ + "\0" + lower(cell).text()).encode()).hexdigest()[:12]
     safe = "".join(ch if ch.isalnum() else "_" for ch in cell.name).lower()
     return f"{safe}_{digest}"
 
@@ -220,8 +224,10 @@ class CellOps:
         T, B = x.shape[0], x.shape[1]
         dims = dict(zip(self.state_dims, (s.shape[-1] for s in states)))       # size name -> number
         H = dims.get("H", states[0].shape[-1])
+        compact = OP_BACKENDS.get(x.device.type) == "numba"      # numba's tape is compact (Program.tape_shape)
         tape = ([x.new_empty((T + 1, B, s.shape[-1])) for s in states]
-                + [x.new_empty((T, B, dims.get(d, H))) for d in self.saved_dims])
+                + [x.new_empty(self.program.tape_shape(n, T, B, dims.get(d, H), compact))
+                   for n, d in zip(self.saved, self.saved_dims)])
         return y, finals, tape
 
     def _infer_fake(self, x, states, params, inputs, lengths, reverse):

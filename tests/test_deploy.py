@@ -222,8 +222,10 @@ def test_export_with_lengths_and_backward_through_the_exported_program():
 # ----------------------------------------------------------------------------------- opcheck
 
 SLSTM_HEADS = next(c for c in EXAMPLES if c.endswith("slstm_heads.cell"))
+LAYERNORM = next(c for c in EXAMPLES if c.endswith("layernorm_lstm.cell"))   # a compact numba tape (step_only, row_values)
 OPCHECK_CASES = [("lstm", None, False, False), ("lstm", [5, 3], True, True), ("mgu", [0, 4], False, False),
-                 (SLSTM_HEADS, None, True, True), (TLSTM, [5, 3], True, True), (CONDITIONED, [2, 5], True, False)]
+                 (SLSTM_HEADS, None, True, True), (TLSTM, [5, 3], True, True), (CONDITIONED, [2, 5], True, False),
+                 (LAYERNORM, [5, 3], True, False)]
 
 
 @pytest.mark.parametrize("cell,lengths,reverse,transposed", OPCHECK_CASES,

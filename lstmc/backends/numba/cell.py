@@ -148,8 +148,7 @@ class NumbaCell(Recycling, CompiledCell):
         backward reads (program.step_only: a reduction's operand); one column for a value that is
         one number per row (program.row_values)."""
         prog = self.program
-        return (1 if name in prog.step_only else T, B,
-                1 if name in prog.row_values else dims[prog.saved_sizes.get(name, "H")])
+        return prog.tape_shape(name, T, B, dims[prog.saved_sizes.get(name, "H")], compact=True)
 
     def forward(self, x, params, state=None, lengths=None, reverse=False, need_tape=True, inputs=None, _plan=None):
         """Run the sequence. Returns (y [T, B, H], {state: [B, H]} final, tape or None). `inputs`: the
