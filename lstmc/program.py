@@ -292,7 +292,7 @@ def decide(program: Program) -> Program:
         q = first.setdefault(expr, p)       # interned IR: the same sum is the same node
         if q != p:
             program.dp_shared[p] = q
-    read = _bwd_reads(program) | {g.operand.attr for g in program.weight_groups if g.operand.op == "var"}
+    read = _read_after_forward(program)
     program.step_only = tuple(n for n, _ in program.saved if ("sv", n) not in read)
     operands = {g.operand.attr for g in program.groups if g.operand.op == "var"}
     per_row = _per_row(program)
@@ -319,11 +319,13 @@ def _per_row(program: Program) -> dict:
     return row
 
 
-def _bwd_reads(program: Program) -> set:
-    """The var keys the backward step reads (its blocks' expressions and its GEMMs' operands)."""
+def _read_after_forward(program: Program) -> set:
+    """The var keys read after the forward step: by the backward step (its blocks' expressions and
+    its GEMMs' operands) and by the weight gradients after the loop (the weight groups' operands)."""
     roots = [let.expr for st in program.bwd if isinstance(st, Block) for let in st.lets]
     roots += [a for st in program.bwd if isinstance(st, Gemm) for a in st.a]
-    return {n.attr for n in walk(roots) if n.op == "var"}
+    return ({n.attr for n in walk(roots) if n.op == "var"}
+            | {g.operand.attr for g in program.weight_groups if g.operand.op == "var"})
 
 
 # ---------------------------------------------------------------------------------------- verify
@@ -381,7 +383,7 @@ def _verify(p: Program) -> None:
     elif not 0 <= p.dxp_alias < len(p.groups):
         _fail(f"dxp_alias {p.dxp_alias} names no group")
     if p.step_only:
-        read = _bwd_reads(p) | {g.operand.attr for g in p.weight_groups if g.operand.op == "var"}
+        read = _read_after_forward(p)
         wrong = [n for n in p.step_only if n not in saved or ("sv", n) in read]
         if wrong:
             _fail(f"step-only values {wrong} are not saved values, or backward (or a weight gradient) reads them")

@@ -51,12 +51,12 @@ import torch
 from torch.autograd import forward_ad
 
 from .autograd import ONCE_DIFFERENTIABLE
-from .version import __version__
 from .backends.base import Tape, check_lengths
 from .backends.sequence import dense_weights, order_extra, order_inputs, pack
 from .build import compile as _compile
 from .build import load
 from .lower import lower
+from .version import __version__
 
 __all__ = ["CellOps", "cell_ops", "registered_ops", "packed_lengths", "OP_BACKENDS", "NO_FORWARD_MODE"]
 

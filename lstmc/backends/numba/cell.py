@@ -144,9 +144,8 @@ class NumbaCell(Recycling, CompiledCell):
             _require_c(f"state['{k}']", v)
 
     def _saved_shape(self, name: str, T: int, B: int, dims: dict) -> tuple:
-        """The array of saved value `name`: [T, B, n]; one row reused every step for a value no
-        backward reads (program.step_only: a reduction's operand); one column for a value that is
-        one number per row (program.row_values)."""
+        """The array of saved value `name`: Program.tape_shape's compact form (numba keeps step-only
+        values in one reused row and row values in one column)."""
         prog = self.program
         return prog.tape_shape(name, T, B, dims[prog.saved_sizes.get(name, "H")], compact=True)
 
